@@ -1,0 +1,1 @@
+"""Test suite: mirrors the package layout; the real-component testbed lives in tests.testbed."""
