@@ -60,6 +60,9 @@ GO_COMPONENTS: tuple[GoComponent, ...] = (
     GoComponent("kwok", versions.KWOK, {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),
     GoComponent("opa", versions.OPA, {"opa": "github.com/open-policy-agent/opa"}),
     GoComponent("helm", versions.HELM, {"helm": "helm.sh/helm/v3/cmd/helm"}),
+    GoComponent(
+        "kustomize", versions.KUSTOMIZE, {"kustomize": "sigs.k8s.io/kustomize/kustomize/v5"}
+    ),
 )
 
 _MARKER = ".complete"
@@ -89,14 +92,29 @@ def build_go(comp: GoComponent, *, force: bool = False) -> Path:
         _log(f"{comp.name} {comp.version}: cached ({out})")
         return out
     if shutil.which("go") is None:
-        raise SystemExit("testbed: the Go toolchain is needed to build the components (`go` not found)")
+        raise SystemExit(
+            "testbed: the Go toolchain is needed to build the components (`go` not found)"
+        )
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _log(f"{comp.name} {comp.version}: building {', '.join(comp.packages)} (cold builds take minutes)")
+    _log(
+        f"{comp.name} {comp.version}: building {', '.join(comp.packages)} (cold builds take minutes)"
+    )
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly -buildvcs=false")
     started = time.monotonic()
-    cmd = ["go", "build", "-v", "-trimpath", "-ldflags=-s -w", "-o", f"{tmp}/", *comp.packages.values()]
+    # One package: name the binary explicitly (Go would call go.etcd.io/etcd/server/v3 "server").
+    target = f"{tmp}/{next(iter(comp.packages))}" if len(comp.packages) == 1 else f"{tmp}/"
+    cmd = [
+        "go",
+        "build",
+        "-v",
+        "-trimpath",
+        "-ldflags=-s -w",
+        "-o",
+        target,
+        *comp.packages.values(),
+    ]
     proc = subprocess.Popen(
         cmd, cwd=comp.wrapper, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -116,7 +134,9 @@ def build_go(comp: GoComponent, *, force: bool = False) -> Path:
             f"testbed: building {comp.name} {comp.version} failed (exit {proc.returncode}):\n"
             + "\n".join(tail)
         )
-    (tmp / _MARKER).write_text(json.dumps({"version": comp.version, "seconds": time.monotonic() - started}))
+    (tmp / _MARKER).write_text(
+        json.dumps({"version": comp.version, "seconds": time.monotonic() - started})
+    )
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     _log(f"{comp.name} {comp.version}: built in {time.monotonic() - started:.0f}s")
@@ -133,7 +153,9 @@ def _load_extra_provisioners() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even when cached")
     parser.add_argument("--only", action="append", default=[], help="component name (repeatable)")
     args = parser.parse_args(argv)

@@ -100,9 +100,7 @@ class ManagedProcess:
             _RUNNING.remove(self)
 
     # -- readiness ---------------------------------------------------------------------------
-    def wait_until(
-        self, check: Callable[[], bool], *, timeout: float, what: str = "ready"
-    ) -> None:
+    def wait_until(self, check: Callable[[], bool], *, timeout: float, what: str = "ready") -> None:
         """Poll ``check`` until it returns True; fail with the log tail on exit or timeout."""
         deadline = time.monotonic() + timeout
         delay = 0.05
@@ -162,7 +160,7 @@ def stop_all() -> None:
 def reap_stale() -> int:
     """Kill process groups left by earlier runs whose owning process died; returns how many."""
     killed = 0
-    for pid_file in paths.run_root().glob("*/pids/*.pid"):
+    for pid_file in paths.run_root().glob("*/**/pids/*.pid"):
         try:
             pid, owner = (int(x) for x in pid_file.read_text().split())
         except (OSError, ValueError):
@@ -207,8 +205,10 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 
 
 def _on_signal(signum: int, _frame: object) -> None:
+    # KeyboardInterrupt (not SystemExit) so pytest ends the whole session instead of failing one
+    # test and carrying on against stopped components.
     stop_all()
-    raise SystemExit(128 + signum)
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
 atexit.register(stop_all)

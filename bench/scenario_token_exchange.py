@@ -1,0 +1,227 @@
+"""Token exchange: warm cache through our service versus exchanging at Keycloak on every call.
+
+One run, side by side, against the testbed's real Keycloak:
+
+1. ``service_warm_paced``: ext_authz ``/check`` requests to our service (a separate process,
+   started with its CLI) at a fixed 500 requests/s, every one a cache hit; latency percentiles.
+2. ``service_warm_max``: the same, closed loop with ``concurrency`` workers: maximum throughput.
+3. ``keycloak_every_call_max``: the reference behaviour (the gateway's demo AuthPolicy): a
+   standard token exchange at Keycloak for every request, same concurrency, same duration.
+
+Goals (issue 5): warm-cache p99 <= 2 ms at 500 req/s; >= 10x the throughput of (3).
+The load generator shares the 2-core machine with the service and Keycloak, so its own overhead
+is inside every number here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from tests.gateway_plugins.token_exchange.running import testbed_settings
+from tests.testbed import keycloak as kc
+from tests.testbed import paths, process
+from tests.testbed.identity_plan import BACKEND_AUDIENCE, REALM_MCP, new_plan
+from tests.testbed.pki import CertificateAuthority
+from tests.testbed.ports import free_port
+
+PACED_RATE = 500
+PACED_SECONDS = 10
+MAX_SECONDS = 8
+CONCURRENCY = 16
+GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS = "urn:ietf:params:oauth:token-type:access_token"
+
+
+def _percentiles(samples_s: list[float]) -> dict[str, float]:
+    if not samples_s:
+        return {"count": 0}
+    ordered = sorted(samples_s)
+
+    def pct(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 3)
+
+    return {
+        "count": len(ordered),
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": round(ordered[-1] * 1000, 3),
+        "mean_ms": round(statistics.fmean(ordered) * 1000, 3),
+    }
+
+
+async def _paced(call: Callable[[], Awaitable[bool]], rate: int, seconds: int) -> dict[str, Any]:
+    """Open loop: request i is sent at t0 + i/rate; latency counted from the scheduled time."""
+    latencies: list[float] = []
+    errors = 0
+    total = rate * seconds
+    loop = asyncio.get_running_loop()
+    t0 = loop.time() + 0.1
+
+    async def one(i: int) -> None:
+        nonlocal errors
+        scheduled = t0 + i / rate
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        ok = await call()
+        latencies.append(loop.time() - scheduled)
+        errors += 0 if ok else 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(total)))
+    elapsed = time.perf_counter() - started
+    return {
+        "target_rate": rate,
+        "achieved_rate": round(total / elapsed, 1),
+        "errors": errors,
+        **_percentiles(latencies),
+    }
+
+
+async def _closed(
+    call: Callable[[], Awaitable[bool]], workers: int, seconds: float
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            ok = await call()
+            latencies.append(time.perf_counter() - t)
+            errors += 0 if ok else 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    elapsed = time.perf_counter() - started
+    return {
+        "concurrency": workers,
+        "seconds": round(elapsed, 2),
+        "throughput_rps": round(len(latencies) / elapsed, 1),
+        "errors": errors,
+        **_percentiles(latencies),
+    }
+
+
+def _start_keycloak(run_dir: Path) -> kc.Keycloak:
+    ca = CertificateAuthority(run_dir / "pki")
+    server = kc.Keycloak(
+        run_dir=run_dir, plan=new_plan(), tls=ca.issue("keycloak"), ca_file=ca.cert
+    )
+    print("[bench] token_exchange: starting Keycloak (about a minute)", flush=True)
+    server.start()
+    return server
+
+
+def _start_service(keycloak: kc.Keycloak, run_dir: Path) -> tuple[process.ManagedProcess, str]:
+    settings = testbed_settings(keycloak, run_dir / "token-exchange-secrets")
+    config = run_dir / "token-exchange.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
+    port = free_port()
+    proc = process.ManagedProcess(
+        "token-exchange",
+        [
+            sys.executable,
+            "-m",
+            "gateway_plugins.token_exchange",
+            "serve",
+            "--config",
+            config,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        run_dir / "token-exchange.log",
+        cwd=paths.REPO_ROOT,
+    )
+    proc.start()
+    url = f"http://127.0.0.1:{port}"
+    proc.wait_until(lambda: process.http_ok(f"{url}/readyz"), timeout=30, what="ready (/readyz)")
+    return proc, url
+
+
+async def _measure(keycloak: kc.Keycloak, url: str) -> dict[str, Any]:
+    user_token = await asyncio.to_thread(keycloak.user_token, "mcp", "mcp")
+    check_headers = {
+        "authorization": f"Bearer {user_token}",
+        "x-mcp-servername": BACKEND_AUDIENCE,
+        "x-mcp-method": "tools/call",
+    }
+    connector = aiohttp.TCPConnector(limit=64, ssl=keycloak.ssl_context())
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def via_service() -> bool:
+            async with http.post(f"{url}/check/mcp", headers=check_headers) as resp:
+                await resp.read()
+                return resp.status == 200
+
+        form = {
+            "grant_type": GRANT,
+            "subject_token": user_token,
+            "subject_token_type": ACCESS,
+            "audience": BACKEND_AUDIENCE,
+        }
+        basic = aiohttp.BasicAuth(keycloak.gateway_client_id, keycloak.gateway_client_secret)
+
+        async def keycloak_every_call() -> bool:
+            async with http.post(keycloak.token_url(REALM_MCP), data=form, auth=basic) as resp:
+                await resp.read()
+                return resp.status == 200
+
+        assert await via_service(), "warm-up call through the service failed"
+        assert await keycloak_every_call(), "direct exchange at Keycloak failed"
+        # Warm both paths (JIT, connection pools) before measuring.
+        await _closed(via_service, CONCURRENCY, 1.0)
+        await _closed(keycloak_every_call, CONCURRENCY, 2.0)
+
+        paced = await _paced(via_service, PACED_RATE, PACED_SECONDS)
+        warm_max = await _closed(via_service, CONCURRENCY, MAX_SECONDS)
+        reference = await _closed(keycloak_every_call, CONCURRENCY, MAX_SECONDS)
+        async with http.get(f"{url}/metrics") as resp:
+            metrics = await resp.text()
+    sts_calls = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("token_exchange_sts_calls_total{")
+    )
+    ratio = warm_max["throughput_rps"] / max(reference["throughput_rps"], 0.001)
+    return {
+        "service_warm_paced": paced,
+        "service_warm_max": warm_max,
+        "keycloak_every_call_max": reference,
+        "throughput_ratio_warm_vs_every_call": round(ratio, 1),
+        "service_keycloak_calls_total": sts_calls,
+        "goals": {
+            "warm_p99_le_2ms_at_500rps": paced["p99_ms"] <= 2.0 and paced["errors"] == 0,
+            "throughput_ratio_ge_10": ratio >= 10,
+        },
+    }
+
+
+async def run(soak: bool = False) -> dict[str, Any]:
+    run_dir = paths.new_run_dir("bench-token-exchange")
+    keycloak = await asyncio.to_thread(_start_keycloak, run_dir)
+    service: process.ManagedProcess | None = None
+    try:
+        service, url = await asyncio.to_thread(_start_service, keycloak, run_dir)
+        result = await _measure(keycloak, url)
+        result["keycloak_rss_mib"] = keycloak.rss_mib()
+        result["run_dir"] = str(run_dir)
+        return result
+    finally:
+        if service is not None:
+            service.stop()
+        keycloak.stop()

@@ -1,0 +1,911 @@
+"""A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and kwok (fake nodes whose pods answer logs and exec), all started as processes.
+
+``start_cluster(name, ca, run_dir, jwt_issuers)`` gives a :class:`Cluster`; every component logs to
+``run_dir/<name>/<component>.log``. Two clusters share nothing but the serving CA (``ca``, which
+every testbed client trusts): each has its own etcd, ports, client CA, admin certificate and
+service-account signing key, so a token or client certificate of one is rejected by the other.
+
+Startup order (fast path): certificates and config files first, then etcd and kube-apiserver
+together (the API server retries etcd), then, once ``/readyz`` answers, the controller manager,
+scheduler and kwok in parallel; the cluster is ready when the ``default`` service account exists.
+
+JWT issuers (Keycloak realms) go into a structured ``AuthenticationConfiguration`` file. The issuer
+need not be up when the API server starts: the JWT authenticator fetches discovery in the
+background, retrying every 10 s, and ``/readyz`` does not wait for it (checked with an issuer
+nobody listened on: ready in ~3.5 s, the log shows ``oidc authenticator: initializing plugin ...
+connection refused``). Tokens of that issuer get 401 until a retry succeeds: call
+:meth:`Cluster.wait_token_accepted` once Keycloak is up.
+
+Pods on kwok nodes never run. kwok serves ``logs`` from one CRI-format file
+(``Cluster.fake_log_file``) for every container, and runs ``exec`` commands *on this machine*, in
+``Cluster.exec_dir``: it is a testbed for an API-driven tool, not a sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime as dt
+import json
+import os
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio.client.rest import ApiException
+
+from tests.testbed import build, pki, process
+from tests.testbed.pki import CertificateAuthority, CertPair
+from tests.testbed.ports import free_port
+
+HOST = "127.0.0.1"
+SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
+KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+FAKE_NODE_LABEL = ("type", "kwok")
+
+ETCD_TIMEOUT = 30.0
+APISERVER_TIMEOUT = 120.0
+COMPONENT_TIMEOUT = 60.0
+DEFAULT_SA_TIMEOUT = 60.0
+NODE_READY_TIMEOUT = 60.0
+
+# Lines served as every fake container's log (kwok reads CRI log format: time stream tag message).
+FAKE_LOG_LINES = (
+    "kwok fake container started",
+    "serving on :8080",
+    "request handled status=200",
+)
+
+
+@dataclass(frozen=True)
+class JWTIssuer:
+    """One JWT issuer the API server trusts (structured authentication configuration)."""
+
+    url: str
+    audiences: tuple[str, ...]
+    ca_file: Path | None
+    username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    username_prefix: str = ""
+    groups_prefix: str = ""
+
+
+@dataclass
+class Cluster:
+    """A running control plane; :meth:`admin_client` / :meth:`client_for_token` make API clients."""
+
+    name: str
+    server: str
+    ca_file: Path
+    admin_kubeconfig: Path
+    admin_cert: CertPair
+    log_dir: Path
+    service_account_issuer: str
+    fake_log_file: Path
+    exec_dir: Path
+    processes: dict[str, process.ManagedProcess] = field(default_factory=dict)
+    startup_seconds: dict[str, float] = field(default_factory=dict)
+
+    # -- clients -------------------------------------------------------------------------------
+    def configuration(self, token: str | None = None) -> k8s.Configuration:
+        """Client configuration: admin client certificate, or the bearer ``token`` when given."""
+        cfg = k8s.Configuration(host=self.server)
+        cfg.ssl_ca_cert = str(self.ca_file)
+        if token is None:
+            cfg.cert_file = str(self.admin_cert.cert)
+            cfg.key_file = str(self.admin_cert.key)
+        else:
+            cfg.api_key = {"BearerToken": token}
+            cfg.api_key_prefix = {"BearerToken": "Bearer"}
+        return cfg
+
+    def admin_client(self) -> k8s.ApiClient:
+        """An ApiClient authenticated as ``admin`` (O=system:masters); the caller closes it."""
+        return k8s.ApiClient(self.configuration())
+
+    def client_for_token(self, token: str) -> k8s.ApiClient:
+        """An ApiClient sending ``token`` as bearer token; the caller closes it."""
+        return k8s.ApiClient(self.configuration(token))
+
+    # -- helpers built on the admin client -------------------------------------------------------
+    async def ensure_fake_nodes(self, count: int = 2, *, prefix: str = "kwok-node") -> list[str]:
+        """Register ``count`` kwok-managed nodes (idempotent) and wait until all are Ready."""
+        names = [f"{prefix}-{i}" for i in range(count)]
+        async with self.admin_client() as api:
+            core = k8s.CoreV1Api(api)
+            for node in names:
+                with contextlib.suppress(_Conflict):
+                    await _create(core.create_node(_fake_node(node)))
+            deadline = time.monotonic() + NODE_READY_TIMEOUT
+            while True:
+                nodes = await core.list_node(label_selector="=".join(FAKE_NODE_LABEL))
+                ready = {n.metadata.name for n in nodes.items if _node_ready(n)}
+                if ready.issuperset(names):
+                    return names
+                if time.monotonic() > deadline:
+                    raise process.ComponentError(
+                        f"{self.name}: kwok nodes {sorted(set(names) - ready)} not Ready within "
+                        f"{NODE_READY_TIMEOUT:.0f}s.\nkwok log {self.log_dir / 'kwok.log'} ends "
+                        f"with:\n{self.processes['kwok'].tail()}"
+                    )
+                await asyncio.sleep(0.2)
+
+    async def service_account_token(
+        self,
+        *,
+        name: str,
+        namespace: str = "default",
+        rules: Sequence[Mapping[str, Any] | k8s.V1PolicyRule] | None = None,
+        cluster_role: str | None = None,
+        role: str | None = None,
+        cluster_wide: bool = False,
+        audiences: Sequence[str] | None = None,
+        expiration_seconds: int = 3600,
+    ) -> str:
+        """Create (or reuse) ServiceAccount ``namespace/name``, grant it permissions, return a real
+        token from the TokenRequest API (default audiences: the API server's own).
+
+        Permissions, at most one of:
+
+        * ``rules``: ``V1PolicyRule`` objects or dicts in API spelling, e.g.
+          ``{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}``; creates Role ``name``,
+          or ClusterRole ``<namespace>-<name>`` when ``cluster_wide``;
+        * ``cluster_role``: an existing ClusterRole, e.g. ``view``;
+        * ``role``: an existing Role in ``namespace``.
+
+        The binding is a RoleBinding in ``namespace``, or a ClusterRoleBinding when
+        ``cluster_wide``. With none of them the account authenticates but may do nothing.
+        """
+        if sum(x is not None for x in (rules, cluster_role, role)) > 1:
+            raise ValueError("give at most one of rules=, cluster_role=, role=")
+        if role is not None and cluster_wide:
+            raise ValueError("role= names a namespaced Role: it cannot be bound cluster_wide")
+        meta = k8s.V1ObjectMeta
+        async with self.admin_client() as api:
+            core, rbac = k8s.CoreV1Api(api), k8s.RbacAuthorizationV1Api(api)
+            with contextlib.suppress(_Conflict):
+                await _create(core.create_namespace(k8s.V1Namespace(metadata=meta(name=namespace))))
+            with contextlib.suppress(_Conflict):
+                await _create(
+                    core.create_namespaced_service_account(
+                        namespace, k8s.V1ServiceAccount(metadata=meta(name=name))
+                    )
+                )
+            wide_name = f"{namespace}-{name}"  # cluster-scoped objects: unique per account
+            role_ref: k8s.V1RoleRef | None = None
+            if rules is not None:
+                policy = [_policy_rule(r) for r in rules]
+                if cluster_wide:
+                    cr = k8s.V1ClusterRole(metadata=meta(name=wide_name), rules=policy)
+                    await _apply(
+                        rbac.create_cluster_role(cr),
+                        lambda: rbac.replace_cluster_role(wide_name, cr),
+                    )
+                    role_ref = _role_ref("ClusterRole", wide_name)
+                else:
+                    r = k8s.V1Role(metadata=meta(name=name), rules=policy)
+                    await _apply(
+                        rbac.create_namespaced_role(namespace, r),
+                        lambda: rbac.replace_namespaced_role(name, namespace, r),
+                    )
+                    role_ref = _role_ref("Role", name)
+            elif cluster_role is not None:
+                role_ref = _role_ref("ClusterRole", cluster_role)
+            elif role is not None:
+                role_ref = _role_ref("Role", role)
+            if role_ref is not None:
+                subjects = [
+                    k8s.RbacV1Subject(kind="ServiceAccount", name=name, namespace=namespace)
+                ]
+                if cluster_wide:
+                    crb = k8s.V1ClusterRoleBinding(
+                        metadata=meta(name=wide_name), role_ref=role_ref, subjects=subjects
+                    )
+                    await _apply(
+                        rbac.create_cluster_role_binding(crb),
+                        lambda: rbac.replace_cluster_role_binding(wide_name, crb),
+                    )
+                else:
+                    rb = k8s.V1RoleBinding(
+                        metadata=meta(name=name), role_ref=role_ref, subjects=subjects
+                    )
+                    await _apply(
+                        rbac.create_namespaced_role_binding(namespace, rb),
+                        lambda: rbac.replace_namespaced_role_binding(name, namespace, rb),
+                    )
+            request = k8s.AuthenticationV1TokenRequest(
+                spec=k8s.V1TokenRequestSpec(
+                    audiences=list(audiences) if audiences is not None else [],
+                    expiration_seconds=expiration_seconds,
+                )
+            )
+            answer = await core.create_namespaced_service_account_token(name, namespace, request)
+            token = answer.status.token
+            if not isinstance(token, str) or not token:
+                raise RuntimeError(
+                    f"{self.name}: TokenRequest for {namespace}/{name} gave no token"
+                )
+            return token
+
+    async def whoami(self, token: str) -> k8s.V1UserInfo:
+        """The identity the API server derives from ``token`` (SelfSubjectReview).
+
+        Raises ``ApiException`` (401) when the token is not accepted.
+        """
+        async with self.client_for_token(token) as api:
+            review = await k8s.AuthenticationV1Api(api).create_self_subject_review(
+                k8s.V1SelfSubjectReview()
+            )
+            return review.status.user_info
+
+    async def wait_token_accepted(self, token: str, *, within: float = 30.0) -> k8s.V1UserInfo:
+        """Wait until ``token`` authenticates; returns the user info.
+
+        The API server fetches a JWT issuer's discovery document in the background and retries
+        every 10 s, so tokens of an issuer (Keycloak) that came up after the API server are
+        rejected (401) for up to ~10 s after it is reachable.
+        """
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                return await self.whoami(token)
+            except ApiException as exc:
+                if exc.status != 401 or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.5)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def memory_report(self) -> dict[str, dict[str, int]]:
+        """Per component: current and peak resident memory in KiB (``VmRSS`` / ``VmHWM``)."""
+        report: dict[str, dict[str, int]] = {}
+        for comp, proc in self.processes.items():
+            if proc.proc is None or not proc.running:
+                continue
+            with contextlib.suppress(OSError):
+                fields = dict(
+                    line.split(":", 1)
+                    for line in Path(f"/proc/{proc.proc.pid}/status").read_text().splitlines()
+                    if ":" in line
+                )
+                report[comp] = {
+                    "rss_kib": int(fields["VmRSS"].split()[0]),
+                    "peak_rss_kib": int(fields["VmHWM"].split()[0]),
+                }
+        return report
+
+    def stop(self) -> None:
+        """Stop every component (kwok first, etcd last); writes ``memory.json`` beside the logs."""
+        report = self.memory_report()
+        if report:
+            totals = {
+                "peak_rss_kib_sum": sum(r["peak_rss_kib"] for r in report.values()),
+                "components": report,
+                "startup_seconds": self.startup_seconds,
+            }
+            with contextlib.suppress(OSError):
+                (self.log_dir / "memory.json").write_text(json.dumps(totals, indent=2))
+        for proc in reversed(list(self.processes.values())):
+            proc.stop(timeout=10)
+
+
+# -- startup ---------------------------------------------------------------------------------------
+def start_cluster(
+    name: str,
+    ca: CertificateAuthority,
+    run_dir: Path,
+    jwt_issuers: Sequence[JWTIssuer] = (),
+) -> Cluster:
+    """Start a whole control plane named ``name`` and wait until it schedules and runs pods."""
+    t0 = time.monotonic()
+    cluster_dir = run_dir / name
+    cluster_dir.mkdir(parents=True, exist_ok=True)
+    binaries = {
+        comp: build.binary(comp)
+        for comp in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+    }
+    ports = {
+        comp: free_port() for comp in ("etcd", "etcd-peer", "apiserver", "cm", "sched", "kwok")
+    }
+    server = f"https://{HOST}:{ports['apiserver']}"
+
+    # PKI: serving certificates from the shared CA; client identities from this cluster's own CA.
+    client_ca = CertificateAuthority(cluster_dir / "pki", name=f"kmg-{name}-client-ca")
+    admin = client_ca.issue("admin", organizations=("system:masters",), client=True, server=False)
+    # The controller manager runs its controllers with its own identity
+    # (--use-service-account-credentials=false): one token per controller costs ~4 s of startup.
+    cm_client = client_ca.issue(
+        "system:kube-controller-manager",
+        organizations=("system:masters",),
+        client=True,
+        server=False,
+    )
+    sched_client = client_ca.issue("system:kube-scheduler", client=True, server=False)
+    kubelet_client = client_ca.issue("kube-apiserver-kubelet-client", client=True, server=False)
+    serving = {comp: ca.issue(f"{name}-{comp}") for comp in ("apiserver", "cm", "sched", "kwok")}
+    sa = pki.rsa_key_pair(cluster_dir / "pki", "service-account")
+
+    kubeconfigs = {
+        who: _write_kubeconfig(cluster_dir / f"{who}.kubeconfig", name, server, ca.cert, pair)
+        for who, pair in (
+            ("admin", admin),
+            ("controller-manager", cm_client),
+            ("scheduler", sched_client),
+        )
+    }
+    authn_config = cluster_dir / "authentication-config.yaml"
+    authn_config.write_text(yaml.safe_dump(authentication_configuration(jwt_issuers)))
+    fake_log = cluster_dir / "fake-container.log"
+    _write_fake_log(fake_log)
+    exec_dir = cluster_dir / "exec"
+    exec_dir.mkdir(exist_ok=True)
+    kwok_config = cluster_dir / "kwok.yaml"
+    kwok_config.write_text(_kwok_config(fake_log, exec_dir))
+
+    cluster = Cluster(
+        name=name,
+        server=server,
+        ca_file=ca.cert,
+        admin_kubeconfig=kubeconfigs["admin"],
+        admin_cert=admin,
+        log_dir=cluster_dir,
+        service_account_issuer=server,
+        fake_log_file=fake_log,
+        exec_dir=exec_dir,
+    )
+    cluster.startup_seconds["prepare"] = time.monotonic() - t0
+
+    def managed(comp: str, argv: list[str | os.PathLike[str]], **kw: Any) -> process.ManagedProcess:
+        proc = process.ManagedProcess(f"{name}-{comp}", argv, cluster_dir / f"{comp}.log", **kw)
+        cluster.processes[comp] = proc
+        proc.start()
+        return proc
+
+    try:
+        etcd_url = f"http://{HOST}:{ports['etcd']}"
+        peer_url = f"http://{HOST}:{ports['etcd-peer']}"
+        etcd = managed(
+            "etcd",
+            [
+                binaries["etcd"],
+                f"--name={name}",
+                f"--data-dir={cluster_dir / 'etcd-data'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster={name}={peer_url}",
+                "--initial-cluster-state=new",
+                "--unsafe-no-fsync",  # throwaway test data: no fsync makes writes much faster
+                "--log-level=warn",
+            ],
+        )
+        apiserver = managed(
+            "kube-apiserver",
+            [
+                binaries["kube-apiserver"],
+                f"--etcd-servers={etcd_url}",
+                f"--bind-address={HOST}",
+                f"--secure-port={ports['apiserver']}",
+                f"--cert-dir={cluster_dir / 'apiserver-certs'}",
+                f"--tls-cert-file={serving['apiserver'].cert}",
+                f"--tls-private-key-file={serving['apiserver'].key}",
+                f"--client-ca-file={client_ca.cert}",
+                "--authorization-mode=Node,RBAC",
+                f"--authentication-config={authn_config}",
+                f"--service-account-issuer={server}",
+                f"--service-account-key-file={sa.cert}",
+                f"--service-account-signing-key-file={sa.key}",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                f"--kubelet-certificate-authority={ca.cert}",
+                f"--kubelet-client-certificate={kubelet_client.cert}",
+                f"--kubelet-client-key={kubelet_client.key}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+                "--endpoint-reconciler-type=none",  # no real network: no endpoints for `kubernetes`
+                "--profiling=false",
+            ],
+        )
+        etcd.wait_until(
+            lambda: process.http_ok(f"{etcd_url}/health"), timeout=ETCD_TIMEOUT, what="healthy"
+        )
+        apiserver.wait_until(
+            lambda: _https_status(f"{server}/readyz", ca.cert) == 200,
+            timeout=APISERVER_TIMEOUT,
+            what="ready (/readyz)",
+        )
+        cluster.startup_seconds["apiserver_ready"] = time.monotonic() - t0
+
+        cm = managed(
+            "kube-controller-manager",
+            [
+                binaries["kube-controller-manager"],
+                f"--kubeconfig={kubeconfigs['controller-manager']}",
+                f"--bind-address={HOST}",
+                f"--secure-port={ports['cm']}",
+                f"--tls-cert-file={serving['cm'].cert}",
+                f"--tls-private-key-file={serving['cm'].key}",
+                f"--cert-dir={cluster_dir / 'cm-certs'}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=false",
+                f"--service-account-private-key-file={sa.key}",
+                f"--root-ca-file={ca.cert}",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
+                "--profiling=false",
+            ],
+        )
+        sched = managed(
+            "kube-scheduler",
+            [
+                binaries["kube-scheduler"],
+                f"--kubeconfig={kubeconfigs['scheduler']}",
+                f"--bind-address={HOST}",
+                f"--secure-port={ports['sched']}",
+                f"--tls-cert-file={serving['sched'].cert}",
+                f"--tls-private-key-file={serving['sched'].key}",
+                "--leader-elect=false",
+                "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
+                "--profiling=false",
+            ],
+        )
+        kwok = managed(
+            "kwok",
+            [
+                binaries["kwok"],
+                f"--kubeconfig={kubeconfigs['admin']}",
+                f"--config={kwok_config}",
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=" + "=".join(KWOK_NODE_ANNOTATION),
+                f"--node-ip={HOST}",
+                f"--node-port={ports['kwok']}",
+                f"--server-address={HOST}:{ports['kwok']}",
+                f"--tls-cert-file={serving['kwok'].cert}",
+                f"--tls-private-key-file={serving['kwok'].key}",
+                "--node-lease-duration-seconds=40",
+            ],
+            # kwok also reads ~/.kwok/kwok.yaml when present: point its work dir at ours instead.
+            env={"KWOK_WORKDIR": str(cluster_dir / "kwok-workdir")},
+        )
+        cm.wait_until(
+            lambda: _https_status(f"https://{HOST}:{ports['cm']}/healthz", ca.cert) == 200,
+            timeout=COMPONENT_TIMEOUT,
+            what="healthy",
+        )
+        sched.wait_until(
+            lambda: _https_status(f"https://{HOST}:{ports['sched']}/healthz", ca.cert) == 200,
+            timeout=COMPONENT_TIMEOUT,
+            what="healthy",
+        )
+        kwok.wait_until(
+            lambda: _https_status(f"https://{HOST}:{ports['kwok']}/healthz", ca.cert) == 200,
+            timeout=COMPONENT_TIMEOUT,
+            what="serving (/healthz)",
+        )
+        # Pods are admitted only once their service account exists (controller manager's job).
+        cm.wait_until(
+            lambda: (
+                _https_status(
+                    f"{server}/api/v1/namespaces/default/serviceaccounts/default", ca.cert, admin
+                )
+                == 200
+            ),
+            timeout=DEFAULT_SA_TIMEOUT,
+            what="creating the default service account",
+        )
+    except BaseException:
+        cluster.stop()
+        raise
+    cluster.startup_seconds["ready"] = time.monotonic() - t0
+    return cluster
+
+
+def start_clusters_parallel(
+    specs: Sequence[tuple[str, Sequence[JWTIssuer]]], ca: CertificateAuthority, run_dir: Path
+) -> list[Cluster]:
+    """Start several clusters at once (threads; each start is mostly waiting)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(specs)) as pool:
+        futures = [pool.submit(start_cluster, n, ca, run_dir, issuers) for n, issuers in specs]
+        return [f.result() for f in futures]
+
+
+def authentication_configuration(issuers: Sequence[JWTIssuer]) -> dict[str, Any]:
+    """The structured ``AuthenticationConfiguration`` (apiserver.config.k8s.io/v1) file content."""
+    jwt: list[dict[str, Any]] = []
+    for issuer in issuers:
+        if not issuer.audiences:
+            raise ValueError(f"JWT issuer {issuer.url}: at least one audience is required")
+        spec: dict[str, Any] = {"url": issuer.url, "audiences": list(issuer.audiences)}
+        if len(issuer.audiences) > 1:
+            spec["audienceMatchPolicy"] = "MatchAny"
+        if issuer.ca_file is not None:
+            spec["certificateAuthority"] = issuer.ca_file.read_text()
+        jwt.append(
+            {
+                "issuer": spec,
+                "claimMappings": {
+                    # prefix is required whenever claim is set; "" means no prefix
+                    "username": {"claim": issuer.username_claim, "prefix": issuer.username_prefix},
+                    "groups": {"claim": issuer.groups_claim, "prefix": issuer.groups_prefix},
+                },
+            }
+        )
+    return {
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "kind": "AuthenticationConfiguration",
+        "jwt": jwt,
+    }
+
+
+# -- files -----------------------------------------------------------------------------------------
+def _write_kubeconfig(path: Path, name: str, server: str, ca_file: Path, pair: CertPair) -> Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": name, "cluster": {"server": server, "certificate-authority": str(ca_file)}}
+        ],
+        "users": [
+            {
+                "name": pair.cert.stem,
+                "user": {"client-certificate": str(pair.cert), "client-key": str(pair.key)},
+            }
+        ],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": pair.cert.stem}}],
+        "current-context": name,
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+def _write_fake_log(path: Path) -> None:
+    start = dt.datetime.now(dt.UTC)
+    lines = []
+    for i, message in enumerate(FAKE_LOG_LINES):
+        stamp = (start + dt.timedelta(milliseconds=i)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        lines.append(f"{stamp} stdout F {message}\n")
+    path.write_text("".join(lines))
+
+
+def _kwok_config(log_file: Path, exec_dir: Path) -> str:
+    """kwok's --config: stages for fake nodes and pods, plus ClusterLogs and ClusterExec."""
+    cluster_logs = {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "ClusterLogs",
+        "metadata": {"name": "all-pods"},
+        "spec": {"logs": [{"logsFile": str(log_file), "follow": False}]},
+    }
+    cluster_exec = {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "ClusterExec",
+        "metadata": {"name": "all-pods"},
+        "spec": {
+            "execs": [
+                {"local": {"workDir": str(exec_dir), "envs": [{"name": "KWOK_EXEC", "value": "1"}]}}
+            ]
+        },
+    }
+    docs = [yaml.safe_dump(cluster_logs), yaml.safe_dump(cluster_exec), *_STAGES]
+    return "---\n".join(docs)
+
+
+# Stages adapted from kwok v0.8.0's kustomize/stage/{node/fast,node/heartbeat-with-lease,pod/fast}
+# (Apache-2.0): nodes become Ready at once, pods Running and Ready, Job pods Succeeded.
+_STAGES = (
+    """\
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: node-initialize
+spec:
+  resourceRef: {apiGroup: v1, kind: Node}
+  selector:
+    matchExpressions:
+    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
+      operator: 'NotIn'
+      values: ['True']
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      {{ $lastTransitionTime := or .metadata.creationTimestamp $now }}
+      conditions:
+      {{ range NodeConditions }}
+      - lastHeartbeatTime: {{ $now | Quote }}
+        lastTransitionTime: {{ $lastTransitionTime | Quote }}
+        message: {{ .message | Quote }}
+        reason: {{ .reason | Quote }}
+        status: {{ .status | Quote }}
+        type: {{ .type  | Quote}}
+      {{ end }}
+      addresses:
+      {{ with NodeIP }}
+      - address: {{ . | Quote }}
+        type: InternalIP
+      {{ end }}
+      {{ with NodeName }}
+      - address: {{ . | Quote }}
+        type: Hostname
+      {{ end }}
+      {{ with NodePort }}
+      daemonEndpoints:
+        kubeletEndpoint:
+          Port: {{ . }}
+      {{ end }}
+      allocatable:
+      {{ with .status.allocatable }}
+      {{ YAML . 1 }}
+      {{ else }}
+        cpu: 1k
+        memory: 1Ti
+        pods: 1M
+      {{ end }}
+      capacity:
+      {{ with .status.capacity }}
+      {{ YAML . 1 }}
+      {{ else }}
+        cpu: 1k
+        memory: 1Ti
+        pods: 1M
+      {{ end }}
+      {{ $kwokVersion := printf "kwok-%s" Version }}
+      nodeInfo:
+        architecture: amd64
+        bootID: ""
+        containerRuntimeVersion: {{ $kwokVersion }}
+        kernelVersion: {{ $kwokVersion }}
+        kubeProxyVersion: {{ $kwokVersion }}
+        kubeletVersion: {{ $kwokVersion }}
+        machineID: ""
+        operatingSystem: linux
+        osImage: ""
+        systemUUID: ""
+      phase: Running
+""",
+    """\
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: node-heartbeat-with-lease
+spec:
+  resourceRef: {apiGroup: v1, kind: Node}
+  selector:
+    matchExpressions:
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Running']
+    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
+      operator: 'In'
+      values: ['True']
+  delay:
+    durationMilliseconds: 600000
+    jitterDurationMilliseconds: 610000
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      {{ $lastTransitionTime := or .metadata.creationTimestamp $now }}
+      conditions:
+      {{ range NodeConditions }}
+      - lastHeartbeatTime: {{ $now | Quote }}
+        lastTransitionTime: {{ $lastTransitionTime | Quote }}
+        message: {{ .message | Quote }}
+        reason: {{ .reason | Quote }}
+        status: {{ .status | Quote }}
+        type: {{ .type | Quote }}
+      {{ end }}
+""",
+    """\
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-ready
+spec:
+  resourceRef: {apiGroup: v1, kind: Pod}
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Pending']
+    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
+      operator: 'NotIn'
+      values: ['True']
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      conditions:
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: Initialized
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: Ready
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: ContainersReady
+      {{ range .spec.readinessGates }}
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: {{ .conditionType | Quote }}
+      {{ end }}
+      containerStatuses:
+      {{ range .spec.containers }}
+      - image: {{ .image | Quote }}
+        name: {{ .name | Quote }}
+        ready: true
+        restartCount: 0
+        started: true
+        state:
+          running:
+            startedAt: {{ $now | Quote }}
+      {{ end }}
+      initContainerStatuses:
+      {{ range .spec.initContainers }}
+      - image: {{ .image | Quote }}
+        name: {{ .name | Quote }}
+        ready: true
+        restartCount: 0
+        state:
+          terminated:
+            exitCode: 0
+            finishedAt: {{ $now | Quote }}
+            reason: Completed
+            startedAt: {{ $now | Quote }}
+      {{ end }}
+      {{ $hostIPs := NodeIPsWith .spec.nodeName }}
+      {{ with $hostIPs }}
+      hostIP: {{ index . 0 | Quote }}
+      hostIPs:
+      {{ range . }}
+      - ip: {{ . | Quote }}
+      {{ end }}
+      {{ end }}
+      {{ $podIPs := PodIPsWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) }}
+      {{ with $podIPs }}
+      podIP: {{ index . 0 | Quote }}
+      podIPs:
+      {{ range . }}
+      - ip: {{ . | Quote }}
+      {{ end }}
+      {{ end }}
+      phase: Running
+      startTime: {{ $now | Quote }}
+""",  # noqa: E501 - kwok template line
+    """\
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-complete
+spec:
+  resourceRef: {apiGroup: v1, kind: Pod}
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Running']
+    - key: '.metadata.ownerReferences.[].kind'
+      operator: 'In'
+      values: ['Job']
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      containerStatuses:
+      {{ range .spec.containers }}
+      - image: {{ .image | Quote }}
+        name: {{ .name | Quote }}
+        ready: false
+        restartCount: 0
+        started: false
+        state:
+          terminated:
+            exitCode: 0
+            finishedAt: {{ $now | Quote }}
+            reason: Completed
+            startedAt: {{ $now | Quote }}
+      {{ end }}
+      phase: Succeeded
+""",
+    """\
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-delete
+spec:
+  resourceRef: {apiGroup: v1, kind: Pod}
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'Exists'
+  next:
+    delete: true
+""",
+)
+
+
+# -- small helpers ---------------------------------------------------------------------------------
+def _https_status(url: str, ca_file: Path, client_cert: CertPair | None = None) -> int:
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    if client_cert is not None:
+        ctx.load_cert_chain(str(client_cert.cert), str(client_cert.key))
+    req = urllib.request.Request(url)  # noqa: S310 - https URL of a local test component
+    try:
+        with urllib.request.urlopen(req, timeout=2.0, context=ctx) as resp:  # noqa: S310
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+
+
+def _fake_node(name: str) -> k8s.V1Node:
+    key, value = KWOK_NODE_ANNOTATION
+    label_key, label_value = FAKE_NODE_LABEL
+    return k8s.V1Node(
+        metadata=k8s.V1ObjectMeta(
+            name=name,
+            annotations={key: value},
+            labels={
+                label_key: label_value,
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+            },
+        ),
+        spec=k8s.V1NodeSpec(),
+    )
+
+
+_RULE_FIELDS = {
+    "apiGroups": "api_groups",
+    "resources": "resources",
+    "verbs": "verbs",
+    "resourceNames": "resource_names",
+    "nonResourceURLs": "non_resource_urls",
+}
+
+
+def _policy_rule(rule: Mapping[str, Any] | k8s.V1PolicyRule) -> k8s.V1PolicyRule:
+    if isinstance(rule, k8s.V1PolicyRule):
+        return rule
+    unknown = set(rule) - set(_RULE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown PolicyRule fields {sorted(unknown)}; use {sorted(_RULE_FIELDS)}")
+    return k8s.V1PolicyRule(**{_RULE_FIELDS[k]: list(v) for k, v in rule.items()})
+
+
+def _role_ref(kind: str, name: str) -> k8s.V1RoleRef:
+    return k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind=kind, name=name)
+
+
+def _node_ready(node: Any) -> bool:
+    conditions = (node.status.conditions if node.status else None) or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+class _Conflict(Exception):
+    """The object already exists (HTTP 409)."""
+
+
+async def _create(call: Any) -> Any:
+    try:
+        return await call
+    except ApiException as exc:
+        if exc.status == 409:
+            raise _Conflict from exc
+        raise
+
+
+async def _apply(create: Any, replace: Any) -> None:
+    """Create, or replace when it already exists."""
+    try:
+        await _create(create)
+    except _Conflict:
+        await replace()
