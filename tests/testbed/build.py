@@ -1,4 +1,4 @@
-"""Build or fetch every real component of the testbed into the cache (``python -m tests.testbed.build``).
+"""Build or fetch every real testbed component into the cache: ``python -m tests.testbed.build``.
 
 Go components are built from the Go module proxy through the wrapper modules in
 ``tests/testbed/go/<component>/`` (pinned ``go.mod`` + ``go.sum``). A component is rebuilt only
@@ -99,7 +99,7 @@ def build_go(comp: GoComponent, *, force: bool = False) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     _log(
-        f"{comp.name} {comp.version}: building {', '.join(comp.packages)} (cold builds take minutes)"
+        f"{comp.name} {comp.version}: building {', '.join(comp.packages)} (cold: minutes)"
     )
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly -buildvcs=false")
     started = time.monotonic()

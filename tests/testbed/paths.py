@@ -42,7 +42,7 @@ def run_root() -> Path:
 
 
 def new_run_dir(label: str) -> Path:
-    """A fresh folder for one testbed run; the newest is also linked as ``.testbed/<label>-latest``."""
+    """A fresh folder for one run; the newest is linked as ``.testbed/<label>-latest``."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = run_root()
     path = base / f"{label}-{stamp}-{os.getpid()}"
