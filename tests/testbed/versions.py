@@ -9,3 +9,7 @@ OPA = "v1.22.0"
 HELM = "v3.22.0"
 KEYCLOAK = "26.7.3"
 JAVA_MIN_MAJOR = 21
+KUSTOMIZE = "v5.8.2"  # v5.8.3 needs Go 1.27
+GATEWAY_API = "v1.6.3"  # v1.7 needs Go 1.27
+ISTIO_API = "v1.31.1"  # istio.io/api: kubernetes/customresourcedefinitions.gen.yaml
+KIND = "v0.30.0"

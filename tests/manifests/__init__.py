@@ -1,0 +1,1 @@
+"""Tests and helpers for the Kubernetes manifests under ``manifests/``."""
