@@ -119,7 +119,8 @@ def build_go(comp: GoComponent, *, force: bool = False) -> Path:
         cmd, cwd=comp.wrapper, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert proc.stdout is not None
-    compiled, tail, last_report = 0, [], started
+    compiled, last_report = 0, started
+    tail: list[str] = []
     for line in proc.stdout:
         tail = [*tail[-40:], line.rstrip()]
         if line.startswith("go: downloading"):
@@ -173,4 +174,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: provisioners register into
+    # tests.testbed.build.EXTRA_PROVISIONERS, which a second module object would not see.
+    from tests.testbed import build as _build
+
+    sys.exit(_build.main())
