@@ -10,12 +10,17 @@ One run, side by side, against the testbed's real Keycloak:
 
 Goals (issue 5): warm-cache p99 <= 2 ms at 500 req/s; >= 10x the throughput of (3).
 The load generator shares the 2-core machine with the service and Keycloak, so its own overhead
-is inside every number here.
+is inside the client-side numbers. To tell the service's cost apart from the machine's load, the
+result also carries the service's own CPU time per request (``/proc``) and its server-side
+latency histogram (``http_request_duration_seconds``) over the paced phase.
+Requests to the service go through a minimal keep-alive HTTP/1.1 client on asyncio streams (a
+few tens of microseconds per request) instead of a full client library.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -26,7 +31,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from tests.gateway_plugins.token_exchange.running import testbed_settings
+from tests.gateway_plugins.token_exchange.running import service_settings
 from tests.testbed import keycloak as kc
 from tests.testbed import paths, process
 from tests.testbed.identity_plan import BACKEND_AUDIENCE, REALM_MCP, new_plan
@@ -39,6 +44,69 @@ MAX_SECONDS = 8
 CONCURRENCY = 16
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS = "urn:ietf:params:oauth:token-type:access_token"
+
+
+class KeepAliveClient:
+    """POST ``path`` with fixed headers over a pool of persistent HTTP/1.1 connections."""
+
+    def __init__(self, host: str, port: int, path: str, headers: dict[str, str], size: int):
+        lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Length: 0"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        self._request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        self._host, self._port, self._size = host, port, size
+        self._pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.Queue()
+        )
+
+    async def open(self) -> None:
+        for _ in range(self._size):
+            self._pool.put_nowait(await asyncio.open_connection(self._host, self._port))
+
+    async def close(self) -> None:
+        while not self._pool.empty():
+            _, writer = self._pool.get_nowait()
+            writer.close()
+
+    async def __call__(self) -> bool:
+        reader, writer = await self._pool.get()
+        try:
+            writer.write(self._request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            return status == 200
+        finally:
+            self._pool.put_nowait((reader, writer))
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _check_histogram(metrics: str) -> dict[str, float]:
+    """Cumulative bucket counts of the service's /check latency histogram, by upper bound."""
+    buckets: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith("http_request_duration_seconds_bucket{") and "/check" in line:
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def _server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    total = after.get("+Inf", 0.0) - before.get("+Inf", 0.0)
+    if not total:
+        return {"count": 0}
+    share = {
+        f"le_{le}s": round((after.get(le, 0.0) - before.get(le, 0.0)) / total, 4)
+        for le in ("0.0005", "0.001", "0.002", "0.005")
+    }
+    return {"count": int(total), "share_of_requests": share}
 
 
 def _percentiles(samples_s: list[float]) -> dict[str, float]:
@@ -125,8 +193,8 @@ def _start_keycloak(run_dir: Path) -> kc.Keycloak:
     return server
 
 
-def _start_service(keycloak: kc.Keycloak, run_dir: Path) -> tuple[process.ManagedProcess, str]:
-    settings = testbed_settings(keycloak, run_dir / "token-exchange-secrets")
+def _start_service(keycloak: kc.Keycloak, run_dir: Path) -> tuple[process.ManagedProcess, str, int]:
+    settings = service_settings(keycloak, run_dir / "token-exchange-secrets")
     config = run_dir / "token-exchange.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
     port = free_port()
@@ -150,10 +218,11 @@ def _start_service(keycloak: kc.Keycloak, run_dir: Path) -> tuple[process.Manage
     proc.start()
     url = f"http://127.0.0.1:{port}"
     proc.wait_until(lambda: process.http_ok(f"{url}/readyz"), timeout=30, what="ready (/readyz)")
-    return proc, url
+    return proc, url, port
 
 
-async def _measure(keycloak: kc.Keycloak, url: str) -> dict[str, Any]:
+async def _measure(keycloak: kc.Keycloak, url: str, port: int, pid: int) -> dict[str, Any]:
+    load_at_start = os.getloadavg()[0]
     user_token = await asyncio.to_thread(keycloak.user_token, "mcp", "mcp")
     check_headers = {
         "authorization": f"Bearer {user_token}",
@@ -161,12 +230,13 @@ async def _measure(keycloak: kc.Keycloak, url: str) -> dict[str, Any]:
         "x-mcp-method": "tools/call",
     }
     connector = aiohttp.TCPConnector(limit=64, ssl=keycloak.ssl_context())
+    via_service = KeepAliveClient("127.0.0.1", port, "/check/mcp", check_headers, CONCURRENCY)
+    await via_service.open()
     async with aiohttp.ClientSession(connector=connector) as http:
 
-        async def via_service() -> bool:
-            async with http.post(f"{url}/check/mcp", headers=check_headers) as resp:
-                await resp.read()
-                return resp.status == 200
+        async def metrics_text() -> str:
+            async with http.get(f"{url}/metrics") as resp:
+                return await resp.text()
 
         form = {
             "grant_type": GRANT,
@@ -187,11 +257,19 @@ async def _measure(keycloak: kc.Keycloak, url: str) -> dict[str, Any]:
         await _closed(via_service, CONCURRENCY, 1.0)
         await _closed(keycloak_every_call, CONCURRENCY, 2.0)
 
+        hist_before, cpu_before = _check_histogram(await metrics_text()), _cpu_seconds(pid)
         paced = await _paced(via_service, PACED_RATE, PACED_SECONDS)
+        cpu_paced = _cpu_seconds(pid) - cpu_before
+        paced["server_side"] = _server_side(hist_before, _check_histogram(await metrics_text()))
+        paced["service_cpu_us_per_request"] = round(cpu_paced / paced["count"] * 1e6, 1)
+        cpu_before = _cpu_seconds(pid)
         warm_max = await _closed(via_service, CONCURRENCY, MAX_SECONDS)
+        warm_max["service_cpu_us_per_request"] = round(
+            (_cpu_seconds(pid) - cpu_before) / max(warm_max["count"], 1) * 1e6, 1
+        )
         reference = await _closed(keycloak_every_call, CONCURRENCY, MAX_SECONDS)
-        async with http.get(f"{url}/metrics") as resp:
-            metrics = await resp.text()
+        metrics = await metrics_text()
+    await via_service.close()
     sts_calls = sum(
         float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()
@@ -204,6 +282,7 @@ async def _measure(keycloak: kc.Keycloak, url: str) -> dict[str, Any]:
         "keycloak_every_call_max": reference,
         "throughput_ratio_warm_vs_every_call": round(ratio, 1),
         "service_keycloak_calls_total": sts_calls,
+        "load_average_1m": {"start": load_at_start, "end": os.getloadavg()[0]},
         "goals": {
             "warm_p99_le_2ms_at_500rps": paced["p99_ms"] <= 2.0 and paced["errors"] == 0,
             "throughput_ratio_ge_10": ratio >= 10,
@@ -216,8 +295,10 @@ async def run(soak: bool = False) -> dict[str, Any]:
     keycloak = await asyncio.to_thread(_start_keycloak, run_dir)
     service: process.ManagedProcess | None = None
     try:
-        service, url = await asyncio.to_thread(_start_service, keycloak, run_dir)
-        result = await _measure(keycloak, url)
+        started, url, port = await asyncio.to_thread(_start_service, keycloak, run_dir)
+        service = started
+        assert started.proc is not None
+        result = await _measure(keycloak, url, port, started.proc.pid)
         result["keycloak_rss_mib"] = keycloak.rss_mib()
         result["run_dir"] = str(run_dir)
         return result

@@ -1,0 +1,1 @@
+"""Gateway plugin services for the MCP Gateway: token exchange and tool policy."""

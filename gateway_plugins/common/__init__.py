@@ -1,0 +1,9 @@
+"""Scaffolding shared by the gateway plugin services (token exchange, policy).
+
+- :mod:`.settings`: one typed settings object per service from YAML, env vars and CLI flags.
+- :mod:`.logging`: JSON log lines carrying the request id, with token/secret redaction.
+- :mod:`.service`: aiohttp app factory pieces (request id, errors, health, readiness, metrics).
+- :mod:`.http_client`: the one shared, TLS-aware aiohttp client session per upstream.
+- :mod:`.jwks`: per-issuer JWKS cache with OIDC discovery and rate-limited refetch.
+- :mod:`.jwt_validation`: local JWT validation that fails closed with token-free reasons.
+"""

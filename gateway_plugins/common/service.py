@@ -1,0 +1,283 @@
+"""aiohttp scaffolding shared by the plugin services.
+
+:func:`create_base_app` returns an application with: a request-id middleware (honours or sets
+``x-request-id``), an error middleware (every failure becomes a JSON error, never a stack trace),
+request counters and latency histograms in a per-app Prometheus registry, ``/healthz``,
+``/readyz`` (pluggable async checks) and ``/metrics``. :func:`run_app` serves it until SIGTERM or
+SIGINT and shuts down gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import generate_latest
+
+from gateway_plugins.common.logging import redact, request_id_var
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+ReadyCheck = Callable[[], Awaitable[None]]
+"""A readiness check: returns when ready, raises (with a short, secret-free message) when not."""
+
+
+class NotReady(Exception):
+    """Raised by a readiness check; the message is shown on ``/readyz``."""
+
+
+@dataclass
+class ServiceMetrics:
+    """The app's own Prometheus registry (so several apps can live in one process)."""
+
+    service: str
+    registry: CollectorRegistry = field(
+        default_factory=lambda: CollectorRegistry(auto_describe=True)
+    )
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "http_requests_total",
+            "HTTP requests served, by route, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "HTTP request latency, by route and method.",
+            ["route", "method"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[tuple[str, str], Any] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one request (labelled children are cached: this runs on every request)."""
+        if method not in _METHODS:
+            method = "OTHER"  # bounded label values, whatever clients send
+        counter = self._counters.get((route, method, status))
+        if counter is None:
+            counter = self.requests.labels(route, method, str(status))
+            self._counters[(route, method, status)] = counter
+        counter.inc()
+        timer = self._timers.get((route, method))
+        if timer is None:
+            timer = self.latency.labels(route, method)
+            self._timers[(route, method)] = timer
+        timer.observe(seconds)
+
+
+@dataclass
+class ReadinessChecks:
+    checks: dict[str, ReadyCheck] = field(default_factory=dict)
+    timeout_s: float = 3.0
+
+
+SERVICE_METRICS = web.AppKey("kmg_metrics", ServiceMetrics)
+READINESS = web.AppKey("kmg_readiness", ReadinessChecks)
+SERVICE_NAME = web.AppKey("kmg_service", str)
+REQUEST_ID = web.RequestKey("kmg_request_id", str)
+
+
+def json_error(
+    status: int,
+    error: str,
+    message: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: object,
+) -> web.Response:
+    """A JSON error body ``{"error", "message", ...}``; the message must already be token-free."""
+    body: dict[str, object] = {"error": error, "message": message, **extra}
+    request_id = request_id_var.get()
+    if request_id:
+        body["request_id"] = request_id
+    return web.json_response(body, status=status, headers=headers)
+
+
+def request_id_of(request: web.Request) -> str:
+    value: str = request.get(REQUEST_ID, "")
+    return value
+
+
+def _route_label(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def request_id_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    token = request_id_var.set(request_id)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    finally:
+        request_id_var.reset(token)
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_error(
+            exc.status,
+            re.sub(r"\W+", "_", (exc.reason or "error").lower()).strip("_"),
+            f"{exc.reason}: {request.method} {request.path}",
+            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.error(
+            "unhandled error in %s %s: %s",
+            request.method,
+            request.path,
+            redact(f"{type(exc).__name__}: {exc}"),
+            exc_info=True,
+        )
+        return json_error(
+            500,
+            "internal_error",
+            "internal error; the service log has details under this request id",
+        )
+
+
+def _metrics_middleware(metrics: ServiceMetrics) -> Middleware:
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            metrics.observe(
+                _route_label(request), request.method, status, time.perf_counter() - started
+            )
+
+    return middleware
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "service": request.app[SERVICE_NAME]})
+
+
+async def _run_check(name: str, check: ReadyCheck, timeout_s: float) -> tuple[str, str | None]:
+    try:
+        await asyncio.wait_for(check(), timeout_s)
+    except TimeoutError:
+        return name, f"check timed out after {timeout_s:g}s"
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return name, redact(str(exc)) or type(exc).__name__
+    return name, None
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    readiness = request.app[READINESS]
+    results = await asyncio.gather(
+        *(_run_check(n, c, readiness.timeout_s) for n, c in readiness.checks.items())
+    )
+    checks = {name: (problem or "ok") for name, problem in results}
+    ready = all(problem is None for _, problem in results)
+    return web.json_response(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status=200 if ready else 503,
+    )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[SERVICE_METRICS].registry)
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+def create_base_app(
+    service: str,
+    *,
+    ready_checks: dict[str, ReadyCheck] | None = None,
+    client_max_size: int = 1024 * 1024,
+) -> web.Application:
+    """An app with the shared middlewares and the health, readiness and metrics routes."""
+    metrics = ServiceMetrics(service)
+    app = web.Application(
+        middlewares=[request_id_middleware, _metrics_middleware(metrics), error_middleware],
+        client_max_size=client_max_size,
+    )
+    app[SERVICE_NAME] = service
+    app[SERVICE_METRICS] = metrics
+    app[READINESS] = ReadinessChecks(dict(ready_checks or {}))
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+def add_ready_check(app: web.Application, name: str, check: ReadyCheck) -> None:
+    app[READINESS].checks[name] = check
+
+
+async def serve(
+    app: web.Application, host: str, port: int, stop: asyncio.Event, shutdown_timeout: float = 10.0
+) -> None:
+    """Serve until ``stop`` is set, then drain in-flight requests and run cleanup hooks."""
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        log.info("%s listening on http://%s:%d", app[SERVICE_NAME], host, port)
+        await stop.wait()
+        log.info("%s shutting down", app[SERVICE_NAME])
+    finally:
+        await runner.cleanup()
+
+
+def run_app(app: web.Application, host: str, port: int, shutdown_timeout: float = 10.0) -> None:
+    """Blocking entry point for CLIs: serve until SIGTERM/SIGINT, then shut down gracefully."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(app, host, port, stop, shutdown_timeout)
+
+    asyncio.run(main())

@@ -1,0 +1,179 @@
+"""Load one typed settings object per service: defaults ← YAML file ← env vars ← CLI flags.
+
+Env vars are named ``KMG_<SERVICE>_<FIELD>``; nested fields join with ``__``
+(``KMG_TOKEN_EXCHANGE_STS__TIMEOUT_S=3``). Values starting with ``[`` or ``{`` are parsed as
+JSON, everything else is handed to pydantic as a string (it coerces numbers and booleans).
+
+Secrets never live in the YAML in plain text: a key named like a secret (``client_secret``,
+``password``, ``private_key``, ...) is refused with a hint to use ``<name>_file`` or
+``<name>_env``; :func:`read_secret` resolves those at start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+_SECRET_KEY = re.compile(
+    r"(^|_)(secret|password|passwd|private_key|api_key|access_token|bearer_token)$"
+)
+
+
+class SettingsError(Exception):
+    """Configuration is unusable; the message says where and what to fix (never a secret)."""
+
+
+def env_prefix(service: str) -> str:
+    """``token-exchange`` → ``KMG_TOKEN_EXCHANGE_``."""
+    return "KMG_" + re.sub(r"[^A-Za-z0-9]+", "_", service).upper().strip("_") + "_"
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse a YAML mapping, naming file, line and column on a syntax error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise SettingsError(f"{where}: {problem}; fix the YAML syntax there") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(
+            f"{path}: the top level must be a mapping of settings, got {type(data).__name__}"
+        )
+    reject_plain_secrets(data, source=str(path))
+    return data
+
+
+def reject_plain_secrets(data: Mapping[str, Any], *, source: str, path: str = "") -> None:
+    """Refuse secret-looking keys with inline values; point at the ``_file``/``_env`` variants."""
+    for key, value in data.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if isinstance(value, Mapping):
+            reject_plain_secrets(value, source=source, path=dotted)
+        elif _SECRET_KEY.search(str(key)) and value not in (None, ""):
+            raise SettingsError(
+                f"{source}: '{dotted}' holds a secret in plain text; remove it and set "
+                f"'{dotted}_file' (path to a file with the secret) or '{dotted}_env' "
+                "(name of an env var holding it) instead"
+            )
+
+
+def env_overrides(service: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Nested dict built from ``KMG_<SERVICE>_*`` variables."""
+    env = os.environ if environ is None else environ
+    prefix = env_prefix(service)
+    out: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(prefix) or name == prefix:
+            continue
+        parts = [p.lower() for p in name[len(prefix) :].split("__") if p]
+        value: Any = raw
+        if raw.strip().startswith(("[", "{")):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise SettingsError(f"env var {name}: invalid JSON ({exc.msg})") from None
+        _set_path(out, parts, value)
+    return out
+
+
+def _set_path(target: dict[str, Any], parts: list[str], value: Any) -> None:
+    for part in parts[:-1]:
+        nxt = target.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            target[part] = nxt
+        target = nxt
+    target[parts[-1]] = value
+
+
+def dotted_overrides(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"sts.timeout_s": 3, "port": None}`` → ``{"sts": {"timeout_s": 3}}`` (None = unset)."""
+    out: dict[str, Any] = {}
+    for key, value in flags.items():
+        if value is not None:
+            _set_path(out, key.split("."), value)
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        current = merged.get(key)
+        if isinstance(current, Mapping) and isinstance(value, Mapping):
+            merged[key] = deep_merge(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    model: type[M],
+    service: str,
+    *,
+    config_file: Path | None = None,
+    cli: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> M:
+    """Build ``model`` from the layers; a bad value raises :class:`SettingsError` naming it."""
+    data: dict[str, Any] = read_yaml(config_file) if config_file is not None else {}
+    data = deep_merge(data, env_overrides(service, environ))
+    data = deep_merge(data, dotted_overrides(cli or {}))
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, service, config_file)) from None
+
+
+def _describe(exc: ValidationError, service: str, config_file: Path | None) -> str:
+    source = f"config file {config_file}" if config_file else "settings"
+    lines = [f"invalid {source} (env prefix {env_prefix(service)}):"]
+    for err in exc.errors(include_input=False, include_url=False):
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {field}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def read_secret(
+    what: str,
+    *,
+    file: Path | None,
+    env: str | None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """Read a secret from a file or an env var; exactly one must be configured."""
+    source = os.environ if environ is None else environ
+    if file is not None and env is not None:
+        raise SettingsError(f"{what}: set either '_file' or '_env', not both")
+    if file is not None:
+        try:
+            value = Path(file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SettingsError(
+                f"{what}: cannot read secret file {file}: {exc.strerror or exc}"
+            ) from None
+        if not value:
+            raise SettingsError(f"{what}: secret file {file} is empty")
+        return value
+    if env is not None:
+        value = source.get(env, "").strip()
+        if not value:
+            raise SettingsError(f"{what}: env var {env} is not set or empty")
+        return value
+    raise SettingsError(f"{what}: no secret configured; set '{what}_file' or '{what}_env'")

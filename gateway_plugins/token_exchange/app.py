@@ -1,0 +1,268 @@
+"""HTTP shell of the token exchange service (aiohttp).
+
+- ``/check`` (any method, any sub-path: Envoy's ``path_prefix``): Envoy ext_authz HTTP check.
+  200 + ``authorization: Bearer <token for x-mcp-servername>``; 401 + ``WWW-Authenticate``;
+  403 ``{"allow": false, "reason"}``; 503 when Keycloak or the JWKS cannot be reached.
+- ``POST /token``: RFC 8693 token endpoint facade (form-encoded, HTTP Basic client auth), the
+  request shape Keycloak takes, answered from the cache when possible.
+- ``/healthz``, ``/readyz`` (JWKS loaded, token services reachable), ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from gateway_plugins.common.http_client import make_client_session
+from gateway_plugins.common.jwks import JWKSCache
+from gateway_plugins.common.jwt_validation import InvalidToken, JWTValidator, ValidationUnavailable
+from gateway_plugins.common.service import (
+    SERVICE_METRICS,
+    ReadyCheck,
+    add_ready_check,
+    create_base_app,
+)
+from gateway_plugins.common.settings import SettingsError, read_secret
+from gateway_plugins.token_exchange.config import SERVICE, ClientAuth, Settings
+from gateway_plugins.token_exchange.exchanger import Exchanger, ExchangeRefused
+from gateway_plugins.token_exchange.facade import handle_token_request
+from gateway_plugins.token_exchange.metrics import ExchangeMetrics
+from gateway_plugins.token_exchange.sts_client import STSClient, STSUnavailable
+from gateway_plugins.token_exchange.targets import TargetRegistry, UnknownTarget
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """What the handlers use; filled in at startup (the HTTP session needs the running loop)."""
+
+    settings: Settings
+    metrics: ExchangeMetrics
+    sts_secrets: dict[str, str | None]
+    sts_keys: dict[str, Any]
+    facade_clients: dict[str, str]
+    exchanger: Exchanger | None = None
+    jwks: JWKSCache | None = None
+    sts: dict[str, STSClient] = field(default_factory=dict)
+
+    def require(self) -> Exchanger:
+        if self.exchanger is None:
+            raise web.HTTPServiceUnavailable(reason="Starting")
+        return self.exchanger
+
+
+RUNTIME = web.AppKey("token_exchange_runtime", Runtime)
+
+
+def _load_private_key(path: Any, what: str) -> Any:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        return load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise SettingsError(f"{what}: cannot load PEM private key {path}: {exc}") from None
+
+
+def load_credentials(
+    settings: Settings,
+) -> tuple[dict[str, str | None], dict[str, Any], dict[str, str]]:
+    """Read every secret up front so a missing one fails at start with a clear message."""
+    secrets: dict[str, str | None] = {}
+    keys: dict[str, Any] = {}
+    for name, sts in settings.sts.items():
+        if sts.client_auth is ClientAuth.PRIVATE_KEY_JWT:
+            assert sts.private_key_file is not None
+            keys[name] = _load_private_key(sts.private_key_file, f"sts.{name}.private_key_file")
+            secrets[name] = None
+        else:
+            secrets[name] = read_secret(
+                f"sts.{name}.client_secret", file=sts.client_secret_file, env=sts.client_secret_env
+            )
+    facade = {
+        c.client_id: read_secret(
+            f"facade client '{c.client_id}' client_secret",
+            file=c.client_secret_file,
+            env=c.client_secret_env,
+        )
+        for c in settings.facade.clients
+    }
+    return secrets, keys, facade
+
+
+def build_exchanger(runtime: Runtime, session: Any) -> Exchanger:
+    """Wire validator, STS clients, targets and cache over one shared client session."""
+    settings = runtime.settings
+    validation = settings.validation
+    jwks = JWKSCache(session, min_refetch_interval_s=validation.jwks_min_refetch_interval_s)
+    validator = JWTValidator(
+        validation.issuers,
+        jwks,
+        algorithms=validation.algorithms,
+        leeway_s=validation.leeway_s,
+        max_token_bytes=validation.max_token_bytes,
+        verified_cache_size=validation.verified_cache_size,
+        verified_cache_ttl_s=validation.verified_cache_ttl_s,
+    )
+    runtime.jwks = jwks
+    runtime.sts = {
+        name: STSClient(
+            name,
+            cfg,
+            session,
+            client_secret=runtime.sts_secrets.get(name),
+            private_key=runtime.sts_keys.get(name),
+            breaker=settings.breaker,
+            metrics=runtime.metrics,
+        )
+        for name, cfg in settings.sts.items()
+    }
+    return Exchanger(
+        validator=validator,
+        targets=TargetRegistry(settings.targets),
+        sts=runtime.sts,
+        cache=settings.cache,
+        opaque_tokens=validation.opaque_tokens,
+        metrics=runtime.metrics,
+    )
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = create_base_app(SERVICE)
+    secrets, keys, facade = load_credentials(settings)
+    runtime = Runtime(
+        settings=settings,
+        metrics=ExchangeMetrics(app[SERVICE_METRICS].registry),
+        sts_secrets=secrets,
+        sts_keys=keys,
+        facade_clients=facade,
+    )
+    app[RUNTIME] = runtime
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        timeout = max([s.timeout_s for s in settings.sts.values()] + [3.0]) + 1.0
+        session = make_client_session(ca_file=settings.ca_file, timeout_s=timeout)
+        runtime.exchanger = build_exchanger(runtime, session)
+        try:
+            yield
+        finally:
+            runtime.exchanger = None
+            await session.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    add_ready_check(app, "jwks", lambda: _jwks_ready(runtime))
+    for name in settings.sts:
+        add_ready_check(app, f"sts:{name}", _sts_check(runtime, name))
+    app.router.add_route("*", "/check{tail:.*}", check)
+    if settings.facade.enabled:
+        app.router.add_post("/token", token_endpoint)
+    return app
+
+
+async def _jwks_ready(runtime: Runtime) -> None:
+    if runtime.jwks is None:
+        raise RuntimeError("starting")
+    for issuer in runtime.jwks.issuers:
+        await runtime.jwks.ensure_loaded(issuer)
+
+
+def _sts_check(runtime: Runtime, name: str) -> ReadyCheck:
+    async def check() -> None:
+        client = runtime.sts.get(name)
+        if client is None:
+            raise RuntimeError("starting")
+        await client.probe()
+
+    return check
+
+
+# -- ext_authz ----------------------------------------------------------------------------------
+def bearer_token(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "").replace('"', "'")
+
+
+def _unauthorized(
+    request: web.Request, settings: Settings, reason: str, *, error: bool
+) -> web.Response:
+    metadata = settings.ext_authz.resource_metadata_url or (
+        f"https://{request.host}/.well-known/oauth-protected-resource"
+    )
+    challenge = f'Bearer resource_metadata="{_quote(metadata)}"'
+    if error:
+        challenge += f', error="invalid_token", error_description="{_quote(reason)}"'
+    return web.json_response(
+        {"allow": False, "error": "unauthenticated", "reason": reason},
+        status=401,
+        headers={"WWW-Authenticate": challenge},
+    )
+
+
+def _deny(status: int, error: str, reason: str) -> web.Response:
+    return web.json_response({"allow": False, "error": error, "reason": reason}, status=status)
+
+
+def _label(exchanger: Exchanger, target: str) -> str:
+    """Metric label for a caller-supplied target: configured names only (bounded cardinality)."""
+    return target if target in exchanger.targets else "-"
+
+
+async def check(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    settings = runtime.settings
+    exchanger = runtime.require()
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
+        return _unauthorized(request, settings, "no bearer token", error=False)
+    target = request.headers.get(settings.ext_authz.target_header, "").strip()
+    try:
+        claims = await exchanger.validate(token)
+        if not target or target in settings.ext_authz.passthrough_targets:
+            return web.json_response({"allow": True, "exchanged": False})
+        result = await exchanger.exchange(token, target, claims=claims)
+    except InvalidToken as exc:
+        runtime.metrics.count(_label(exchanger, target), "invalid_token")
+        return _unauthorized(request, settings, exc.reason, error=True)
+    except UnknownTarget as exc:
+        runtime.metrics.count("-", "unknown_target")
+        return _deny(403, "unknown_target", str(exc))
+    except ExchangeRefused as exc:
+        runtime.metrics.count(_label(exchanger, target), "refused")
+        return _deny(403, "exchange_refused", exc.reason)
+    except (STSUnavailable, ValidationUnavailable) as exc:
+        runtime.metrics.count(_label(exchanger, target), "unavailable")
+        log.warning("token exchange unavailable for target %s: %s", target, exc)
+        return _deny(503, "token_service_unavailable", f"{exc}; retry shortly")
+    return web.json_response(
+        {"allow": True, "exchanged": result.outcome != "unchanged"},
+        headers={"authorization": f"Bearer {result.token}"},
+    )
+
+
+# -- RFC 8693 facade ----------------------------------------------------------------------------
+async def token_endpoint(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    return await handle_token_request(
+        request, runtime.require(), lambda cid, secret: _client_ok(runtime, cid, secret)
+    )
+
+
+def _client_ok(runtime: Runtime, client_id: str, secret: str) -> bool:
+    expected = runtime.facade_clients.get(client_id)
+    if expected is None:
+        hmac.compare_digest(secret.encode(), secret.encode())  # similar timing for unknown ids
+        return False
+    return hmac.compare_digest(expected.encode(), secret.encode())

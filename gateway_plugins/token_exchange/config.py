@@ -1,0 +1,227 @@
+"""Typed settings of the token exchange service (YAML ← ``KMG_TOKEN_EXCHANGE_*`` ← CLI flags).
+
+Secrets (STS client secrets, private keys, facade client secrets) are referenced by file or env
+var name only; :mod:`gateway_plugins.common.settings` refuses them in plain text.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway_plugins.common.jwt_validation import DEFAULT_ALGORITHMS, IssuerConfig
+
+SERVICE = "token-exchange"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClientAuth(StrEnum):
+    CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105 - a method name, not a secret
+    CLIENT_SECRET_POST = "client_secret_post"  # noqa: S105 - a method name, not a secret
+    PRIVATE_KEY_JWT = "private_key_jwt"
+
+
+class STSConfig(_Strict):
+    """One token endpoint (a Keycloak realm) and the client this service authenticates as."""
+
+    token_url: str = Field(description="Token endpoint, e.g. https://kc/realms/mcp/protocol/...")
+    issuer: str | None = Field(
+        default=None,
+        description="Realm issuer URL for the readiness probe; derived from token_url if unset.",
+    )
+    client_id: str = Field(description="This service's client at that realm.")
+    client_auth: ClientAuth = Field(
+        default=ClientAuth.CLIENT_SECRET_BASIC,
+        description="client_secret_basic, client_secret_post or private_key_jwt.",
+    )
+    client_secret_file: Path | None = Field(default=None, description="File holding the secret.")
+    client_secret_env: str | None = Field(default=None, description="Env var holding the secret.")
+    private_key_file: Path | None = Field(
+        default=None, description="PEM private key for private_key_jwt client authentication."
+    )
+    private_key_alg: Literal["RS256", "PS256", "ES256"] = Field(
+        default="RS256", description="Signing algorithm of the client assertion."
+    )
+    private_key_kid: str | None = Field(
+        default=None, description="'kid' header of the client assertion (key registered there)."
+    )
+    timeout_s: float = Field(
+        default=3.0, gt=0, le=60, description="Per-call timeout; a slower STS answers 503."
+    )
+
+    @model_validator(mode="after")
+    def _auth_material(self) -> STSConfig:
+        if self.client_auth is ClientAuth.PRIVATE_KEY_JWT:
+            if self.private_key_file is None:
+                raise ValueError("client_auth private_key_jwt needs private_key_file")
+        elif self.client_secret_file is None and self.client_secret_env is None:
+            raise ValueError(
+                f"client_auth {self.client_auth.value} needs client_secret_file "
+                "or client_secret_env"
+            )
+        return self
+
+    @property
+    def issuer_url(self) -> str:
+        if self.issuer:
+            return self.issuer
+        suffix = "/protocol/openid-connect/token"
+        return self.token_url.removesuffix(suffix)
+
+
+class Grant(StrEnum):
+    TOKEN_EXCHANGE = "token_exchange"  # noqa: S105 - RFC 8693 (Keycloak standard token exchange V2)
+    JWT_BEARER = "jwt_bearer"  # RFC 7523 JWT authorization grant (Keycloak 26.5+)
+
+
+class StepConfig(_Strict):
+    """One hop: present the current token at ``sts`` and take the token it issues."""
+
+    sts: str = Field(description="Name of an entry under 'sts'.")
+    grant: Grant = Field(
+        default=Grant.TOKEN_EXCHANGE,
+        description="token_exchange (RFC 8693) or jwt_bearer (RFC 7523, cross-realm hop).",
+    )
+    audience: list[str] = Field(
+        default_factory=list,
+        description="token_exchange only: 'audience' values (default: the target's audience).",
+    )
+    scope: str | None = Field(default=None, description="Space-separated scopes to request.")
+
+
+class TargetConfig(_Strict):
+    """A token audience callers can ask for, and how to obtain a token for it."""
+
+    audience: str = Field(description="What callers ask for (x-mcp-servername / 'audience').")
+    steps: list[StepConfig] = Field(
+        default_factory=list, description="Hops in order; empty = pass the caller's token as is."
+    )
+    expect_audience: str | None = Field(
+        default=None,
+        description="'aud' the final token must carry (default: audience), checked at the end.",
+    )
+    skip_when: Literal["aud_contains", "aud_exact", "never"] = Field(
+        default="aud_contains",
+        description="Forward the caller's token unchanged when its 'aud' already contains the "
+        "target (aud_contains), is exactly the target (aud_exact), or always exchange (never).",
+    )
+    allowed_scopes: list[str] = Field(
+        default_factory=list,
+        description="Scopes a facade caller may request; they replace the last hop's scope.",
+    )
+
+    @property
+    def final_audience(self) -> str:
+        return self.expect_audience or self.audience
+
+
+class CacheConfig(_Strict):
+    max_entries: int = Field(default=10_000, ge=1, description="LRU bound of cached tokens.")
+    expiry_margin_s: float = Field(
+        default=30.0, ge=0, description="Drop a cached token this long before its 'exp'."
+    )
+    min_ttl_s: float = Field(
+        default=5.0, ge=0, description="Do not cache tokens that would live shorter than this."
+    )
+    negative_ttl_s: float = Field(
+        default=5.0, ge=0, description="Remember an STS refusal this long (0 = never)."
+    )
+
+
+class ValidationConfig(_Strict):
+    issuers: list[IssuerConfig] = Field(min_length=1, description="Trusted token issuers.")
+    algorithms: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ALGORITHMS),
+        description="Accepted signature algorithms (asymmetric only; none/HS* refused).",
+    )
+    leeway_s: float = Field(default=30.0, ge=0, le=300, description="Clock skew for exp/nbf.")
+    max_token_bytes: int = Field(
+        default=16 * 1024, ge=512, description="Longer bearer tokens are refused."
+    )
+    jwks_min_refetch_interval_s: float = Field(
+        default=30.0, ge=0, description="Refetch a JWKS at most this often (unknown 'kid')."
+    )
+    verified_cache_size: int = Field(
+        default=4096, ge=0, description="Tokens whose signature check is remembered (0 = off)."
+    )
+    verified_cache_ttl_s: float = Field(
+        default=60.0, ge=0, description="Re-verify a remembered token's signature after this."
+    )
+    opaque_tokens: Literal["reject", "passthrough"] = Field(
+        default="reject",
+        description="Non-JWT bearer tokens: refuse, or forward unchanged where no exchange runs.",
+    )
+
+
+class ExtAuthzConfig(_Strict):
+    target_header: str = Field(
+        default="x-mcp-servername", description="Request header naming the target audience."
+    )
+    passthrough_targets: list[str] = Field(
+        default_factory=lambda: ["mcpBroker"],
+        description="Targets (or a missing header) that get the caller's validated token as is.",
+    )
+    resource_metadata_url: str | None = Field(
+        default=None,
+        description="For WWW-Authenticate; default "
+        "https://<host>/.well-known/oauth-protected-resource.",
+    )
+
+
+class FacadeClient(_Strict):
+    client_id: str = Field(description="Client id presented with HTTP Basic.")
+    client_secret_file: Path | None = Field(default=None, description="File holding its secret.")
+    client_secret_env: str | None = Field(default=None, description="Env var holding its secret.")
+
+
+class FacadeConfig(_Strict):
+    enabled: bool = Field(default=True, description="Serve POST /token.")
+    clients: list[FacadeClient] = Field(
+        default_factory=list, description="Clients allowed to call POST /token (HTTP Basic)."
+    )
+
+
+class BreakerConfig(_Strict):
+    failures: int = Field(default=5, ge=1, description="Consecutive STS failures that open it.")
+    cooldown_s: float = Field(default=2.0, ge=0, description="Fail fast this long once open.")
+
+
+class Settings(_Strict):
+    host: str = Field(default="127.0.0.1", description="Listen address.")
+    port: int = Field(default=8081, ge=0, le=65535, description="Listen port.")
+    log_level: str = Field(default="info", description="debug, info, warning or error.")
+    ca_file: Path | None = Field(
+        default=None, description="Extra CA bundle for Keycloak's TLS certificate (PEM)."
+    )
+    validation: ValidationConfig
+    sts: dict[str, STSConfig] = Field(
+        default_factory=dict, description="Token endpoints by name (referenced by steps)."
+    )
+    targets: list[TargetConfig] = Field(
+        default_factory=list, description="Audiences callers may ask for."
+    )
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    ext_authz: ExtAuthzConfig = Field(default_factory=ExtAuthzConfig)
+    facade: FacadeConfig = Field(default_factory=FacadeConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+
+    @model_validator(mode="after")
+    def _references(self) -> Settings:
+        seen: set[str] = set()
+        for target in self.targets:
+            if target.audience in seen:
+                raise ValueError(f"target '{target.audience}' is configured twice")
+            seen.add(target.audience)
+            for step in target.steps:
+                if step.sts not in self.sts:
+                    raise ValueError(
+                        f"target '{target.audience}' uses sts '{step.sts}', which is not "
+                        f"defined under 'sts' (defined: {sorted(self.sts)})"
+                    )
+        return self

@@ -1,0 +1,51 @@
+"""Prometheus metrics of the token exchange service, registered in the app's own registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class ExchangeMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.outcomes = Counter(
+            "token_exchange_requests_total",
+            "Token requests by target and outcome (hit, miss, coalesced, unchanged, refused, "
+            "invalid_token, unavailable, unknown_target).",
+            ["target", "outcome"],
+            registry=registry,
+        )
+        self.sts_calls = Counter(
+            "token_exchange_sts_calls_total",
+            "Calls to a token endpoint (Keycloak), by STS name, grant and result.",
+            ["sts", "grant", "result"],
+            registry=registry,
+        )
+        self.sts_latency = Histogram(
+            "token_exchange_sts_call_duration_seconds",
+            "Latency of token endpoint calls.",
+            ["sts", "grant"],
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self._outcome_children: dict[tuple[str, str], Any] = {}
+        self.cache_entries = Gauge(
+            "token_exchange_cache_entries", "Tokens currently cached.", registry=registry
+        )
+
+    def count(self, target: str, outcome: str) -> None:
+        child = self._outcome_children.get((target, outcome))
+        if child is None:
+            child = self.outcomes.labels(target, outcome)
+            self._outcome_children[(target, outcome)] = child
+        child.inc()
+
+    def sts_call_count(self, sts: str | None = None) -> float:
+        """Total STS calls so far (all results), optionally for one STS."""
+        total = 0.0
+        for metric in self.sts_calls.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and (sts is None or sample.labels["sts"] == sts):
+                    total += sample.value
+        return total
