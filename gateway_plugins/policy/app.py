@@ -1,0 +1,669 @@
+"""The policy service's HTTP shell (aiohttp): ext_authz check, JSON APIs, JWKS.
+
+Routes (besides ``/healthz``, ``/readyz``, ``/metrics`` from the shared scaffold):
+
+* ``/check`` and ``/check/<anything>`` (any method): the Envoy / Istio ext_authz HTTP check.
+  ``tools/call`` → 200 allow or 403 deny; ``tools/list`` → 200 with the signed tool-list header(s);
+  other methods → 200 (they name no tool). Token problems → 401, engine down → 503.
+* ``POST /v1/decide``: one decision as JSON (for Authorino metadata calls and scripts).
+* ``POST /v1/filter``: a tools/list result plus a token → the allowed subset.
+* ``GET /.well-known/jwks.json`` and ``GET /v1/wristband/public-key``: the header's public key.
+
+Every answer, allow or deny, is JSON with an explicit ``allow`` and a ``reason``: Authorino does not
+look at the HTTP status of metadata calls, so a missing field must never read as "allow".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+
+from gateway_plugins.common.http_client import make_client_session
+from gateway_plugins.common.jwks import JWKSCache
+from gateway_plugins.common.jwt_validation import InvalidToken, JWTValidator, ValidationUnavailable
+from gateway_plugins.common.service import SERVICE_METRICS, add_ready_check, create_base_app
+from gateway_plugins.policy import input as policy_input
+from gateway_plugins.policy.config import SERVICE, PolicySettings
+from gateway_plugins.policy.decision_log import DecisionLog
+from gateway_plugins.policy.engines import (
+    DecisionEngine,
+    EngineUnavailable,
+    OpaOptions,
+    PolicyError,
+    PolicySource,
+    create_engine,
+    load_policy_source,
+)
+from gateway_plugins.policy.input import Catalogue, InputError
+from gateway_plugins.policy.wristband import (
+    SignedList,
+    WristbandSigner,
+    compact_json,
+    load_signing_key,
+)
+
+log = logging.getLogger(__name__)
+
+H_METHOD = "x-mcp-method"
+H_SERVER = "x-mcp-servername"
+H_TOOL = "x-mcp-toolname"
+H_HINTS = "x-mcp-annotation-hints"
+H_PARTIAL_BODY = "x-envoy-auth-partial-body"
+
+_WRISTBAND_CACHE_SIZE = 10_000
+_VERIFIED_CACHE_SIZE = 10_000
+
+
+class Refusal(Exception):
+    """A request answered with ``allow: false`` before or instead of a policy decision."""
+
+    def __init__(self, status: int, reason: str, *, error: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.error = error
+
+
+@dataclass
+class _Metrics:
+    decisions: Counter
+    engine_seconds: Histogram
+
+
+@dataclass
+class PolicyService:
+    """The pure-ish core the routes call: token → claims → input → engine → answer."""
+
+    settings: PolicySettings
+    engine: DecisionEngine
+    validator: JWTValidator
+    signer: WristbandSigner | None
+    decisions: DecisionLog
+    catalogue: Catalogue | None
+    metrics: _Metrics
+    _wristbands: OrderedDict[str, tuple[float, SignedList]] = field(default_factory=OrderedDict)
+    _verified: OrderedDict[bytes, dict[str, Any]] = field(default_factory=OrderedDict)
+
+    # -- tokens --------------------------------------------------------------------------------
+    async def claims_of(self, authorization: str | None) -> dict[str, Any]:
+        """Verified claims; a token already verified is reused until its ``exp`` (by digest)."""
+        token = _bearer(authorization)
+        if token is None:
+            raise Refusal(
+                401,
+                "no bearer token: send Authorization: Bearer <access token>",
+                error="unauthenticated",
+            )
+        digest = hashlib.sha256(token.encode()).digest()
+        known = self._verified.get(digest)
+        if known is not None and time.time() < known["exp"]:
+            self._verified.move_to_end(digest)
+            return known
+        try:
+            claims = await self.validator.validate(token)
+        except InvalidToken as exc:
+            raise Refusal(401, f"token refused: {exc.reason}", error="invalid_token") from None
+        except ValidationUnavailable as exc:
+            raise Refusal(
+                503, f"cannot verify the token now: {exc}", error="validation_unavailable"
+            ) from None
+        if isinstance(claims.get("exp"), int | float):
+            self._verified[digest] = claims
+            while len(self._verified) > _VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)
+        return claims
+
+    # -- decisions -----------------------------------------------------------------------------
+    async def decide(
+        self,
+        *,
+        method: str,
+        server: str,
+        tool: str,
+        annotations: policy_input.Annotations,
+        claims: Mapping[str, Any],
+        arguments: Mapping[str, Any] | None,
+    ) -> tuple[bool, str]:
+        if not annotations and self.catalogue:
+            annotations = policy_input.annotations_in(self.catalogue, server, tool)
+        doc = policy_input.call_input(
+            method=method,
+            server=server,
+            tool=tool,
+            annotations=annotations,
+            claims=claims,
+            arguments=arguments,
+        )
+        started = time.perf_counter()
+        try:
+            decision = await self.engine.decide(doc)
+        except EngineUnavailable as exc:
+            raise Refusal(
+                503, f"policy engine unavailable, denying: {exc}", error="engine_unavailable"
+            ) from None
+        except PolicyError as exc:
+            raise Refusal(500, f"policy error, denying: {exc}", error="policy_error") from None
+        finally:
+            self.metrics.engine_seconds.labels("decision").observe(time.perf_counter() - started)
+        return decision.allow, decision.reason
+
+    async def allowed_tools(
+        self, claims: Mapping[str, Any], catalogue: Catalogue | None
+    ) -> dict[str, list[str]]:
+        doc = policy_input.list_input(claims, catalogue)
+        started = time.perf_counter()
+        try:
+            return await self.engine.allowed_tools(doc)
+        except EngineUnavailable as exc:
+            raise Refusal(
+                503, f"policy engine unavailable, denying: {exc}", error="engine_unavailable"
+            ) from None
+        except PolicyError as exc:
+            raise Refusal(500, f"policy error, denying: {exc}", error="policy_error") from None
+        finally:
+            self.metrics.engine_seconds.labels("allowed_tools").observe(
+                time.perf_counter() - started
+            )
+
+    async def wristband(self, claims: Mapping[str, Any]) -> SignedList:
+        """The signed list for these claims, reused while fresh (same claims ⇒ same list)."""
+        assert self.signer is not None
+        ttl = min(self.settings.wristband.cache_ttl_s, self.signer.lifetime_s / 2)
+        key = hashlib.sha256(compact_json(policy_input.policy_claims(claims)).encode()).hexdigest()
+        now = time.time()
+        cached = self._wristbands.get(key)
+        if cached is not None and now - cached[0] < ttl:
+            self._wristbands.move_to_end(key)
+            return cached[1]
+        # The engine uses data.mcp.catalogue (loaded at start), not a per-request copy.
+        allowed = await self.allowed_tools(claims, None)
+        signed = self.signer.sign(allowed, subject=_subject(claims))
+        if ttl > 0:
+            self._wristbands[key] = (now, signed)
+            while len(self._wristbands) > _WRISTBAND_CACHE_SIZE:
+                self._wristbands.popitem(last=False)
+        return signed
+
+    def record(
+        self,
+        *,
+        claims: Mapping[str, Any] | None,
+        method: str,
+        server: str | None,
+        tool: str | None,
+        allow: bool,
+        reason: str,
+        status: int,
+        started: float,
+        endpoint: str,
+    ) -> None:
+        self.metrics.decisions.labels(endpoint, "allow" if allow else "deny").inc()
+        self.decisions.record(
+            user=policy_input.display_name(claims or {}),
+            subject=_subject(claims or {}),
+            method=method,
+            server=server,
+            tool=tool,
+            allow=allow,
+            reason=reason,
+            engine=self.engine.name,
+            status=status,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            extra={"endpoint": endpoint},
+        )
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def _subject(claims: Mapping[str, Any]) -> str | None:
+    sub = claims.get("sub")
+    return sub if isinstance(sub, str) else None
+
+
+@dataclass
+class _Slot:
+    """Holds the service, created once the event loop runs (it owns an HTTP session)."""
+
+    service: PolicyService | None = None
+
+
+_SLOT = web.AppKey("policy_service", _Slot)
+
+
+def service_of(app: web.Application) -> PolicyService:
+    service = app[_SLOT].service
+    if service is None:
+        raise web.HTTPServiceUnavailable(reason="policy service is starting")
+    return service
+
+
+def _answer(
+    status: int, allow: bool, reason: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> web.Response:
+    body: dict[str, Any] = {"allow": allow, "reason": reason, **extra}
+    return web.json_response(body, status=status, headers=dict(headers or {}))
+
+
+def _unauthenticated_headers(settings: PolicySettings, status: int) -> dict[str, str]:
+    if status != 401:
+        return {}
+    url = settings.auth.resource_metadata_url
+    return {"WWW-Authenticate": f'Bearer resource_metadata="{url}"' if url else "Bearer"}
+
+
+# ----------------------------------------------------------------------------------------------
+# ext_authz check
+# ----------------------------------------------------------------------------------------------
+async def check(request: web.Request) -> web.Response:
+    service = service_of(request.app)
+    started = time.perf_counter()
+    method = request.headers.get(H_METHOD, "").strip()
+    server = request.headers.get(H_SERVER, "").strip()
+    tool = request.headers.get(H_TOOL, "").strip()
+    claims: dict[str, Any] | None = None
+    try:
+        claims = await service.claims_of(request.headers.get("Authorization"))
+        if method == "tools/list":
+            return await _check_list(service, claims, started, server)
+        names_tool = bool(tool) and server != policy_input.BROKER_SERVER
+        if method != "tools/call" and not names_tool:
+            reason = f"method {method or '(none)'} names no tool: no tool decision needed"
+            service.record(
+                claims=claims,
+                method=method,
+                server=server or None,
+                tool=None,
+                allow=True,
+                reason=reason,
+                status=200,
+                started=started,
+                endpoint="check",
+            )
+            return _answer(200, True, reason)
+        if server:
+            policy_input.check_server_name(server)
+        if tool:
+            policy_input.check_tool_name(tool)
+        # Envoy marks a body cut at max_request_bytes: its arguments cannot be read, so they count
+        # as unavailable (namespace rules then deny unless told otherwise), never as empty.
+        partial = request.headers.get(H_PARTIAL_BODY, "").lower() == "true"
+        arguments = (
+            policy_input.arguments_from_body(await request.read())
+            if request.can_read_body and not partial
+            else None
+        )
+        allow, reason = await service.decide(
+            method=method or "tools/call",
+            server=server,
+            tool=tool,
+            annotations=policy_input.parse_annotation_hints(request.headers.get(H_HINTS)),
+            claims=claims,
+            arguments=arguments,
+        )
+        status = 200 if allow else 403
+    except Refusal as refusal:
+        allow, reason, status = False, refusal.reason, refusal.status
+    except InputError as exc:
+        allow, reason, status = False, f"bad request: {exc}", 400
+    service.record(
+        claims=claims,
+        method=method,
+        server=server or None,
+        tool=tool or None,
+        allow=allow,
+        reason=reason,
+        status=status,
+        started=started,
+        endpoint="check",
+    )
+    return _answer(status, allow, reason, _unauthenticated_headers(service.settings, status))
+
+
+async def _check_list(
+    service: PolicyService, claims: dict[str, Any], started: float, server: str
+) -> web.Response:
+    if service.signer is None:
+        reason = "tools/list allowed; no signed tool list (wristband.signing_key_file is not set)"
+        service.record(
+            claims=claims,
+            method="tools/list",
+            server=server or None,
+            tool=None,
+            allow=True,
+            reason=reason,
+            status=200,
+            started=started,
+            endpoint="check",
+        )
+        return _answer(200, True, reason)
+    signed = await service.wristband(claims)
+    count = sum(len(v) for v in signed.allowed.values())
+    reason = (
+        f"tools/list allowed; signed list of {count} tool(s) on {len(signed.allowed)} server(s)"
+    )
+    service.record(
+        claims=claims,
+        method="tools/list",
+        server=server or None,
+        tool=None,
+        allow=True,
+        reason=reason,
+        status=200,
+        started=started,
+        endpoint="check",
+    )
+    return _answer(200, True, reason, signed.headers, allowed_tools=signed.allowed)
+
+
+# ----------------------------------------------------------------------------------------------
+# JSON APIs
+# ----------------------------------------------------------------------------------------------
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json(loads=json.loads)
+    except ValueError:
+        raise InputError("the request body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise InputError("the request body must be a JSON object")
+    return body
+
+
+def _authorization(request: web.Request, body: Mapping[str, Any]) -> str | None:
+    header = request.headers.get("Authorization")
+    if header:
+        return header
+    token = body.get("token")  # a bare token, or a copied Authorization value ("Bearer ...")
+    if not isinstance(token, str) or not token.strip():
+        return None
+    token = token.strip()
+    return token if token.lower().startswith("bearer ") else f"Bearer {token}"
+
+
+def _str_field(body: Mapping[str, Any], name: str) -> str:
+    value = body.get(name, "")
+    if not isinstance(value, str):
+        raise InputError(f"field {name!r} must be a string")
+    return value.strip()
+
+
+async def decide(request: web.Request) -> web.Response:
+    """``POST /v1/decide`` {method, server, tool, annotations or hints, arguments, token?}."""
+    service = service_of(request.app)
+    started = time.perf_counter()
+    claims: dict[str, Any] | None = None
+    method = server = tool = ""
+    extra: dict[str, Any] = {}
+    try:
+        body = await _json_body(request)
+        method = _str_field(body, "method") or "tools/call"
+        server = _str_field(body, "server")
+        tool = _str_field(body, "tool")
+        claims = await service.claims_of(_authorization(request, body))
+        if method == "tools/list":
+            allowed = await service.allowed_tools(claims, None)
+            allow, reason = (
+                True,
+                f"tools/list allowed; {sum(len(v) for v in allowed.values())} tool(s) listed",
+            )
+            extra["allowed_tools"] = allowed
+        else:
+            if server:
+                policy_input.check_server_name(server)
+            if tool:
+                policy_input.check_tool_name(tool)
+            annotations = (
+                policy_input.normalize_annotations(body.get("annotations"))
+                if isinstance(body.get("annotations"), dict)
+                else policy_input.parse_annotation_hints(
+                    body.get("annotation_hints")
+                    if isinstance(body.get("annotation_hints"), str)
+                    else None
+                )
+            )
+            arguments = (
+                policy_input.check_arguments(body["arguments"]) if "arguments" in body else None
+            )
+            allow, reason = await service.decide(
+                method=method,
+                server=server,
+                tool=tool,
+                annotations=annotations,
+                claims=claims,
+                arguments=arguments,
+            )
+        status = 200
+    except Refusal as refusal:
+        allow, reason, status = False, refusal.reason, refusal.status
+    except InputError as exc:
+        allow, reason, status = False, f"bad request: {exc}", 400
+    service.record(
+        claims=claims,
+        method=method,
+        server=server or None,
+        tool=tool or None,
+        allow=allow,
+        reason=reason,
+        status=status,
+        started=started,
+        endpoint="decide",
+    )
+    return _answer(
+        status, allow, reason, _unauthenticated_headers(service.settings, status), **extra
+    )
+
+
+async def filter_tools(request: web.Request) -> web.Response:
+    """``POST /v1/filter`` {server, result: {tools: [...]}} (or a JSON-RPC response) + token."""
+    service = service_of(request.app)
+    started = time.perf_counter()
+    claims: dict[str, Any] | None = None
+    server = ""
+    try:
+        body = await _json_body(request)
+        server = policy_input.check_server_name(_str_field(body, "server"))
+        inner = body.get("result")
+        result: dict[str, Any] = inner if isinstance(inner, dict) else body
+        tools = result.get("tools")
+        if not isinstance(tools, list):
+            raise InputError("expected the tools/list result: {server, result: {tools: [...]}}")
+        claims = await service.claims_of(_authorization(request, body))
+        catalogue = {
+            server: policy_input.catalogue_from_tools(t for t in tools if isinstance(t, dict))
+        }
+        allowed = set((await service.allowed_tools(claims, catalogue)).get(server, []))
+        kept = [t for t in tools if isinstance(t, dict) and t.get("name") in allowed]
+        reason = f"{len(kept)} of {len(tools)} tool(s) of {server} allowed"
+        service.record(
+            claims=claims,
+            method="tools/list",
+            server=server,
+            tool=None,
+            allow=True,
+            reason=reason,
+            status=200,
+            started=started,
+            endpoint="filter",
+        )
+        filtered = {**result, "tools": kept}
+        payload: dict[str, Any] = {"allow": True, "reason": reason}
+        if "jsonrpc" in body:
+            payload.update({"jsonrpc": body["jsonrpc"], "id": body.get("id"), "result": filtered})
+        else:
+            payload["result"] = filtered
+        return web.json_response(payload)
+    except Refusal as refusal:
+        allow, reason, status = False, refusal.reason, refusal.status
+    except InputError as exc:
+        allow, reason, status = False, f"bad request: {exc}", 400
+    service.record(
+        claims=claims,
+        method="tools/list",
+        server=server or None,
+        tool=None,
+        allow=allow,
+        reason=reason,
+        status=status,
+        started=started,
+        endpoint="filter",
+    )
+    return _answer(
+        status,
+        allow,
+        reason,
+        _unauthenticated_headers(service.settings, status),
+        result={"tools": []},
+    )
+
+
+async def jwks(request: web.Request) -> web.Response:
+    signer = service_of(request.app).signer
+    return web.json_response(signer.jwks() if signer else {"keys": []})
+
+
+async def public_key(request: web.Request) -> web.Response:
+    signer = service_of(request.app).signer
+    if signer is None:
+        return _answer(404, False, "no wristband signing key is configured")
+    return web.Response(text=signer.public_key_pem, content_type="application/x-pem-file")
+
+
+# ----------------------------------------------------------------------------------------------
+# assembly
+# ----------------------------------------------------------------------------------------------
+def load_catalogue_file(path: Path | None) -> Catalogue | None:
+    if path is None:
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read catalogue file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise InputError(f"catalogue file {path} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"catalogue file {path} must hold {{server: [tool, ...]}}")
+    return policy_input.load_catalogue(doc)
+
+
+def build_source(settings: PolicySettings) -> PolicySource:
+    return load_policy_source(
+        settings.policies_dir, settings.data_dirs, load_catalogue_file(settings.catalogue_file)
+    )
+
+
+def build_engine(settings: PolicySettings, source: PolicySource) -> DecisionEngine:
+    token = None
+    if settings.opa.token_file is not None:
+        token = settings.opa.token_file.read_text(encoding="utf-8").strip()
+    options = OpaOptions(
+        url=settings.opa.url,
+        timeout_s=settings.opa.timeout_s,
+        load_policies=settings.opa.load_policies,
+        token=token,
+        ca_file=settings.opa.ca_file,
+    )
+    return create_engine(settings.engine, source, options, cache_size=settings.decision_cache_size)
+
+
+def create_app(
+    settings: PolicySettings,
+    *,
+    engine: DecisionEngine | None = None,
+    decision_log: DecisionLog | None = None,
+) -> web.Application:
+    """The service; ``engine`` may be passed in (tests share one), otherwise built from settings."""
+    source = build_source(settings)
+    signer = None
+    if settings.wristband.signing_key_file is not None:
+        signer = WristbandSigner(
+            load_signing_key(settings.wristband.signing_key_file),
+            issuer=settings.wristband.issuer,
+            lifetime_s=settings.wristband.lifetime_s,
+            form=settings.wristband.form,
+            key_id=settings.wristband.key_id,
+        )
+    owns_engine = engine is None
+    the_engine = engine if engine is not None else build_engine(settings, source)
+    app = create_base_app(SERVICE, client_max_size=settings.max_body_bytes)
+    registry = app[SERVICE_METRICS].registry
+    metrics = _Metrics(
+        Counter(
+            "policy_decisions_total",
+            "Decisions, by endpoint and outcome.",
+            ["endpoint", "decision"],
+            registry=registry,
+        ),
+        Histogram(
+            "policy_engine_seconds",
+            "Time in the decision engine, by entrypoint.",
+            ["entrypoint"],
+            registry=registry,
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+        ),
+    )
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        session = make_client_session(ca_file=settings.auth.ca_file, timeout_s=5.0)
+        jwks_cache = JWKSCache(session)
+        validator = JWTValidator(
+            settings.auth.issuers,
+            jwks_cache,
+            algorithms=settings.auth.algorithms,
+            leeway_s=settings.auth.leeway_s,
+        )
+        log_sink = (
+            decision_log
+            if decision_log is not None
+            else DecisionLog(settings.decision_log, enabled=settings.decision_log is not None)
+        )
+        service = PolicyService(
+            settings, the_engine, validator, signer, log_sink, source.catalogue, metrics
+        )
+        app[_SLOT].service = service
+        if owns_engine:
+            await the_engine.start()
+
+        async def engine_ready() -> None:
+            await the_engine.check_ready()
+
+        async def issuer_keys() -> None:
+            for issuer in validator.issuers:
+                await jwks_cache.ensure_loaded(issuer)
+
+        add_ready_check(app, "engine", engine_ready)
+        add_ready_check(app, "issuer_keys", issuer_keys)
+        try:
+            yield
+        finally:
+            if owns_engine:
+                await the_engine.close()
+            if decision_log is None:
+                log_sink.close()
+            await session.close()
+            app[_SLOT].service = None
+
+    app[_SLOT] = _Slot()
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_route("*", "/check", check)
+    app.router.add_route("*", "/check/{tail:.*}", check)
+    app.router.add_post("/v1/decide", decide)
+    app.router.add_post("/v1/filter", filter_tools)
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    app.router.add_get("/v1/wristband/public-key", public_key)
+    return app

@@ -1,0 +1,111 @@
+"""Typed settings of the policy service (YAML ← ``KMG_POLICY_*`` env vars ← CLI flags).
+
+Every field has a default and a description; ``mcp-policy serve --help`` and the README list them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway_plugins.common.jwt_validation import DEFAULT_ALGORITHMS, IssuerConfig
+from gateway_plugins.policy.wristband import WristbandForm
+
+SERVICE = "policy"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OpaSettings(_Strict):
+    """The OPA server used when ``engine: opa``."""
+
+    url: str = Field(default="http://127.0.0.1:8181", description="OPA base URL.")
+    timeout_s: float = Field(default=1.0, gt=0, le=30, description="Per-query timeout.")
+    load_policies: bool = Field(
+        default=True,
+        description="Push policies/ and data/ into OPA at start and after OPA restarts; "
+        "false when OPA loads them itself (bundle or files).",
+    )
+    token_file: Path | None = Field(default=None, description="Bearer token file for OPA's API.")
+    ca_file: Path | None = Field(default=None, description="CA bundle for an https OPA.")
+
+
+class WristbandSettings(_Strict):
+    """The signed tool-list header for the broker (tools/list)."""
+
+    signing_key_file: Path | None = Field(
+        default=None,
+        description="PEM EC P-256 private key; unset: tools/list answers carry no header.",
+    )
+    key_id: str | None = Field(default=None, description="JWS kid; default: the JWK thumbprint.")
+    issuer: str = Field(default="mcp-policy", description="iss of the signed header.")
+    lifetime_s: int = Field(default=300, gt=0, le=3600, description="exp - iat, seconds.")
+    form: WristbandForm = Field(
+        default=WristbandForm.LEGACY,
+        description="x-authorized-tools (allowed-tools), x-mcp-authorized "
+        "(allowed-capabilities) or both.",
+    )
+    cache_ttl_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Reuse a user's computed list this long (0: never); never past half "
+        "the header's lifetime.",
+    )
+
+
+class AuthSettings(_Strict):
+    """Bearer tokens: verified against the issuers' JWKS, never trusted unverified."""
+
+    issuers: list[IssuerConfig] = Field(default_factory=list, description="Trusted issuers.")
+    algorithms: list[str] = Field(default_factory=lambda: list(DEFAULT_ALGORITHMS))
+    leeway_s: float = Field(default=30.0, ge=0, le=300)
+    ca_file: Path | None = Field(default=None, description="CA bundle for the issuers' HTTPS.")
+    resource_metadata_url: str | None = Field(
+        default=None,
+        description="Advertised in WWW-Authenticate on 401 (the protected-resource metadata).",
+    )
+
+
+class PolicySettings(_Strict):
+    """The policy service."""
+
+    host: str = Field(default="127.0.0.1", description="Listen address.")
+    port: int = Field(default=8282, ge=0, le=65535, description="Listen port.")
+    engine: Literal["embedded", "opa"] = Field(
+        default="embedded", description="embedded (in-process Rego) or opa (an OPA server)."
+    )
+    policies_dir: Path = Field(
+        default=Path("policies"), description="Rego modules (tests skipped)."
+    )
+    data_dirs: list[Path] | None = Field(
+        default=None, description="Data files (JSON settings); default <policies_dir>/data."
+    )
+    catalogue_file: Path | None = Field(
+        default=None,
+        description="JSON {server: [MCP tool, ...]}: the tools tools/list lists per server "
+        "(names and annotations); unset: the user's roles name them.",
+    )
+    decision_cache_size: int = Field(
+        default=4096,
+        ge=0,
+        description="Embedded engine: remember this many decisions (exact: same input, same "
+        "policy); 0 turns the cache off.",
+    )
+    opa: OpaSettings = Field(default_factory=OpaSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    wristband: WristbandSettings = Field(default_factory=WristbandSettings)
+    decision_log: str | None = Field(
+        default="-", description="Decision log: a file path, '-' for stderr, null for off."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0, description="Largest request body.")
+
+    @model_validator(mode="after")
+    def _need_issuers(self) -> PolicySettings:
+        if not self.auth.issuers:
+            raise ValueError("auth.issuers: configure at least one trusted token issuer")
+        return self
