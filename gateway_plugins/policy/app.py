@@ -255,10 +255,15 @@ def service_of(app: web.Application) -> PolicyService:
 
 
 def _answer(
-    status: int, allow: bool, reason: str, headers: Mapping[str, str] | None = None, **extra: Any
+    status: int,
+    allow: bool,
+    reason: str,
+    response_headers: Mapping[str, str] | None = None,
+    **extra: Any,
 ) -> web.Response:
+    """A JSON answer that always says ``allow`` explicitly; ``extra`` adds body fields."""
     body: dict[str, Any] = {"allow": allow, "reason": reason, **extra}
-    return web.json_response(body, status=status, headers=dict(headers or {}))
+    return web.json_response(body, status=status, headers=dict(response_headers or {}))
 
 
 def _unauthenticated_headers(settings: PolicySettings, status: int) -> dict[str, str]:
@@ -417,7 +422,14 @@ async def decide(request: web.Request) -> web.Response:
         tool = _str_field(body, "tool")
         claims = await service.claims_of(_authorization(request, body))
         if method == "tools/list":
-            allowed = await service.allowed_tools(claims, None)
+            if service.signer is not None:
+                # Authorino reads metadata bodies, not response headers: the signed list travels
+                # in the body as "headers" so an AuthPolicy can copy it onto the request.
+                signed = await service.wristband(claims)
+                allowed = signed.allowed
+                extra["headers"] = dict(signed.headers)
+            else:
+                allowed = await service.allowed_tools(claims, None)
             allow, reason = (
                 True,
                 f"tools/list allowed; {sum(len(v) for v in allowed.values())} tool(s) listed",

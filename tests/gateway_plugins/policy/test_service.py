@@ -432,6 +432,9 @@ async def test_decide_api_answers_json_with_explicit_allow(
     status, payload = await decide({"method": "tools/list", "token": viewer_token}, None)
     assert payload["allow"] is True
     assert payload["allowed_tools"][OTHER] == []
+    # The signed list rides in the body too (Authorino copies it from there onto the request).
+    signed = verify(payload["headers"][LEGACY_HEADER], service.public_key_pem)
+    assert json.loads(signed["allowed-tools"]) == payload["allowed_tools"]
     # Authorino may copy the whole Authorization header into the body.
     copied = {"server": SERVER, "tool": "pods_get", "token": f"Bearer {viewer_token}"}
     status, payload = await decide(copied, None)
