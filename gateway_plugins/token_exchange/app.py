@@ -3,6 +3,11 @@
 - ``/check`` (any method, any sub-path: Envoy's ``path_prefix``): Envoy ext_authz HTTP check.
   200 + ``authorization: Bearer <token for x-mcp-servername>``; 401 + ``WWW-Authenticate``;
   403 ``{"allow": false, "reason"}``; 503 when Keycloak or the JWKS cannot be reached.
+- ``/ext-authz/combined`` (any method, any sub-path): the same check, then the policy service's
+  ext_authz check (``ext_authz.policy_url``) with the exchanged token, in one round trip, for
+  gateways with a single ext_authz provider (Istio < 1.30). 200 + ``authorization`` + the policy's
+  signed tool-list headers; 401/403/503 as ``/check``; the policy's 403; 503 when the policy
+  service cannot answer or ``policy_url`` is unset (fail closed).
 - ``POST /token``: RFC 8693 token endpoint facade (form-encoded, HTTP Basic client auth), the
   request shape Keycloak takes, answered from the cache when possible.
 - ``/healthz``, ``/readyz`` (JWKS loaded, token services reachable), ``/metrics``.
@@ -26,16 +31,20 @@ from gateway_plugins.common.service import (
     ReadyCheck,
     add_ready_check,
     create_base_app,
+    request_id_of,
 )
 from gateway_plugins.common.settings import SettingsError, read_secret
 from gateway_plugins.token_exchange.config import SERVICE, ClientAuth, Settings
 from gateway_plugins.token_exchange.exchanger import Exchanger, ExchangeRefused
 from gateway_plugins.token_exchange.facade import handle_token_request
 from gateway_plugins.token_exchange.metrics import ExchangeMetrics
+from gateway_plugins.token_exchange.policy_client import PolicyClient
 from gateway_plugins.token_exchange.sts_client import STSClient, STSUnavailable
 from gateway_plugins.token_exchange.targets import TargetRegistry, UnknownTarget
 
 log = logging.getLogger(__name__)
+
+COMBINED_PREFIX = "/ext-authz/combined"
 
 
 @dataclass
@@ -50,6 +59,7 @@ class Runtime:
     exchanger: Exchanger | None = None
     jwks: JWKSCache | None = None
     sts: dict[str, STSClient] = field(default_factory=dict)
+    policy: PolicyClient | None = None  # set when ext_authz.policy_url is configured
 
     def require(self) -> Exchanger:
         if self.exchanger is None:
@@ -148,10 +158,20 @@ def create_app(settings: Settings) -> web.Application:
         timeout = max([s.timeout_s for s in settings.sts.values()] + [3.0]) + 1.0
         session = make_client_session(ca_file=settings.ca_file, timeout_s=timeout)
         runtime.exchanger = build_exchanger(runtime, session)
+        ext_authz = settings.ext_authz
+        if ext_authz.policy_url is not None:
+            runtime.policy = PolicyClient(
+                ext_authz.policy_url,
+                session,
+                timeout_s=ext_authz.policy_timeout_s,
+                upstream_headers=ext_authz.policy_upstream_headers,
+                metrics=runtime.metrics,
+            )
         try:
             yield
         finally:
             runtime.exchanger = None
+            runtime.policy = None
             await session.close()
 
     app.cleanup_ctx.append(lifecycle)
@@ -159,6 +179,8 @@ def create_app(settings: Settings) -> web.Application:
     for name in settings.sts:
         add_ready_check(app, f"sts:{name}", _sts_check(runtime, name))
     app.router.add_route("*", "/check{tail:.*}", check)
+    app.router.add_route("*", COMBINED_PREFIX, combined_check)
+    app.router.add_route("*", COMBINED_PREFIX + "/{tail:.*}", combined_check)
     if settings.facade.enabled:
         app.router.add_post("/token", token_endpoint)
     return app
@@ -220,10 +242,21 @@ def _label(exchanger: Exchanger, target: str) -> str:
     return target if target in exchanger.targets else "-"
 
 
-async def check(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
+@dataclass(frozen=True)
+class _Granted:
+    """A validated caller and the token its target gets (None: pass the caller's token on)."""
+
+    subject_token: str
+    token: str | None
+    exchanged: bool
+
+
+async def _validate_and_exchange(
+    request: web.Request, runtime: Runtime, exchanger: Exchanger
+) -> _Granted | web.Response:
+    """The ext_authz exchange shared by ``/check`` and ``/ext-authz/combined``: a grant, or the
+    401/403/503 answer to give."""
     settings = runtime.settings
-    exchanger = runtime.require()
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
         return _unauthorized(request, settings, "no bearer token", error=False)
@@ -231,7 +264,7 @@ async def check(request: web.Request) -> web.Response:
     try:
         claims = await exchanger.validate(token)
         if not target or target in settings.ext_authz.passthrough_targets:
-            return web.json_response({"allow": True, "exchanged": False})
+            return _Granted(token, None, exchanged=False)
         result = await exchanger.exchange(token, target, claims=claims)
     except InvalidToken as exc:
         runtime.metrics.count(_label(exchanger, target), "invalid_token")
@@ -246,9 +279,61 @@ async def check(request: web.Request) -> web.Response:
         runtime.metrics.count(_label(exchanger, target), "unavailable")
         log.warning("token exchange unavailable for target %s: %s", target, exc)
         return _deny(503, "token_service_unavailable", f"{exc}; retry shortly")
+    return _Granted(token, result.token, exchanged=result.outcome != "unchanged")
+
+
+async def check(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    granted = await _validate_and_exchange(request, runtime, runtime.require())
+    if isinstance(granted, web.Response):
+        return granted
+    if granted.token is None:
+        return web.json_response({"allow": True, "exchanged": False})
     return web.json_response(
-        {"allow": True, "exchanged": result.outcome != "unchanged"},
-        headers={"authorization": f"Bearer {result.token}"},
+        {"allow": True, "exchanged": granted.exchanged},
+        headers={"authorization": f"Bearer {granted.token}"},
+    )
+
+
+def _original_path(request: web.Request) -> str:
+    """What Envoy appended to ``/ext-authz/combined`` (still URL-encoded, with its query)."""
+    raw = request.raw_path
+    return raw[len(COMBINED_PREFIX) :] if raw.startswith(COMBINED_PREFIX + "/") else ""
+
+
+async def combined_check(request: web.Request) -> web.Response:
+    """Exchange as ``/check`` does, then ask the policy service with the exchanged token."""
+    runtime = request.app[RUNTIME]
+    if runtime.settings.ext_authz.policy_url is None:
+        runtime.metrics.policy_calls.labels("not_configured").inc()
+        return _deny(
+            503,
+            "not_configured",
+            "combined check needs ext_authz.policy_url (the policy service's ext_authz check "
+            "endpoint, e.g. http://policy:8080/check); denying",
+        )
+    exchanger = runtime.require()
+    policy = runtime.policy
+    if policy is None:
+        raise web.HTTPServiceUnavailable(reason="Starting")
+    granted = await _validate_and_exchange(request, runtime, exchanger)
+    if isinstance(granted, web.Response):
+        return granted
+    body = await request.read() if request.can_read_body else None
+    answer = await policy.check(
+        token=granted.token or granted.subject_token,
+        path=_original_path(request),
+        headers=request.headers,
+        body=body,
+        request_id=request_id_of(request) or None,
+    )
+    if not answer.allow:
+        return _deny(answer.status, answer.error or "policy_denied", answer.reason)
+    headers = dict(answer.headers)
+    if granted.token is not None:
+        headers["authorization"] = f"Bearer {granted.token}"
+    return web.json_response(
+        {"allow": True, "exchanged": granted.exchanged, "reason": answer.reason}, headers=headers
     )
 
 

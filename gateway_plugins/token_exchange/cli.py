@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mcp-token-exchange",
         description="Token exchange service for the MCP Gateway: Envoy ext_authz check "
-        "(/check), RFC 8693 token endpoint facade (POST /token), cached and coalesced calls "
-        "to Keycloak.",
+        "(/check), combined exchange-then-policy check (/ext-authz/combined, needs "
+        "ext_authz.policy_url), RFC 8693 token endpoint facade (POST /token), cached and "
+        "coalesced calls to Keycloak.",
         epilog=f"Settings precedence: YAML file < env vars {env_prefix(SERVICE)}<FIELD> "
         "(nested with __) < flags. Run 'mcp-token-exchange options' for every setting.",
     )

@@ -9,12 +9,19 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway_plugins.common.jwt_validation import DEFAULT_ALGORITHMS, IssuerConfig
 
 SERVICE = "token-exchange"
+
+# Headers the policy service's check sets on allow for upstream (the MCP broker): the signed tool
+# list, in its legacy and current forms.
+POLICY_UPSTREAM_HEADERS = ("x-authorized-tools", "x-mcp-authorized")
+# The policy service's JSON APIs: not ext_authz answers (a deny there is a 200).
+POLICY_JSON_APIS = ("/v1/decide", "/v1/filter")
 
 
 class _Strict(BaseModel):
@@ -172,6 +179,50 @@ class ExtAuthzConfig(_Strict):
         description="For WWW-Authenticate; default "
         "https://<host>/.well-known/oauth-protected-resource.",
     )
+    policy_url: str | None = Field(
+        default=None,
+        description="The policy service's ext_authz check endpoint (e.g. "
+        "http://policy:8080/check) that /ext-authz/combined asks after the exchange; "
+        "unset: /ext-authz/combined answers 503.",
+    )
+    policy_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=30,
+        description="Timeout of one policy_url call; slower, unreachable or 5xx answers 503.",
+    )
+    policy_upstream_headers: list[str] = Field(
+        default_factory=lambda: list(POLICY_UPSTREAM_HEADERS),
+        description="Headers of the policy's 200 answer passed on (the signed tool list).",
+    )
+
+    @field_validator("policy_url")
+    @classmethod
+    def _policy_check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"policy_url {value!r} is not an http(s) URL; expected e.g. "
+                "http://policy.kmg-system.svc.cluster.local:8080/check"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError(f"policy_url {value!r} must not carry a query or fragment")
+        path = parts.path.rstrip("/")
+        if path.endswith(POLICY_JSON_APIS):
+            raise ValueError(
+                f"policy_url {value!r} names the policy service's JSON API ({parts.path}), which "
+                "answers every decision with 200 and no signed tool list; point it at the "
+                "service's ext_authz check endpoint instead, e.g. "
+                f"{parts.scheme}://{parts.netloc}/check"
+            )
+        return value.strip().rstrip("/")
+
+    @field_validator("policy_upstream_headers")
+    @classmethod
+    def _lower_headers(cls, value: list[str]) -> list[str]:
+        return [h.strip().lower() for h in value if h.strip()]
 
 
 class FacadeClient(_Strict):

@@ -29,6 +29,19 @@ class ExchangeMetrics:
             registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.policy_calls = Counter(
+            "token_exchange_policy_calls_total",
+            "Calls of the combined check to the policy service, by result (allow, deny, "
+            "bad_request, token_refused, error, timeout, unreachable, not_configured).",
+            ["result"],
+            registry=registry,
+        )
+        self.policy_latency = Histogram(
+            "token_exchange_policy_call_duration_seconds",
+            "Latency of the combined check's policy service calls.",
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
         self._outcome_children: dict[tuple[str, str], Any] = {}
         self.cache_entries = Gauge(
             "token_exchange_cache_entries", "Tokens currently cached.", registry=registry
@@ -47,5 +60,16 @@ class ExchangeMetrics:
         for metric in self.sts_calls.collect():
             for sample in metric.samples:
                 if sample.name.endswith("_total") and (sts is None or sample.labels["sts"] == sts):
+                    total += sample.value
+        return total
+
+    def policy_call_count(self, result: str | None = None) -> float:
+        """Policy service calls so far, optionally of one result."""
+        total = 0.0
+        for metric in self.policy_calls.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and (
+                    result is None or sample.labels["result"] == result
+                ):
                     total += sample.value
         return total

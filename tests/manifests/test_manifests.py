@@ -455,7 +455,7 @@ def test_authpolicy_fails_closed(rendered: dict[str, list[Obj]]) -> None:
         assert "tools/list" in signed["when"][0]["predicate"]
 
 
-def test_istio_uses_one_combined_provider(rendered: dict[str, list[Obj]]) -> None:
+def test_istio_uses_one_combined_provider(rendered: dict[str, list[Obj]], tmp_path: Path) -> None:
     objs = rendered["overlays/istio-ext-authz"]
     folder = paths.REPO_ROOT / "manifests" / "overlays" / "istio-ext-authz"
     mesh = yaml.safe_load((folder / "mesh-config.yaml").read_text())
@@ -479,11 +479,19 @@ def test_istio_uses_one_combined_provider(rendered: dict[str, list[Obj]]) -> Non
     # the overlay's token-exchange config is the base one plus where the policy service is
     base = config_of(rendered["base"], "token-exchange")
     overlay = config_of(objs, "token-exchange")
-    policy_url = overlay["ext_authz"].pop("policy_url")
-    assert overlay == base, "istio overlay config drifted from base"
+    settings = load_plugin_settings(
+        TokenExchangeSettings,
+        "token-exchange",
+        config_file=write_config(tmp_path, overlay),
+        environ={},
+    )
+    policy_url = settings.ext_authz.policy_url
+    assert policy_url is not None
+    ext_authz = {k: v for k, v in overlay["ext_authz"].items() if k != "policy_url"}
+    assert {**overlay, "ext_authz": ext_authz} == base, "istio overlay config drifted from base"
     svc, _ = service_url_target(objs, policy_url)
     assert svc["metadata"]["name"] == "policy"
-    assert urlsplit(policy_url).path == "/v1/decide"
+    assert urlsplit(policy_url).path == "/check"
 
 
 def test_dockerfile_builds_one_nonroot_image_per_service(rendered: dict[str, list[Obj]]) -> None:

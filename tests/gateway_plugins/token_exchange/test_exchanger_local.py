@@ -127,7 +127,7 @@ async def test_audience_already_right_needs_no_exchange(
     assert metrics.sts_call_count() == 0
 
 
-async def test_unknown_target_refused(issuer: LocalIssuer, session: aiohttp.ClientSession):
+async def test_unknown_target_refused(issuer: LocalIssuer, session: aiohttp.ClientSession) -> None:
     exchanger, _ = _exchanger(issuer, session)
     with pytest.raises(UnknownTarget, match="'elsewhere'"):
         await exchanger.exchange(issuer.token(), "elsewhere")
