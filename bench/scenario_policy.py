@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from bench.load import paced_load, percentiles
 from gateway_plugins.policy.engines import (
     EmbeddedEngine,
     OpaOptions,
@@ -62,23 +63,6 @@ PACED_SECONDS = 10
 HEADER_SERVERS = 5
 HEADER_TOOLS = 100  # per server: 500 in all
 HEADER_CALLS = 40
-
-
-def _pct(samples_s: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_s)
-    if not ordered:
-        return {"count": 0}
-
-    def at(p: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 3)
-
-    return {
-        "count": len(ordered),
-        "p50_ms": at(0.50),
-        "p90_ms": at(0.90),
-        "p99_ms": at(0.99),
-        "max_ms": round(ordered[-1] * 1000, 3),
-    }
 
 
 def _claims(roles: list[str], groups: list[str] | None = None) -> dict[str, Any]:
@@ -153,7 +137,7 @@ async def _engines(opa: OpaServer, http: aiohttp.ClientSession) -> dict[str, Any
     await embedded.close()
     await cached.close()
     await server.close()
-    result: dict[str, Any] = {name: _pct(values) for name, values in samples.items()}
+    result: dict[str, Any] = {name: percentiles(values) for name, values in samples.items()}
     result["embedded_cpu_ms_per_decision"] = round(cpu_per_decision * 1000, 3)
     overhead = statistics.median(samples["opa_engine"]) - statistics.median(samples["opa_direct"])
     result["opa_engine_median_overhead_ms"] = round(overhead * 1000, 3)
@@ -208,7 +192,7 @@ async def _signed_header(opa: OpaServer) -> dict[str, Any]:
             t = time.perf_counter()
             signer.sign(await engine.allowed_tools(doc), subject="b3c1")
             times.append(time.perf_counter() - t)
-        out[f"cold_{name}"] = _pct(times)
+        out[f"cold_{name}"] = percentiles(times)
     cpu_started = time.process_time()
     for _ in range(HEADER_CALLS):
         signer.sign(embedded.allowed_tools_sync(doc), subject="b3c1")
@@ -220,35 +204,11 @@ async def _signed_header(opa: OpaServer) -> dict[str, Any]:
         t = time.perf_counter()
         signed = signer.sign(first, subject="b3c1")
         sign_only.append(time.perf_counter() - t)
-    out["sign_only"] = _pct(sign_only)
+    out["sign_only"] = percentiles(sign_only)
     out["header_bytes"] = len(next(iter(signed.headers.values())))
     await embedded.close()
     await server.close()
     return out
-
-
-async def _paced(call: Callable[[], Awaitable[bool]], rate: int, seconds: int) -> dict[str, Any]:
-    latencies: list[float] = []
-    errors = 0
-    total = rate * seconds
-    loop = asyncio.get_running_loop()
-    t0 = loop.time() + 0.1
-
-    async def one(i: int) -> None:
-        nonlocal errors
-        scheduled = t0 + i / rate
-        delay = scheduled - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        ok = await call()
-        latencies.append(loop.time() - scheduled)
-        errors += 0 if ok else 1
-
-    started = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(total)))
-    elapsed = time.perf_counter() - started
-    return {"target_rate": rate, "achieved_rate": round(total / elapsed, 1), "errors": errors,
-            **_pct(latencies)}  # fmt: skip
 
 
 def _start_service(keycloak: kc.Keycloak, run_dir: Path) -> tuple[process.ManagedProcess, str]:
@@ -294,8 +254,8 @@ async def _service(keycloak: kc.Keycloak, url: str) -> dict[str, Any]:
 
         assert await check(), "warm-up check failed"
         assert await check_list(), "warm-up tools/list check failed"
-        await _paced(check, 200, 2)  # warm-up
-        paced = await _paced(check, PACED_RATE, PACED_SECONDS)
+        await paced_load(check, 200, 2)  # warm-up
+        paced = await paced_load(check, PACED_RATE, PACED_SECONDS)
         cached = []
         for _ in range(200):
             t = time.perf_counter()
@@ -303,7 +263,7 @@ async def _service(keycloak: kc.Keycloak, url: str) -> dict[str, Any]:
             cached.append(time.perf_counter() - t)
     return {
         "service_paced_tools_call": paced,
-        "service_tools_list_500_tools_cached_roundtrip": _pct(cached),
+        "service_tools_list_500_tools_cached_roundtrip": percentiles(cached),
     }
 
 

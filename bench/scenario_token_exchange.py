@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +30,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from bench.load import cpu_seconds, paced_load, percentiles
 from tests.gateway_plugins.token_exchange.running import service_settings
 from tests.testbed import keycloak as kc
 from tests.testbed import paths, process
@@ -83,11 +83,6 @@ class KeepAliveClient:
             self._pool.put_nowait((reader, writer))
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _check_histogram(metrics: str) -> dict[str, float]:
     """Cumulative bucket counts of the service's /check latency histogram, by upper bound."""
     buckets: dict[str, float] = {}
@@ -107,53 +102,6 @@ def _server_side(before: dict[str, float], after: dict[str, float]) -> dict[str,
         for le in ("0.0005", "0.001", "0.002", "0.005")
     }
     return {"count": int(total), "share_of_requests": share}
-
-
-def _percentiles(samples_s: list[float]) -> dict[str, float]:
-    if not samples_s:
-        return {"count": 0}
-    ordered = sorted(samples_s)
-
-    def pct(p: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 3)
-
-    return {
-        "count": len(ordered),
-        "p50_ms": pct(0.50),
-        "p90_ms": pct(0.90),
-        "p99_ms": pct(0.99),
-        "max_ms": round(ordered[-1] * 1000, 3),
-        "mean_ms": round(statistics.fmean(ordered) * 1000, 3),
-    }
-
-
-async def _paced(call: Callable[[], Awaitable[bool]], rate: int, seconds: int) -> dict[str, Any]:
-    """Open loop: request i is sent at t0 + i/rate; latency counted from the scheduled time."""
-    latencies: list[float] = []
-    errors = 0
-    total = rate * seconds
-    loop = asyncio.get_running_loop()
-    t0 = loop.time() + 0.1
-
-    async def one(i: int) -> None:
-        nonlocal errors
-        scheduled = t0 + i / rate
-        delay = scheduled - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        ok = await call()
-        latencies.append(loop.time() - scheduled)
-        errors += 0 if ok else 1
-
-    started = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(total)))
-    elapsed = time.perf_counter() - started
-    return {
-        "target_rate": rate,
-        "achieved_rate": round(total / elapsed, 1),
-        "errors": errors,
-        **_percentiles(latencies),
-    }
 
 
 async def _closed(
@@ -179,7 +127,7 @@ async def _closed(
         "seconds": round(elapsed, 2),
         "throughput_rps": round(len(latencies) / elapsed, 1),
         "errors": errors,
-        **_percentiles(latencies),
+        **percentiles(latencies),
     }
 
 
@@ -257,15 +205,15 @@ async def _measure(keycloak: kc.Keycloak, url: str, port: int, pid: int) -> dict
         await _closed(via_service, CONCURRENCY, 1.0)
         await _closed(keycloak_every_call, CONCURRENCY, 2.0)
 
-        hist_before, cpu_before = _check_histogram(await metrics_text()), _cpu_seconds(pid)
-        paced = await _paced(via_service, PACED_RATE, PACED_SECONDS)
-        cpu_paced = _cpu_seconds(pid) - cpu_before
+        hist_before, cpu_before = _check_histogram(await metrics_text()), cpu_seconds(pid)
+        paced = await paced_load(via_service, PACED_RATE, PACED_SECONDS)
+        cpu_paced = cpu_seconds(pid) - cpu_before
         paced["server_side"] = _server_side(hist_before, _check_histogram(await metrics_text()))
         paced["service_cpu_us_per_request"] = round(cpu_paced / paced["count"] * 1e6, 1)
-        cpu_before = _cpu_seconds(pid)
+        cpu_before = cpu_seconds(pid)
         warm_max = await _closed(via_service, CONCURRENCY, MAX_SECONDS)
         warm_max["service_cpu_us_per_request"] = round(
-            (_cpu_seconds(pid) - cpu_before) / max(warm_max["count"], 1) * 1e6, 1
+            (cpu_seconds(pid) - cpu_before) / max(warm_max["count"], 1) * 1e6, 1
         )
         reference = await _closed(keycloak_every_call, CONCURRENCY, MAX_SECONDS)
         metrics = await metrics_text()
