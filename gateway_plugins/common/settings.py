@@ -14,7 +14,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import types
+import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -177,3 +180,61 @@ def read_secret(
             raise SettingsError(f"{what}: env var {env} is not set or empty")
         return value
     raise SettingsError(f"{what}: no secret configured; set '{what}_file' or '{what}_env'")
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    candidates = [annotation, *typing.get_args(annotation)]
+    for cand in candidates:
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+        for inner in typing.get_args(cand):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                return inner
+    return None
+
+
+@dataclass(frozen=True)
+class OptionRow:
+    """One documented setting: ``kind`` is None for a section (a nested settings object)."""
+
+    name: str
+    kind: str | None
+    default: str
+    description: str
+
+
+def option_rows(model: type[BaseModel], prefix: str = "") -> list[OptionRow]:
+    """Every setting of ``model``, depth first, with its dotted name, type, default and meaning."""
+    rows: list[OptionRow] = []
+    for name, info in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        nested = _model_of(info.annotation)
+        value = None if info.is_required() else info.get_default(call_default_factory=True)
+        value = getattr(value, "value", value)  # enums: show the YAML spelling
+        default = "(required)" if info.is_required() else repr(value)
+        kind = getattr(info.annotation, "__name__", None) or str(info.annotation)
+        if isinstance(info.annotation, types.UnionType):
+            kind = str(info.annotation)
+        kind = kind.replace("typing.", "").replace("pathlib.", "")
+        desc = info.description or ""
+        if nested is not None and not kind.startswith(("list", "dict")):
+            rows.append(OptionRow(dotted, None, "", desc))
+            rows += option_rows(nested, f"{dotted}.")
+            continue
+        rows.append(OptionRow(dotted, kind, default, desc))
+        if nested is not None:
+            item = ".<name>." if kind.startswith("dict") else "[]."
+            rows += option_rows(nested, f"{dotted}{item}")
+    return rows
+
+
+def describe_options(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """One line per setting of ``model`` (the CLI's ``options`` listing)."""
+    lines = []
+    for row in option_rows(model, prefix):
+        desc = f"  {row.description}" if row.description else ""
+        if row.kind is None:
+            lines.append(f"{row.name}:{desc}")
+        else:
+            lines.append(f"{row.name} [{row.kind}] default {row.default}.{desc}")
+    return lines

@@ -9,55 +9,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-import types
-import typing
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel
 
 from gateway_plugins.common.logging import configure_logging
 from gateway_plugins.common.service import run_app
 from gateway_plugins.common.settings import SettingsError, env_prefix, load_settings
+from gateway_plugins.common.settings import describe_options as settings_options
 from gateway_plugins.token_exchange.config import SERVICE, Settings
-
-
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    candidates = [annotation, *typing.get_args(annotation)]
-    for cand in candidates:
-        if isinstance(cand, type) and issubclass(cand, BaseModel):
-            return cand
-        for inner in typing.get_args(cand):
-            if isinstance(inner, type) and issubclass(inner, BaseModel):
-                return inner
-    return None
 
 
 def describe_options(model: type[BaseModel] = Settings, prefix: str = "") -> list[str]:
     """One line per setting: dotted name, type, default, description (for --help and docs)."""
-    lines: list[str] = []
-    for name, info in model.model_fields.items():
-        dotted = f"{prefix}{name}"
-        nested = _model_of(info.annotation)
-        value = None if info.is_required() else info.get_default(call_default_factory=True)
-        value = getattr(value, "value", value)  # enums: show the YAML spelling
-        default = "(required)" if info.is_required() else repr(value)
-        kind = getattr(info.annotation, "__name__", None) or str(info.annotation)
-        if isinstance(info.annotation, types.UnionType):
-            kind = str(info.annotation)
-        kind = kind.replace("typing.", "").replace("pathlib.", "")
-        desc = f"  {info.description}" if info.description else ""
-        if nested is not None and not str(kind).startswith(("list", "dict")):
-            lines.append(f"{dotted}:{desc}")
-            lines += describe_options(nested, f"{dotted}.")
-            continue
-        if nested is not None:
-            lines.append(f"{dotted} [{kind}] default {default}.{desc}")
-            item = ".<name>." if str(kind).startswith("dict") else "[]."
-            lines += describe_options(nested, f"{dotted}{item}")
-            continue
-        lines.append(f"{dotted} [{kind}] default {default}.{desc}")
-    return lines
+    return settings_options(model, prefix)
 
 
 def build_parser() -> argparse.ArgumentParser:
