@@ -1,0 +1,356 @@
+"""MCP backend versus the API server directly, side by side in one run.
+
+Against a real testbed cluster (etcd + kube-apiserver + controller manager + scheduler, started
+here with ``tests.testbed.cluster``) holding 200 pods, with one real service-account token:
+
+* ``backend`` (default settings: stateless Streamable HTTP, JSON responses) and
+  ``backend_stateful`` (``stateless: false``, MCP sessions): each 16 concurrent MCP clients
+  (the ``mcp`` package's Streamable HTTP client) calling ``pods_list`` (server-side Table of all
+  200 pods, rendered) and ``resources_get`` (one Deployment as YAML) alternately, through
+  ``mcp-backend serve`` running as its own process;
+* ``direct``: 16 concurrent workers sending the same two queries straight to the API server with
+  the same token over one pooled aiohttp session (Table request for the list, JSON for the get).
+
+The paths run in alternating rounds so drift hits all of them; a sequential phase (one client, no
+queueing) first gives the pure added latency per call. Reported: per query and overall
+median / p99 latency, throughput, the ratios, the backend's CPU time per call and RSS (current
+and peak, from /proc),
+and the upstream TCP connections the backend opened (its own connection counter, via /metrics)
+after all calls, against its pool size.
+
+Goals (issue 4): median added latency <= 2 ms; throughput >= 70 % of direct; backend RSS <=
+150 MB; upstream connections <= pool size after >= 1000 calls. Everything shares the 2-core
+machine (API server, etcd, backend, load generator), so the load generator's own MCP client cost
+is inside the backend numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx2
+import yaml
+from kubernetes_asyncio import client as k8s
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.testbed import paths, process
+from tests.testbed.cluster import Cluster, start_cluster
+from tests.testbed.pki import CertificateAuthority
+from tests.testbed.ports import free_port
+
+PODS = 200
+CONCURRENCY = 16
+POOL_SIZE = 16
+ROUNDS = 3
+CALLS_PER_ROUND = 600  # per path and round: >= 1000 backend calls in total
+SEQUENTIAL_CALLS = 200  # one client, no queueing: the pure added latency per call
+NS = "bench"
+TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+
+Call = Callable[[int], Awaitable[None]]
+
+
+def _stats(samples_s: list[float]) -> dict[str, float]:
+    ordered = sorted(samples_s)
+
+    def pct(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 3)
+
+    return {
+        "count": len(ordered),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "mean_ms": round(statistics.fmean(ordered) * 1000, 3),
+    }
+
+
+def _check(ok: bool, what: str, answer: Any) -> None:
+    if not ok:
+        raise RuntimeError(f"{what} gave a wrong answer: {str(answer)[:300]}")
+
+
+async def _closed_loop(
+    call: Call, total: int, concurrency: int = CONCURRENCY
+) -> tuple[list[float], list[int], float]:
+    """Run ``total`` calls with ``concurrency`` workers; per-call latency, kind, wall time."""
+    latencies: list[float] = []
+    kinds: list[int] = []
+    counter = iter(range(total))
+
+    async def worker() -> None:
+        for i in counter:
+            started = time.perf_counter()
+            await call(i)
+            latencies.append(time.perf_counter() - started)
+            kinds.append(i % 2)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, kinds, time.perf_counter() - started
+
+
+async def _prepare_cluster(cluster: Cluster) -> str:
+    """Namespace with a 200-replica Deployment (pods stay Pending: no nodes), and a view token."""
+    async with cluster.admin_client() as api:
+        core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
+        await core.create_namespace({"metadata": {"name": NS}})  # type: ignore[arg-type]
+        await apps.create_namespaced_deployment(
+            NS,
+            {  # type: ignore[arg-type]
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "web", "labels": {"app": "web"}},
+                "spec": {
+                    "replicas": PODS,
+                    "selector": {"matchLabels": {"app": "web"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "web"}},
+                        "spec": {"containers": [{"name": "main", "image": "pause:3.10"}]},
+                    },
+                },
+            },
+        )
+        deadline = time.monotonic() + 180
+        while True:
+            pods = await core.list_namespaced_pod(NS, label_selector="app=web")
+            if len(pods.items) >= PODS:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(pods.items)} of {PODS} pods created in 180 s")
+            await asyncio.sleep(0.5)
+    return await cluster.service_account_token(
+        name="bench-viewer", cluster_role="view", cluster_wide=True
+    )
+
+
+def _start_backend(
+    cluster: Cluster, run_dir: Path, name: str, **extra: Any
+) -> tuple[process.ManagedProcess, str]:
+    port = free_port()
+    config = run_dir / f"{name}.yaml"
+    settings = {
+        "host": "127.0.0.1",
+        "port": port,
+        "pool_size": POOL_SIZE,
+        "log_level": "WARNING",
+        "clusters": [
+            {
+                "name": cluster.name,
+                "server": cluster.server,
+                "ca_file": str(cluster.ca_file),
+                "default": True,
+            }
+        ],
+        **extra,
+    }
+    config.write_text(yaml.safe_dump(settings))
+    proc = process.ManagedProcess(
+        name,
+        [sys.executable, "-m", "mcp_backend", "serve", "--config", str(config)],
+        run_dir / f"{name}.log",
+        cwd=paths.REPO_ROOT,
+    )
+    proc.start()
+    base = f"http://127.0.0.1:{port}"
+    proc.wait_until(lambda: process.http_ok(f"{base}/readyz"), timeout=30, what="ready")
+    return proc, base
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_kib(pid: int) -> dict[str, int]:
+    fields = dict(
+        line.split(":", 1)
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if ":" in line
+    )
+    return {"rss_kib": int(fields["VmRSS"].split()[0]), "peak_kib": int(fields["VmHWM"].split()[0])}
+
+
+async def _metric(base: str, name: str) -> float:
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+async def _mcp_path(stack: contextlib.AsyncExitStack, base: str, headers: dict[str, str]) -> Call:
+    """A call function driving CONCURRENCY real MCP clients of the backend at ``base``."""
+    clients: list[Client] = []
+    for _ in range(CONCURRENCY):
+        http = await stack.enter_async_context(httpx2.AsyncClient(headers=headers, timeout=60))
+        client = await stack.enter_async_context(
+            Client(
+                streamable_http_client(f"{base}/mcp", http_client=http), mode="legacy", cache=None
+            )
+        )
+        clients.append(client)
+    next_client = iter(range(10**9))
+
+    async def via_backend(i: int) -> None:
+        client = clients[next(next_client) % CONCURRENCY]
+        if i % 2 == 0:
+            result = await client.call_tool("pods_list", {})
+            _check(
+                not result.is_error and result.structured_content["count"] >= PODS,
+                "pods_list",
+                result,
+            )
+        else:
+            result = await client.call_tool(
+                "resources_get",
+                {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "namespace": NS},
+            )
+            _check(not result.is_error, "resources_get", result)
+
+    return via_backend
+
+
+async def _measure(
+    cluster: Cluster, token: str, bases: dict[str, str], rounds: int, per_round: int
+) -> dict[str, Any]:
+    import ssl
+
+    ssl_ctx = ssl.create_default_context(cafile=str(cluster.ca_file))
+    headers = {"Authorization": f"Bearer {token}"}
+    direct_http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=POOL_SIZE, ssl=ssl_ctx), headers=headers
+    )
+    list_url = f"{cluster.server}/api/v1/pods"
+    get_url = f"{cluster.server}/apis/apps/v1/namespaces/{NS}/deployments/web"
+
+    async def direct(i: int) -> None:
+        if i % 2 == 0:
+            async with direct_http.get(
+                list_url, params={"limit": "500"}, headers={"Accept": TABLE_ACCEPT}
+            ) as resp:
+                body = await resp.json()
+                _check(resp.status == 200 and len(body["rows"]) >= PODS, "direct list", body)
+        else:
+            async with direct_http.get(get_url) as resp:
+                body = await resp.json()
+                _check(resp.status == 200 and body["metadata"]["name"] == "web", "direct get", body)
+
+    stack = contextlib.AsyncExitStack()
+    try:
+        paths_: dict[str, Call] = {"direct": direct}
+        for name, base in bases.items():
+            paths_[name] = await _mcp_path(stack, base, headers)
+        # Warm-up: connections, discovery, first-call costs; not measured.
+        for call in paths_.values():
+            await _closed_loop(call, 64)
+        samples: dict[str, dict[str, list[float]]] = {
+            p: {"all": [], "pods_list": [], "resources_get": []} for p in paths_
+        }
+        wall = dict.fromkeys(paths_, 0.0)
+        calls = dict.fromkeys(paths_, 0)
+        sequential: dict[str, dict[str, float]] = {}
+        for path, call in paths_.items():
+            lat, _, _ = await _closed_loop(call, SEQUENTIAL_CALLS, concurrency=1)
+            sequential[path] = _stats(lat)
+        for _ in range(rounds):
+            for path, call in paths_.items():
+                lat, kinds, seconds = await _closed_loop(call, per_round)
+                wall[path] += seconds
+                calls[path] += len(lat)
+                samples[path]["all"] += lat
+                for value, kind in zip(lat, kinds, strict=True):
+                    samples[path]["pods_list" if kind == 0 else "resources_get"].append(value)
+    finally:
+        await stack.aclose()
+        await direct_http.close()
+    out: dict[str, Any] = {}
+    for path in paths_:
+        out[path] = {q: _stats(v) for q, v in samples[path].items()}
+        out[path]["throughput_per_s"] = round(calls[path] / wall[path], 1)
+        out[path]["sequential"] = sequential[path]
+    out["calls"] = calls
+    out["calls_including_warmup"] = {p: n + 64 + SEQUENTIAL_CALLS for p, n in calls.items()}
+    return out
+
+
+def _compare(direct: dict[str, Any], backend: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "added_latency_p50_ms": {
+            q: round(backend[q]["p50_ms"] - direct[q]["p50_ms"], 3)
+            for q in ("all", "pods_list", "resources_get")
+        },
+        "added_latency_p50_ms_sequential": round(
+            backend["sequential"]["p50_ms"] - direct["sequential"]["p50_ms"], 3
+        ),
+        "throughput_ratio": round(backend["throughput_per_s"] / direct["throughput_per_s"], 3),
+    }
+
+
+async def run(soak: bool = False) -> dict[str, Any]:
+    process.reap_stale()
+    run_dir = paths.new_run_dir("bench-backend")
+    ca = CertificateAuthority(run_dir / "pki")
+    cluster: Cluster | None = None
+    backends: dict[str, tuple[process.ManagedProcess, str]] = {}
+    try:
+        cluster = await asyncio.to_thread(start_cluster, "bench-a", ca, run_dir, [])
+        token = await _prepare_cluster(cluster)
+        backends["backend"] = _start_backend(cluster, run_dir, "backend")  # defaults: stateless
+        backends["backend_stateful"] = _start_backend(
+            cluster, run_dir, "backend-stateful", stateless=False
+        )
+        rounds = ROUNDS * (10 if soak else 1)
+        pids = {n: p.proc.pid for n, (p, _) in backends.items() if p.proc is not None}
+        cpu_before = {n: _cpu_seconds(pid) for n, pid in pids.items()}
+        measured = await _measure(
+            cluster, token, {n: b for n, (_, b) in backends.items()}, rounds, CALLS_PER_ROUND
+        )
+        cpu_used = {n: _cpu_seconds(pid) - cpu_before[n] for n, pid in pids.items()}
+        result: dict[str, Any] = {
+            "setup": {
+                "pods": PODS,
+                "concurrency": CONCURRENCY,
+                "pool_size": POOL_SIZE,
+                "rounds": rounds,
+                "calls_per_round": CALLS_PER_ROUND,
+                "cpus": len(os.sched_getaffinity(0)),
+                "load_average_1m_at_end": os.getloadavg()[0],
+            },
+            **measured,
+        }
+        for name, (proc, base) in backends.items():
+            assert proc.proc is not None
+            memory = _rss_kib(proc.proc.pid)
+            connections = await _metric(base, "kmg_backend_upstream_connections_opened_total")
+            summary = _compare(measured["direct"], measured[name])
+            summary["backend_memory_kib"] = memory
+            summary["backend_cpu_ms_per_call"] = round(
+                cpu_used[name] * 1000 / measured["calls_including_warmup"][name], 3
+            )
+            summary["upstream_connections_opened"] = int(connections)
+            summary["goals"] = {
+                "added_p50_le_2ms": summary["added_latency_p50_ms"]["all"] <= 2.0,
+                "throughput_ratio_ge_0.7": summary["throughput_ratio"] >= 0.7,
+                "backend_rss_le_150mb": memory["peak_kib"] <= 150 * 1024,
+                "connections_le_pool": connections <= POOL_SIZE,
+            }
+            result[f"{name}_vs_direct"] = summary
+        return result
+    finally:
+        for proc, _ in backends.values():
+            proc.stop()
+        if cluster is not None:
+            cluster.stop()

@@ -1,0 +1,112 @@
+"""The ASGI application: ``/mcp`` (Streamable HTTP), health, metrics, RFC 9728 metadata."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from mcp_backend.access import AccessPolicy
+from mcp_backend.auth import METADATA_PATH, RequireBearer, request_resource_url
+from mcp_backend.clusters import ClusterRegistry
+from mcp_backend.config import Settings, effective_clusters
+from mcp_backend.metrics import Metrics
+from mcp_backend.server import Handlers, build_server
+from mcp_backend.tools import all_tools
+
+
+@dataclass
+class Backend:
+    """A built backend: the ASGI app plus the parts tests and benchmarks look at."""
+
+    app: Starlette
+    settings: Settings
+    clusters: ClusterRegistry
+    metrics: Metrics
+    handlers: Handlers
+
+
+def create_backend(settings: Settings) -> Backend:
+    """Wire settings → registry, clusters, handlers → Starlette app (nothing connects yet)."""
+    metrics = Metrics()
+    access = AccessPolicy(settings.denied_kinds, redact_secrets=settings.redact_secrets)
+    clusters = ClusterRegistry(effective_clusters(settings), settings, access, metrics)
+    registry = all_tools().select(settings)
+    handlers = Handlers(settings, registry, clusters, metrics)
+    server = build_server(handlers, otel_spans=settings.otel_spans)
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=bool(settings.allowed_hosts or settings.allowed_origins),
+        allowed_hosts=settings.allowed_hosts,
+        allowed_origins=settings.allowed_origins,
+    )
+    manager = StreamableHTTPSessionManager(
+        app=server,
+        json_response=settings.json_response,
+        stateless=settings.stateless,
+        security_settings=security,
+    )
+    mcp_endpoint = RequireBearer(
+        StreamableHTTPASGIApp(manager),
+        resource_url=settings.resource_url,
+        metrics=metrics,
+        optional=settings.accept_token_in_arguments,
+    )
+
+    async def healthz(_: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readyz(_: Request) -> Response:
+        # Ready once serving: clusters are reached lazily per request, so an unreachable
+        # cluster must not take the whole backend out of rotation.
+        return JSONResponse(
+            {"status": "ready", "tools": len(registry), "clusters": sorted(clusters.clusters)}
+        )
+
+    async def metrics_endpoint(_: Request) -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def resource_metadata(request: Request) -> Response:
+        resource = request_resource_url(request.scope, settings.resource_url)
+        return JSONResponse(
+            {
+                "resource": resource,
+                "authorization_servers": settings.authorization_servers,
+                "bearer_methods_supported": ["header"],
+                "resource_name": "Kubernetes MCP backend",
+            }
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        async with manager.run():
+            try:
+                yield
+            finally:
+                await clusters.close()
+
+    app = Starlette(
+        routes=[
+            Route("/mcp", endpoint=mcp_endpoint, methods=["GET", "POST", "DELETE"]),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
+            Route(METADATA_PATH, resource_metadata),
+            Route(METADATA_PATH + "/mcp", resource_metadata),
+        ],
+        lifespan=lifespan,
+    )
+    return Backend(
+        app=app, settings=settings, clusters=clusters, metrics=metrics, handlers=handlers
+    )
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The ASGI app for ``settings``."""
+    return create_backend(settings).app

@@ -1,0 +1,332 @@
+"""Typed settings of the backend: defaults ← YAML ``--config FILE`` ← ``KMG_BACKEND_*`` env ← flags.
+
+The backend owns no cluster credentials, so a cluster entry holds only where the API server is
+and how to trust it (server URL + CA), plus the optional per-cluster token audience / domain and
+token-exchange endpoint used when the cluster trusts another identity domain.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "KMG_BACKEND_"
+IN_CLUSTER_TOKEN_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class SettingsError(Exception):
+    """The configuration is unusable; the message names the field or file and what to fix."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TokenExchangeConfig(_Model):
+    """RFC 8693 exchange of the caller's token for one the cluster trusts (foreign domains)."""
+
+    url: str = Field(description="token endpoint of the exchange service (POST, form encoded)")
+    audience: str = Field(description="`audience` asked for: the cluster's domain / client id")
+    timeout_s: float = Field(5.0, gt=0, description="timeout of one exchange call")
+    client_id: str | None = Field(None, description="HTTP Basic client id at the exchange service")
+    client_secret_file: Path | None = Field(None, description="file holding the client secret")
+    client_secret_env: str | None = Field(None, description="env var holding the client secret")
+    ca_file: Path | None = Field(None, description="CA bundle of the exchange service's TLS cert")
+
+    def client_secret(self) -> str | None:
+        """The client secret from its file or env var (never from the YAML itself)."""
+        if self.client_secret_file is not None:
+            try:
+                return self.client_secret_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise SettingsError(
+                    f"token_exchange: cannot read client_secret_file {self.client_secret_file}: "
+                    f"{exc.strerror}"
+                ) from None
+        if self.client_secret_env is not None:
+            value = os.environ.get(self.client_secret_env)
+            if not value:
+                raise SettingsError(f"token_exchange: env var {self.client_secret_env} is empty")
+            return value
+        return None
+
+
+class ClusterConfig(_Model):
+    """One API server the backend can reach. Never holds credentials."""
+
+    name: str = Field(description="the `context` value tools take")
+    server: str = Field(description="API server URL, e.g. https://10.0.0.1:6443")
+    ca_file: Path | None = Field(None, description="PEM CA bundle that signs the API server cert")
+    ca_data: str | None = Field(None, description="the same, inline PEM or base64 of PEM")
+    insecure_skip_tls_verify: bool = Field(False, description="test only: skip TLS verification")
+    token_audience: str | None = Field(None, description="audience tokens for this cluster carry")
+    domain: str | None = Field(None, description="identity domain (realm) the cluster trusts")
+    token_exchange: TokenExchangeConfig | None = Field(
+        None, description="exchange the caller's token before calling this cluster"
+    )
+    default: bool = Field(False, description="the cluster used when `context` is omitted")
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@:/-]{0,252}", value):
+            raise ValueError("cluster name must be 1-253 chars of letters, digits and ._@:/-")
+        return value
+
+    @field_validator("server")
+    @classmethod
+    def _server_ok(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("server must be an http(s) URL such as https://127.0.0.1:6443")
+        return value.rstrip("/")
+
+    def ca_pem(self) -> str | None:
+        """The CA bundle as PEM text (from ``ca_data`` or ``ca_file``), or None for system CAs."""
+        if self.ca_data:
+            data = self.ca_data.strip()
+            if "-----BEGIN" in data:
+                return data
+            try:
+                return base64.b64decode(data, validate=True).decode()
+            except ValueError as exc:
+                raise SettingsError(
+                    f"cluster {self.name!r}: ca_data is neither PEM nor base64 of PEM"
+                ) from exc
+        if self.ca_file is not None:
+            try:
+                return self.ca_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise SettingsError(
+                    f"cluster {self.name!r}: cannot read ca_file {self.ca_file}: {exc.strerror}"
+                ) from None
+        return None
+
+
+class DeniedKind(_Model):
+    """A kind denied in every tool: ``{group: rbac.authorization.k8s.io}`` or ``{kind: Secret}``."""
+
+    group: str = Field("", description="API group ('' = core); with kind '*' the whole group")
+    kind: str = Field("*", description="Kind (e.g. ServiceAccount) or '*' for every kind")
+
+
+DEFAULT_DENIED = (
+    DeniedKind.model_validate({"group": "", "kind": "ServiceAccount"}),
+    DeniedKind.model_validate({"group": "rbac.authorization.k8s.io", "kind": "*"}),
+)
+
+
+class Settings(_Model):
+    """Every option of ``mcp-backend serve``; each field is documented in the README."""
+
+    host: str = Field("127.0.0.1", description="listen address")
+    port: int = Field(8080, ge=0, le=65535, description="listen port")
+    stateless: bool = Field(True, description="stateless Streamable HTTP (no session ids)")
+    json_response: bool = Field(True, description="answer POSTs with JSON instead of SSE")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header patterns accepted on /mcp (e.g. 'mcp.example.com', 'x:*'); "
+        "empty = no Host/Origin check (behind a gateway the Host is the route's)",
+    )
+    allowed_origins: list[str] = Field(default_factory=list, description="Origin patterns")
+    resource_url: str | None = Field(
+        None, description="this server's public URL, for RFC 9728 metadata and WWW-Authenticate"
+    )
+    authorization_servers: list[str] = Field(
+        default_factory=list, description="issuer URLs published in the RFC 9728 metadata"
+    )
+    accept_token_in_arguments: bool = Field(
+        False, description="accept `access_token` inside tool arguments (clients without headers)"
+    )
+    read_only: bool = Field(False, description="expose only tools annotated readOnly")
+    disable_destructive: bool = Field(False, description="hide tools annotated destructive")
+    enabled_tools: list[str] = Field(default_factory=list, description="allow-list of tools")
+    disabled_tools: list[str] = Field(default_factory=list, description="deny-list of tools")
+    denied_kinds: list[DeniedKind] = Field(
+        default_factory=lambda: list(DEFAULT_DENIED),
+        description="kinds refused in every tool (default: ServiceAccount and all of RBAC)",
+    )
+    redact_secrets: bool = Field(True, description="replace Secret values with *** everywhere")
+    output_max_chars: int = Field(40_000, ge=1_000, description="cap of one tool's text output")
+    default_list_limit: int = Field(500, ge=1, description="page size when `limit` is omitted")
+    log_tail_lines: int = Field(100, ge=1, description="default tail of pods_log")
+    request_timeout_s: float = Field(30.0, gt=0, description="timeout of one API server call")
+    connect_timeout_s: float = Field(5.0, gt=0, description="TCP+TLS connect timeout")
+    pool_size: int = Field(32, ge=1, description="max pooled connections per cluster")
+    discovery_ttl_s: float = Field(300.0, ge=0, description="API discovery cache lifetime")
+    discovery_timeout_s: float = Field(10.0, gt=0, description="bound on one discovery")
+    exec_timeout_s: float = Field(60.0, gt=0, description="bound on one pods_exec")
+    helm_binary: str = Field("helm", description="helm CLI path")
+    helm_timeout_s: float = Field(300.0, gt=0, description="bound on one helm command")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="log level of the JSON log lines on stderr"
+    )
+    gc_young_threshold: int = Field(
+        50_000,
+        ge=0,
+        description="objects allocated between young garbage collections (0 = Python's 700); "
+        "big API responses otherwise trigger many costly collections",
+    )
+    otel_spans: bool = Field(
+        False, description="keep the SDK's OpenTelemetry span per MCP message (costs CPU per call)"
+    )
+    kubeconfig: Path | None = Field(
+        None, description="import clusters (server + CA only, never credentials) from a kubeconfig"
+    )
+    in_cluster: bool = Field(False, description="add the cluster the backend runs in")
+    clusters: list[ClusterConfig] = Field(default_factory=list, description="cluster registry")
+
+    @model_validator(mode="after")
+    def _one_default(self) -> Settings:
+        names = [c.name for c in self.clusters]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate cluster names: {', '.join(dupes)}")
+        defaults = [c.name for c in self.clusters if c.default]
+        if len(defaults) > 1:
+            raise ValueError(f"only one cluster may be default, got {', '.join(defaults)}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def read_yaml_file(path: Path) -> dict[str, Any]:
+    """Parse a YAML mapping, naming file, line and column on a syntax error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise SettingsError(f"{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``KMG_BACKEND_READ_ONLY=true`` → ``{"read_only": "true"}``; JSON for lists and objects."""
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX:
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        value: Any = raw
+        if raw.strip().startswith(("[", "{")):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise SettingsError(f"env var {name}: invalid JSON ({exc.msg})") from None
+        out[key] = value
+    return out
+
+
+def load_settings(
+    config_file: Path | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings from the layers; ``overrides`` with value None are ignored."""
+    data: dict[str, Any] = read_yaml_file(config_file) if config_file is not None else {}
+    data.update(env_overrides(os.environ if environ is None else environ))
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        source = f"config file {config_file}" if config_file else "settings"
+        lines = [f"invalid {source} (env prefix {ENV_PREFIX}):"]
+        for err in exc.errors(include_input=False, include_url=False):
+            field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"  {field}: {err['msg']}")
+        raise SettingsError("\n".join(lines)) from None
+    return settings
+
+
+def clusters_from_kubeconfig(path: Path) -> list[ClusterConfig]:
+    """Server URL + CA of every cluster in a kubeconfig; users and credentials are ignored."""
+    data = read_yaml_file(path)
+    current = data.get("current-context")
+    contexts = {c.get("name"): (c.get("context") or {}) for c in data.get("contexts") or []}
+    default_cluster = contexts.get(current, {}).get("cluster") if current else None
+    out: list[ClusterConfig] = []
+    for entry in data.get("clusters") or []:
+        name = entry.get("name")
+        spec = entry.get("cluster") or {}
+        if not name or not spec.get("server"):
+            raise SettingsError(f"{path}: a cluster entry lacks 'name' or 'cluster.server'")
+        ca_file = spec.get("certificate-authority")
+        if ca_file is not None and not Path(ca_file).is_absolute():
+            ca_file = str(path.parent / ca_file)
+        try:
+            out.append(
+                ClusterConfig.model_validate(
+                    {
+                        "name": name,
+                        "server": spec["server"],
+                        "ca_file": ca_file,
+                        "ca_data": spec.get("certificate-authority-data"),
+                        "insecure_skip_tls_verify": bool(spec.get("insecure-skip-tls-verify")),
+                        "default": name == default_cluster,
+                    }
+                )
+            )
+        except ValidationError as exc:
+            raise SettingsError(f"{path}: cluster {name!r}: {exc.errors()[0]['msg']}") from None
+    return out
+
+
+def in_cluster_config(environ: Mapping[str, str] | None = None) -> ClusterConfig:
+    """The cluster the backend runs in (service host env + mounted CA), named ``in-cluster``."""
+    env = os.environ if environ is None else environ
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
+    if not host:
+        raise SettingsError("in_cluster is set but KUBERNETES_SERVICE_HOST is not: not in a pod?")
+    if ":" in host:
+        host = f"[{host}]"
+    return ClusterConfig.model_validate(
+        {
+            "name": "in-cluster",
+            "server": f"https://{host}:{port}",
+            "ca_file": IN_CLUSTER_TOKEN_DIR / "ca.crt",
+        }
+    )
+
+
+def effective_clusters(settings: Settings) -> list[ClusterConfig]:
+    """Configured clusters, plus kubeconfig / in-cluster imports; exactly one is the default."""
+    clusters = list(settings.clusters)
+    if settings.kubeconfig is not None:
+        known = {c.name for c in clusters}
+        clusters += [
+            c for c in clusters_from_kubeconfig(settings.kubeconfig) if c.name not in known
+        ]
+    if settings.in_cluster and all(c.name != "in-cluster" for c in clusters):
+        clusters.append(in_cluster_config())
+    if not clusters:
+        raise SettingsError(
+            "no cluster configured: add `clusters:` to the config file, "
+            "or set kubeconfig / in_cluster"
+        )
+    defaults = [c for c in clusters if c.default]
+    if not defaults:
+        clusters[0] = clusters[0].model_copy(update={"default": True})
+    elif len(defaults) > 1:
+        keep = defaults[0].name
+        clusters = [c.model_copy(update={"default": c.name == keep}) for c in clusters]
+    return clusters

@@ -1,0 +1,346 @@
+"""The only module that talks to API servers: one pooled aiohttp session per cluster.
+
+Every call carries the caller's token as a header on a shared connection pool (no client and no
+TLS handshake per call), passes the :class:`~mcp_backend.access.AccessPolicy` first, and maps
+upstream failures to :mod:`mcp_backend.errors` with messages naming the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from mcp_backend.access import AccessPolicy, ApiPath
+from mcp_backend.config import ClusterConfig, Settings
+from mcp_backend.discovery import segment
+from mcp_backend.errors import (
+    ClusterError,
+    Forbidden,
+    InvalidArguments,
+    NotFound,
+    Unauthorized,
+    Unreachable,
+)
+from mcp_backend.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+_USER_IN_MESSAGE = re.compile(r'User "([^"]*)"')
+_EXIT_STATUS = re.compile(r"exit (?:status|code) (\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """Output of one ``pods/exec``."""
+
+    stdout: str
+    stderr: str
+    exit_code: int | None
+    error: str | None
+
+
+class KubeClient:
+    """Pooled HTTP access to one API server; the token is supplied per call."""
+
+    def __init__(
+        self, cluster: ClusterConfig, settings: Settings, access: AccessPolicy, metrics: Metrics
+    ) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self.access = access
+        self.metrics = metrics
+        self.connections_opened = 0
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def name(self) -> str:
+        return self.cluster.name
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if self.cluster.server.startswith("http://"):
+            return False
+        if self.cluster.insecure_skip_tls_verify:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return ctx
+        pem = self.cluster.ca_pem()
+        return ssl.create_default_context(cadata=pem) if pem else ssl.create_default_context()
+
+    def session(self) -> aiohttp.ClientSession:
+        """The cluster's shared session, created on first use inside the running loop."""
+        if self._session is None or self._session.closed:
+            trace = aiohttp.TraceConfig()
+            trace.on_connection_create_end.append(self._on_connection)
+            connector = aiohttp.TCPConnector(
+                limit=self.settings.pool_size,
+                ssl=self._ssl(),
+                keepalive_timeout=60,
+                enable_cleanup_closed=False,
+            )
+            self._session = aiohttp.ClientSession(
+                base_url=self.cluster.server + "/",
+                connector=connector,
+                trace_configs=[trace],
+                timeout=aiohttp.ClientTimeout(
+                    total=self.settings.request_timeout_s,
+                    sock_connect=self.settings.connect_timeout_s,
+                ),
+                auto_decompress=True,
+                raise_for_status=False,
+            )
+        return self._session
+
+    async def _on_connection(self, *_: Any) -> None:
+        self.connections_opened += 1
+        self.metrics.upstream_connections.labels(self.name).inc()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def request(
+        self,
+        token: str,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+        timeout_s: float | None = None,
+        text: bool = False,
+    ) -> Any:
+        """One API call. Returns parsed JSON (or text when ``text``); raises ClusterError."""
+        _check_path(path)
+        parsed = self.access.check_request(method, path)
+        headers = {"Authorization": f"Bearer {token}", "Accept": accept}
+        data: bytes | None = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            headers["Content-Type"] = content_type
+        session = self.session()
+        timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else session.timeout
+        try:
+            async with session.request(
+                method, path.lstrip("/"), params=params, data=data, headers=headers, timeout=timeout
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except TimeoutError:
+            self.metrics.upstream_requests.labels(self.name, "timeout").inc()
+            limit = timeout_s or self.settings.request_timeout_s
+            raise Unreachable(
+                f"cluster {self.name!r} at {self.cluster.server} did not answer {method} "
+                f"{_short(path)} within {limit:g}s; it may be overloaded or unreachable",
+            ) from None
+        except aiohttp.ClientError as exc:
+            self.metrics.upstream_requests.labels(self.name, "unreachable").inc()
+            raise Unreachable(
+                f"cluster {self.name!r} at {self.cluster.server} is unreachable: "
+                f"{_client_error_text(exc)}; check the cluster address and that it is up",
+            ) from None
+        self.metrics.upstream_requests.labels(self.name, f"{status // 100}xx").inc()
+        if status >= 400:
+            raise await self._error(token, method, path, parsed, status, raw)
+        if text:
+            return raw.decode("utf-8", errors="replace")
+        if not raw:
+            return {}
+        try:
+            result = json.loads(raw)
+        except ValueError:
+            raise ClusterError(
+                f"cluster {self.name!r} answered {method} {_short(path)} with non-JSON content",
+                status=status,
+            ) from None
+        return self.access.filter_response(parsed, result)
+
+    async def _error(
+        self, token: str, method: str, path: str, parsed: ApiPath | None, status: int, raw: bytes
+    ) -> ClusterError:
+        message, reason = _status_message(raw)
+        verb = parsed.verb(method) if parsed else method
+        what = parsed.describe() if parsed else _short(path)
+        where = f" in namespace {parsed.namespace!r}" if parsed and parsed.namespace else ""
+        details: dict[str, Any] = {"cluster": self.name, "status": status, "verb": verb}
+        if parsed:
+            details |= {"resource": parsed.resource, "group": parsed.group}
+            if parsed.namespace:
+                details["namespace"] = parsed.namespace
+        if status == 401:
+            return Unauthorized(
+                f"cluster {self.name!r} ({self.cluster.server}) rejected the bearer token "
+                f"(401 Unauthorized) for {verb} {what}: the token is expired, malformed, or not "
+                "issued for an issuer/audience this cluster trusts. Sign in again or use a token "
+                "meant for this cluster.",
+                status=401,
+                reason=reason,
+                details=details,
+            )
+        if status == 403:
+            user = _USER_IN_MESSAGE.search(message)
+            username = user.group(1) if user else await self.whoami(token)
+            details["user"] = username
+            return Forbidden(
+                f"cluster {self.name!r}: user {username!r} may not {verb} {what}{where} "
+                f"(403 Forbidden by the cluster's RBAC). API server said: {message}. Ask a "
+                "cluster admin for a Role granting it, or use another namespace or context.",
+                status=403,
+                reason=reason,
+                details=details,
+            )
+        if status == 404:
+            return NotFound(
+                f"cluster {self.name!r}: {message or 'not found'} ({verb} {what}{where})",
+                status=404,
+                reason=reason,
+                details=details,
+            )
+        return ClusterError(
+            f"cluster {self.name!r} refused {verb} {what}{where}: {message or f'HTTP {status}'}",
+            status=status,
+            reason=reason,
+            details=details,
+        )
+
+    async def whoami(self, token: str) -> str:
+        """The user name the API server derives from ``token`` (SelfSubjectReview), or '?'."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        try:
+            review = await self.request(
+                token, "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", body=body
+            )
+        except ClusterError:
+            return "?"
+        return str(((review.get("status") or {}).get("userInfo") or {}).get("username", "?"))
+
+    # -- exec ----------------------------------------------------------------------------------
+
+    async def exec(
+        self,
+        token: str,
+        namespace: str,
+        pod: str,
+        command: list[str],
+        container: str | None,
+        timeout_s: float,
+    ) -> ExecResult:
+        """Run ``command`` in a container over the exec WebSocket (v5/v4 channel protocol)."""
+        path = (
+            f"/api/v1/namespaces/{segment(namespace, 'namespace')}/pods/{segment(pod, 'name')}/exec"
+        )
+        _check_path(path)
+        self.access.check_request("POST", path)
+        params: list[tuple[str, str]] = [("command", c) for c in command]
+        params += [("stdout", "true"), ("stderr", "true")]
+        if container:
+            params.append(("container", container))
+        out, err, status_raw = bytearray(), bytearray(), b""
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self.session().ws_connect(
+                    path.lstrip("/"),
+                    params=params,
+                    headers={"Authorization": f"Bearer {token}"},
+                    protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"),
+                    max_msg_size=16 * 1024 * 1024,
+                ) as ws:
+                    async for msg in ws:
+                        if msg.type != aiohttp.WSMsgType.BINARY or not msg.data:
+                            continue
+                        channel, payload = msg.data[0], msg.data[1:]
+                        if channel == 1:
+                            out += payload
+                        elif channel == 2:
+                            err += payload
+                        elif channel == 3:
+                            status_raw += payload
+        except TimeoutError:
+            raise Unreachable(
+                f"cluster {self.name!r}: exec in pod {namespace}/{pod} did not finish within "
+                f"{timeout_s:g}s; run a shorter command"
+            ) from None
+        except aiohttp.WSServerHandshakeError as exc:
+            raise await self._error(
+                token,
+                "POST",
+                path,
+                self.access.check_request("POST", path),
+                exc.status,
+                exc.message.encode(),
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise Unreachable(
+                f"cluster {self.name!r} at {self.cluster.server} is unreachable: "
+                f"{_client_error_text(exc)}"
+            ) from None
+        exit_code, error = _exec_status(status_raw)
+        return ExecResult(
+            out.decode(errors="replace"), err.decode(errors="replace"), exit_code, error
+        )
+
+
+def _check_path(path: str) -> None:
+    """Refuse paths the HTTP layer would rewrite ('..', '.', query or fragment characters), so
+    the access check always sees the path the API server will serve."""
+    parts = path.split("/")
+    if any(p in (".", "..") for p in parts) or any(c in path for c in "?#%\\"):
+        raise InvalidArguments(f"invalid object name or namespace in request path {path!r}")
+
+
+def _exec_status(raw: bytes) -> tuple[int | None, str | None]:
+    if not raw:
+        return None, None
+    try:
+        status = json.loads(raw)
+    except ValueError:
+        return None, raw.decode(errors="replace")
+    if status.get("status") == "Success":
+        return 0, None
+    for cause in (status.get("details") or {}).get("causes") or []:
+        if cause.get("reason") == "ExitCode":
+            try:
+                return int(cause.get("message", "")), None
+            except ValueError:
+                break
+    message = str(status.get("message") or "exec failed")
+    code = _EXIT_STATUS.search(message)  # runtimes without an ExitCode cause (kwok, some CRIs)
+    if code:
+        return int(code.group(1)), None
+    return None, message
+
+
+def _status_message(raw: bytes) -> tuple[str, str]:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", errors="replace").strip()[:500], ""
+    if isinstance(body, dict):
+        return str(body.get("message") or "").strip(), str(body.get("reason") or "")
+    return "", ""
+
+
+def _client_error_text(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "the TLS certificate is not trusted (check ca_file / ca_data)"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return str(exc.os_error.strerror or exc.os_error) if exc.os_error else str(exc)
+    return str(exc) or type(exc).__name__
+
+
+def _short(path: str) -> str:
+    return path if len(path) < 120 else path[:117] + "..."

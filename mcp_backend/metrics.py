@@ -1,0 +1,46 @@
+"""Prometheus metrics of the backend, on a registry of its own (several apps per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+
+class Metrics:
+    """Counters and histograms of one backend instance."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.tool_calls = Counter(
+            "kmg_backend_tool_calls_total",
+            "Tool calls by tool and outcome (ok, error, denied)",
+            ["tool", "outcome"],
+            registry=self.registry,
+        )
+        self.tool_seconds = Histogram(
+            "kmg_backend_tool_duration_seconds",
+            "Tool call duration",
+            ["tool"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.upstream_requests = Counter(
+            "kmg_backend_upstream_requests_total",
+            "API server requests by cluster and status class",
+            ["cluster", "status"],
+            registry=self.registry,
+        )
+        self.upstream_connections = Counter(
+            "kmg_backend_upstream_connections_opened_total",
+            "TCP connections opened to API servers",
+            ["cluster"],
+            registry=self.registry,
+        )
+        self.unauthenticated = Counter(
+            "kmg_backend_unauthenticated_requests_total",
+            "Requests refused with 401 because no bearer token came",
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        """The exposition text for ``/metrics``."""
+        return generate_latest(self.registry)

@@ -1,0 +1,213 @@
+"""The MCP request handlers: tools/list, tools/call, prompts, ping, logging/setLevel.
+
+Built on the SDK's low-level ``Server`` so each tool's input schema is exactly the reference
+server's (names, defaults, required). Tool failures become ``isError`` results with a clear
+message; unknown tools and malformed requests are JSON-RPC errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import mcp_types as types
+from mcp.server import Server, ServerRequestContext
+from mcp.shared.exceptions import MCPError
+
+from mcp_backend import __version__
+from mcp_backend.auth import extract_token
+from mcp_backend.clusters import ClusterRegistry
+from mcp_backend.config import Settings
+from mcp_backend.errors import AccessDenied, ToolFailure
+from mcp_backend.helm import HelmRunner
+from mcp_backend.log import request_id
+from mcp_backend.metrics import Metrics
+from mcp_backend.prompts import CLUSTER_HEALTH_CHECK, cluster_health_check
+from mcp_backend.tools.base import ToolContext, ToolRegistry, ToolSpec
+
+log = logging.getLogger("mcp_backend.calls")
+TOKEN_ARGUMENT = "access_token"  # noqa: S105 - an argument name, not a secret
+INSTRUCTIONS = (
+    "Kubernetes tools acting with the caller's own identity: the API server's RBAC decides. "
+    "Lists are compact tables (output='yaml' for full objects) paged with limit/continue. "
+    "Start with workload_diagnose when something is failing. Pass `context` to pick a cluster."
+)
+
+
+def tool_definition(spec: ToolSpec) -> types.Tool:
+    a = spec.annotations
+    return types.Tool(
+        name=spec.name,
+        title=spec.title,
+        description=spec.description,
+        input_schema=spec.input_schema(),
+        annotations=types.ToolAnnotations(
+            title=spec.title,
+            read_only_hint=a.read_only,
+            destructive_hint=a.destructive,
+            idempotent_hint=a.idempotent,
+            open_world_hint=a.open_world,
+        ),
+    )
+
+
+def _headers(ctx: ServerRequestContext[Any, Any]) -> Mapping[str, str]:
+    request = ctx.request
+    headers = getattr(request, "headers", None)
+    return headers if headers is not None else {}
+
+
+class Handlers:
+    """State shared by the handlers of one backend instance."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ToolRegistry,
+        clusters: ClusterRegistry,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.clusters = clusters
+        self.metrics = metrics
+        self.helm = HelmRunner(settings.helm_binary, settings.helm_timeout_s)
+        self._tools = types.ListToolsResult(tools=[tool_definition(s) for s in registry])
+        self.client_log_level: str = "info"
+
+    async def list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return self._tools
+
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        spec = self.registry.get(params.name)
+        if spec is None:
+            raise MCPError(
+                code=types.INVALID_PARAMS,
+                message=f"Unknown tool: {params.name!r}; tools/list shows the tools available",
+            )
+        headers = _headers(ctx)
+        rid = headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        request_id.set(rid)
+        args = dict(params.arguments or {})
+        arg_token = args.pop(TOKEN_ARGUMENT, None)  # stripped always; never in a schema or log
+        token = extract_token(headers)
+        if token is None and self.settings.accept_token_in_arguments and isinstance(arg_token, str):
+            token = arg_token.strip() or None
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            if token is None:
+                raise ToolFailure(
+                    "no bearer token: send 'Authorization: Bearer <token>'"
+                    + (
+                        " or an access_token argument"
+                        if self.settings.accept_token_in_arguments
+                        else ""
+                    )
+                )
+            ctx_tool = ToolContext(
+                settings=self.settings,
+                clusters=self.clusters,
+                helm=self.helm,
+                token=token,
+                args=args,
+            )
+            output = await spec.handler(ctx_tool)
+            if output.is_error:
+                outcome = "error"
+            result = types.CallToolResult(
+                content=[types.TextContent(type="text", text=output.text)],
+                structured_content=output.structured,
+                is_error=output.is_error,
+            )
+        except ToolFailure as exc:
+            outcome = "denied" if isinstance(exc, AccessDenied) else "error"
+            structured = {"error": exc.message, **exc.details} if exc.details else None
+            result = types.CallToolResult(
+                content=[types.TextContent(type="text", text=exc.message)],
+                structured_content=structured,
+                is_error=True,
+            )
+        except Exception:
+            outcome = "error"
+            log.exception("tool %s failed unexpectedly", spec.name, extra={"tool": spec.name})
+            result = types.CallToolResult(
+                content=[
+                    types.TextContent(
+                        type="text",
+                        text=f"internal error in {spec.name} (request id {rid}); the server "
+                        "log has "
+                        "the details. Retry, or report the request id.",
+                    )
+                ],
+                is_error=True,
+            )
+        elapsed = time.perf_counter() - started
+        self.metrics.tool_calls.labels(spec.name, outcome).inc()
+        self.metrics.tool_seconds.labels(spec.name).observe(elapsed)
+        log.info(
+            "tool call",
+            extra={
+                "tool": spec.name,
+                "cluster": args.get("context") or self.clusters.default.name,
+                "outcome": outcome,
+                "duration_ms": round(elapsed * 1000, 2),
+            },
+        )
+        return result
+
+    async def list_prompts(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListPromptsResult:
+        return types.ListPromptsResult(prompts=[CLUSTER_HEALTH_CHECK])
+
+    async def get_prompt(
+        self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult:
+        if params.name != CLUSTER_HEALTH_CHECK.name:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {params.name!r}")
+        try:
+            return cluster_health_check(params.arguments)
+        except ToolFailure as exc:
+            raise MCPError(code=types.INVALID_PARAMS, message=exc.message) from None
+
+    async def set_level(
+        self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
+    ) -> types.EmptyResult:
+        self.client_log_level = params.level
+        return types.EmptyResult()
+
+    async def ping(
+        self, ctx: ServerRequestContext[Any, Any], params: types.RequestParams | None
+    ) -> types.EmptyResult:
+        return types.EmptyResult()
+
+
+def build_server(handlers: Handlers, *, otel_spans: bool = False) -> Server[Any]:
+    """The low-level MCP server wired to ``handlers``."""
+    server: Server[Any] = Server(
+        "kube-mcp-backend",
+        version=__version__,
+        title="Kubernetes MCP backend",
+        instructions=INSTRUCTIONS,
+        on_list_tools=handlers.list_tools,
+        on_call_tool=handlers.call_tool,
+        on_list_prompts=handlers.list_prompts,
+        on_get_prompt=handlers.get_prompt,
+        on_ping=handlers.ping,
+    )
+    # Registered directly: the constructor argument warns that the capability is deprecated
+    # in the 2026 protocol, but clients on the 2025 protocol still send it.
+    server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, handlers.set_level)
+    if not otel_spans:  # the SDK's span middleware is on by default; a measurable cost per call
+        server.middleware[:] = [
+            m for m in server.middleware if type(m).__name__ != "OpenTelemetryMiddleware"
+        ]
+    return server

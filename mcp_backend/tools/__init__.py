@@ -1,0 +1,14 @@
+"""The tool set, one module per resource family; :func:`all_tools` builds the registry."""
+
+from __future__ import annotations
+
+from mcp_backend.tools import config, diagnose, events, helm, namespaces, nodes, pods, resources
+from mcp_backend.tools.base import ToolRegistry, ToolSpec
+
+
+def all_tools() -> ToolRegistry:
+    """Every tool this server knows, in a registry that refuses duplicate names."""
+    specs: list[ToolSpec] = []
+    for module in (config, events, helm, namespaces, nodes, pods, resources, diagnose):
+        specs += module.tools()
+    return ToolRegistry(specs)

@@ -1,0 +1,145 @@
+"""Node tools: kubelet logs and stats through the node proxy, and metrics."""
+
+from __future__ import annotations
+
+import json
+
+from mcp_backend.clusters import Api
+from mcp_backend.discovery import NODE, segment
+from mcp_backend.errors import ClusterError, InvalidArguments, ToolFailure, Unreachable
+from mcp_backend.output import ToolOutput, align, truncate
+from mcp_backend.tools.base import R_IDEMPOTENT, R, ToolContext, ToolSpec, prop
+from mcp_backend.tools.pods import METRICS_GROUP, metrics_available, metrics_missing, tail_cap
+
+
+async def _node_proxy(api: Api, node: str, sub: str, **kwargs: object) -> str:
+    try:
+        text: str = await api.get(f"{NODE.path(None, node)}/proxy/{sub}", text=True, **kwargs)
+    except ClusterError as exc:
+        if exc.status in (401, 403, 404) or (
+            isinstance(exc, Unreachable) and "did not answer" in exc.message
+        ):
+            raise
+        raise ToolFailure(
+            f"node {node!r} on cluster {api.name!r} did not answer through the node proxy "
+            f"({exc.message}); the kubelet may be unreachable or emulated (kwok, virtual nodes)"
+        ) from None
+    return text
+
+
+async def nodes_log(ctx: ToolContext) -> ToolOutput:
+    api = await ctx.api()
+    name, query = ctx.req("name"), ctx.req("query")
+    if ".." in query.split("/"):
+        raise InvalidArguments(
+            "query must name a service (e.g. 'kubelet') or a log file under /var/log "
+            "(e.g. '/kubelet.log'), without '..'"
+        )
+    tail = ctx.integer("tailLines", default=100, minimum=0)
+    params: dict[str, str | int] = {"query": query}  # the kubelet's NodeLogQuery
+    if tail:
+        params["tailLines"] = tail
+    text = await _node_proxy(api, name, "logs/", params=params)
+    return ToolOutput(text=tail_cap(text or "(empty log)\n", ctx.settings.output_max_chars))
+
+
+async def nodes_stats_summary(ctx: ToolContext) -> ToolOutput:
+    api = await ctx.api()
+    name = ctx.req("name")
+    raw = await _node_proxy(api, name, "stats/summary")
+    try:
+        summary = json.loads(raw)
+    except ValueError:
+        raise ToolFailure(f"node {name!r} returned a stats summary that is not JSON") from None
+    text, _ = truncate(
+        json.dumps(summary, indent=1),
+        ctx.settings.output_max_chars,
+        "Use pods_top / nodes_top for usage totals",
+    )
+    return ToolOutput(text=text, structured=summary if isinstance(summary, dict) else None)
+
+
+async def nodes_top(ctx: ToolContext) -> ToolOutput:
+    name = ctx.text("name")
+    params: dict[str, str | int] = {}
+    if ctx.text("label_selector"):
+        params["labelSelector"] = ctx.req("label_selector")
+    path = f"/apis/{METRICS_GROUP}/v1beta1/nodes"
+    if name:
+        path += f"/{segment(name, 'name')}"
+    api = await ctx.api()
+    if not await metrics_available(api):
+        raise metrics_missing(api)
+    body = await api.get(path, params=params)
+    items = [body] if name else body.get("items") or []
+    rows = [["NAME", "CPU(cores)", "MEMORY(bytes)"]]
+    structured = []
+    for item in items:
+        usage = item.get("usage") or {}
+        node = (item.get("metadata") or {}).get("name", "")
+        rows.append([node, str(usage.get("cpu", "")), str(usage.get("memory", ""))])
+        structured.append({"name": node, **usage})
+    if len(rows) == 1:
+        return ToolOutput(text="No node metrics found.\n", structured={"items": []})
+    return ToolOutput(text=align(rows), structured={"items": structured})
+
+
+def tools() -> list[ToolSpec]:
+    return [
+        ToolSpec(
+            "nodes_log",
+            "Get logs from a Kubernetes node (kubelet, kube-proxy, or other system logs) through "
+            "the node proxy; query names the log file (e.g. 'kubelet.log')",
+            {
+                "name": prop("string", "Name of the node to get logs from"),
+                "query": prop(
+                    "string",
+                    "query specifies services(s) or files from which to "
+                    'return logs (required). Example: "kubelet" to fetch kubelet '
+                    'logs, "/<log-file-name>" to fetch a specific log file',
+                ),
+                "tailLines": prop(
+                    "integer",
+                    "Number of lines to retrieve from the end of the "
+                    "logs (Optional, 0 means all logs)",
+                    default=100,
+                    minimum=0,
+                ),
+            },
+            ("name", "query"),
+            R,
+            nodes_log,
+            title="Node: Log",
+        ),
+        ToolSpec(
+            "nodes_stats_summary",
+            "Get detailed resource usage statistics from a Kubernetes node via the kubelet's "
+            "Summary API (CPU, memory, filesystem, network of the node and its pods)",
+            {"name": prop("string", "Name of the node to get stats from")},
+            ("name",),
+            R,
+            nodes_stats_summary,
+            title="Node: Stats Summary",
+        ),
+        ToolSpec(
+            "nodes_top",
+            "List the resource consumption (CPU and memory) as recorded by the Kubernetes Metrics "
+            "Server for the specified Kubernetes Nodes or all nodes in the cluster",
+            {
+                "name": prop(
+                    "string",
+                    "Name of the Node to get the resource consumption from "
+                    "(Optional, all Nodes if not provided)",
+                ),
+                "label_selector": prop(
+                    "string",
+                    "Kubernetes label selector (e.g. "
+                    "'node-role.kubernetes.io/worker=') to filter nodes",
+                ),
+            },
+            (),
+            R_IDEMPOTENT,
+            nodes_top,
+            title="Nodes: Top",
+        ),
+    ]

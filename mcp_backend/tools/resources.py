@@ -1,0 +1,207 @@
+"""Generic resource tools for any served kind (CRDs included): list, get, apply, delete, scale."""
+
+from __future__ import annotations
+
+from mcp_backend.objects import (
+    apply_object,
+    delete_object,
+    get_object,
+    list_objects,
+    object_yaml,
+    parse_manifests,
+    scale_object,
+)
+from mcp_backend.output import ToolOutput, to_yaml, truncate
+from mcp_backend.tools.base import LIST_PROPS, Annotations, R, ToolContext, ToolSpec, prop
+from mcp_backend.tools.pods import DEFAULT_NAMESPACE, list_query
+
+_KIND = {
+    "apiVersion": prop(
+        "string",
+        "apiVersion of the resources (examples of valid apiVersion "
+        "are: v1, apps/v1, networking.k8s.io/v1)",
+    ),
+    "kind": prop(
+        "string",
+        "kind of the resources (examples of valid kind are: Pod, Service, Deployment, Ingress)",
+    ),
+}
+
+
+async def resources_list(ctx: ToolContext) -> ToolOutput:
+    api = await ctx.api()
+    info = await api.resolve(ctx.req("apiVersion"), ctx.req("kind"))
+    return await list_objects(
+        api,
+        info,
+        list_query(ctx, ctx.text("namespace")),
+        default_limit=ctx.settings.default_list_limit,
+        max_chars=ctx.settings.output_max_chars,
+    )
+
+
+async def resources_get(ctx: ToolContext) -> ToolOutput:
+    api = await ctx.api()
+    info = await api.resolve(ctx.req("apiVersion"), ctx.req("kind"))
+    obj = await get_object(
+        api, info, ctx.req("name"), ctx.text("namespace", default=DEFAULT_NAMESPACE)
+    )
+    return object_yaml(obj, ctx.settings.output_max_chars)
+
+
+async def resources_create_or_update(ctx: ToolContext) -> ToolOutput:
+    api = await ctx.api()
+    objects = parse_manifests(ctx.req("resource"))
+    results = [await apply_object(api, obj, DEFAULT_NAMESPACE) for obj in objects]
+    text = (
+        f"# {len(results)} object(s) applied on cluster {api.name!r} (server-side apply)\n"
+        + to_yaml(results if len(results) > 1 else results[0])
+    )
+    text, _ = truncate(text, ctx.settings.output_max_chars, "The objects were applied in full")
+    summary = [
+        {
+            "apiVersion": o.get("apiVersion"),
+            "kind": o.get("kind"),
+            "name": (o.get("metadata") or {}).get("name"),
+            "namespace": (o.get("metadata") or {}).get("namespace"),
+        }
+        for o in results
+    ]
+    return ToolOutput(text=text, structured={"applied": summary})
+
+
+async def resources_delete(ctx: ToolContext) -> ToolOutput:
+    api = await ctx.api()
+    info = await api.resolve(ctx.req("apiVersion"), ctx.req("kind"))
+    text = await delete_object(
+        api,
+        info,
+        ctx.req("name"),
+        ctx.text("namespace", default=DEFAULT_NAMESPACE),
+        ctx.integer("gracePeriodSeconds", minimum=0),
+    )
+    return ToolOutput(text=text)
+
+
+async def resources_scale(ctx: ToolContext) -> ToolOutput:
+    api = await ctx.api()
+    info = await api.resolve(ctx.req("apiVersion"), ctx.req("kind"))
+    return await scale_object(
+        api,
+        info,
+        ctx.req("name"),
+        ctx.text("namespace", default=DEFAULT_NAMESPACE),
+        ctx.integer("scale", minimum=0),
+    )
+
+
+def tools() -> list[ToolSpec]:
+    ns = prop(
+        "string",
+        "Optional Namespace to retrieve the namespaced resource from (ignored "
+        "in case of cluster scoped resources). If not provided, will get resource from "
+        "configured namespace",
+    )
+    return [
+        ToolSpec(
+            "resources_list",
+            "List Kubernetes resources and objects in the current cluster by providing their "
+            "apiVersion and kind and optionally the namespace and label selector (compact table; "
+            "output='yaml' for full objects; limit/continue to page)",
+            {
+                **_KIND,
+                "namespace": prop(
+                    "string",
+                    "Optional Namespace to retrieve the namespaced resources "
+                    "from (ignored in case of cluster scoped resources). If not "
+                    "provided, will list resources from all namespaces",
+                ),
+                "labelSelector": prop(
+                    "string",
+                    "Optional Kubernetes label selector (e.g. "
+                    "'app=myapp,env=prod' or 'app in (myapp,yourapp)')",
+                ),
+                "fieldSelector": prop("string", "Optional Kubernetes field selector"),
+                **LIST_PROPS,
+            },
+            ("apiVersion", "kind"),
+            R,
+            resources_list,
+            title="Resources: List",
+        ),
+        ToolSpec(
+            "resources_get",
+            "Get a Kubernetes resource in the current cluster by providing its apiVersion, kind, "
+            "optionally the namespace, and its name",
+            {**_KIND, "name": prop("string", "Name of the resource"), "namespace": ns},
+            ("apiVersion", "kind", "name"),
+            R,
+            resources_get,
+            title="Resources: Get",
+        ),
+        ToolSpec(
+            "resources_create_or_update",
+            "Create or update a Kubernetes resource in the current cluster by providing a YAML or "
+            "JSON representation of the resource (server-side apply; several YAML documents "
+            "allowed)",
+            {
+                "resource": prop(
+                    "string",
+                    "A JSON or YAML containing a representation of the "
+                    "Kubernetes resource. Should include top-level fields such as "
+                    "apiVersion,kind,metadata, and spec",
+                )
+            },
+            ("resource",),
+            Annotations(False, True, True, True),
+            resources_create_or_update,
+            title="Resources: Create or Update",
+        ),
+        ToolSpec(
+            "resources_delete",
+            "Delete a Kubernetes resource in the current cluster by providing its apiVersion, "
+            "kind, optionally the namespace, and its name",
+            {
+                **_KIND,
+                "name": prop("string", "Name of the resource"),
+                "namespace": prop(
+                    "string",
+                    "Optional Namespace to delete the namespaced resource "
+                    "from (ignored in case of cluster scoped resources)",
+                ),
+                "gracePeriodSeconds": prop(
+                    "integer",
+                    "Optional duration in seconds before the object should be deleted",
+                    minimum=0,
+                ),
+            },
+            ("apiVersion", "kind", "name"),
+            Annotations(False, True, True, True),
+            resources_delete,
+            title="Resources: Delete",
+        ),
+        ToolSpec(
+            "resources_scale",
+            "Get or update the scale of a Kubernetes resource in the current cluster by providing "
+            "its apiVersion, kind, name, and optionally the namespace. If the scale is set in the "
+            "tool call, the scale will be updated to that value. Always returns the current scale "
+            "of the resource",
+            {
+                **_KIND,
+                "name": prop("string", "Name of the resource"),
+                "namespace": prop(
+                    "string", "Optional Namespace to get/update the namespaced resource scale from"
+                ),
+                "scale": prop(
+                    "integer",
+                    "Optional scale to update the resources scale to. If not "
+                    "provided, will return the current scale of the resource",
+                    minimum=0,
+                ),
+            },
+            ("apiVersion", "kind", "name"),
+            Annotations(False, True, True, True),
+            resources_scale,
+            title="Resources: Scale",
+        ),
+    ]

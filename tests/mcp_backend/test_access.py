@@ -1,0 +1,147 @@
+"""The access-control layer (pure): path parsing, denied kinds, Secret redaction."""
+
+from __future__ import annotations
+
+import pytest
+
+from mcp_backend.access import AccessPolicy, ApiPath, parse_path, plural, redact_tree
+from mcp_backend.config import DEFAULT_DENIED, DeniedKind
+from mcp_backend.errors import AccessDenied
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/api/v1/pods", ApiPath("", "v1", "pods")),
+        ("/api/v1/namespaces/ns/pods/p/log", ApiPath("", "v1", "pods", "ns", "p", "log")),
+        ("/api/v1/namespaces/ns", ApiPath("", "v1", "namespaces", None, "ns")),
+        (
+            "/apis/apps/v1/namespaces/x/deployments/web/scale",
+            ApiPath("apps", "v1", "deployments", "x", "web", "scale"),
+        ),
+        (
+            "/api/v1/nodes/n1/proxy/logs/kubelet.log",
+            ApiPath("", "v1", "nodes", None, "n1", "proxy/logs/kubelet.log"),
+        ),
+        ("/apis", None),
+        ("/version", None),
+    ],
+)
+def test_parse_path(path: str, expected: ApiPath | None) -> None:
+    assert parse_path(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("kind", "resource"),
+    [
+        ("Pod", "pods"),
+        ("Ingress", "ingresses"),
+        ("NetworkPolicy", "networkpolicies"),
+        ("ServiceAccount", "serviceaccounts"),
+        ("Gateway", "gateways"),
+        ("Endpoints", "endpoints"),
+        ("Status", "statuses"),
+    ],
+)
+def test_plural(kind: str, resource: str) -> None:
+    assert plural(kind) == resource
+
+
+def test_default_policy_denies_rbac_and_service_accounts_on_every_path() -> None:
+    policy = AccessPolicy(DEFAULT_DENIED)
+    for method, path in [
+        ("GET", "/api/v1/serviceaccounts"),
+        ("POST", "/api/v1/namespaces/x/serviceaccounts/default/token"),
+        ("GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles/admin"),
+        ("DELETE", "/apis/rbac.authorization.k8s.io/v1/namespaces/x/rolebindings/b"),
+    ]:
+        with pytest.raises(AccessDenied, match="denied by this server's policy"):
+            policy.check_request(method, path)
+    assert policy.check_request("GET", "/api/v1/pods") == ApiPath("", "v1", "pods")
+    with pytest.raises(AccessDenied, match="ClusterRole"):
+        policy.check_kind("rbac.authorization.k8s.io", "ClusterRole")
+
+
+def test_error_names_the_verb() -> None:
+    policy = AccessPolicy([DeniedKind.model_validate({"kind": "Secret"})])
+    with pytest.raises(AccessDenied, match=r"^list secrets: kind Secret is denied"):
+        policy.check_request("GET", "/api/v1/namespaces/a/secrets")
+
+
+def test_secret_redaction_in_objects_lists_and_annotations() -> None:
+    policy = AccessPolicy([])
+    single = {
+        "kind": "Secret",
+        "data": {"a": "c2VjcmV0"},
+        "stringData": {"b": "x"},
+        "metadata": {
+            "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": '{"data":{"a":"c2VjcmV0"}}',
+                "keep": "me",
+            }
+        },
+    }
+    policy.filter_response(parse_path("/api/v1/namespaces/n/secrets/s"), single)
+    assert single["data"] == {"a": "***"}
+    assert single["stringData"] == {"b": "***"}
+    annotations = single["metadata"]["annotations"]
+    assert annotations["kubectl.kubernetes.io/last-applied-configuration"] == "***"
+    assert annotations["keep"] == "me"
+    listing = {"kind": "SecretList", "items": [{"metadata": {"name": "x"}, "data": {"k": "dg=="}}]}
+    policy.filter_response(parse_path("/api/v1/secrets"), listing)
+    assert listing["items"][0]["data"] == {"k": "***"}
+    mixed = {
+        "kind": "List",
+        "items": [
+            {"kind": "Secret", "data": {"k": "v"}},
+            {"kind": "ConfigMap", "data": {"k": "v"}},
+        ],
+    }
+    redact_tree(mixed)
+    assert mixed["items"][0]["data"] == {"k": "***"}
+    assert mixed["items"][1]["data"] == {"k": "v"}
+
+
+def test_secret_table_rows_lose_the_last_applied_annotation() -> None:
+    last = "kubectl.kubernetes.io/last-applied-configuration"
+    table = {
+        "kind": "Table",
+        "rows": [
+            {
+                "cells": ["s", "Opaque", 1],
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "metadata": {"name": "s", "annotations": {last: '{"data":{"k":"c2VjcmV0"}}'}},
+                },
+            }
+        ],
+    }
+    AccessPolicy([]).filter_response(parse_path("/api/v1/namespaces/n/secrets"), table)
+    assert table["rows"][0]["object"]["metadata"]["annotations"][last] == "***"
+    assert table["rows"][0]["cells"] == ["s", "Opaque", 1]
+
+
+def test_non_secret_responses_are_left_alone() -> None:
+    cm = {"kind": "ConfigMap", "data": {"k": "v"}}
+    AccessPolicy([]).filter_response(parse_path("/api/v1/namespaces/n/configmaps/c"), cm)
+    assert cm["data"] == {"k": "v"}
+
+
+def test_redaction_can_be_switched_off() -> None:
+    body = {"kind": "Secret", "data": {"a": "b"}}
+    AccessPolicy([], redact_secrets=False).filter_response(None, body)
+    assert body["data"] == {"a": "b"}
+
+
+def test_names_must_be_plain_path_segments() -> None:
+    from mcp_backend.discovery import POD, segment
+    from mcp_backend.errors import InvalidArguments
+    from mcp_backend.kube import _check_path
+
+    assert POD.path("ns", "system:node:x") == "/api/v1/namespaces/ns/pods/system:node:x"
+    for bad in ("..", ".", "a/b", "a%2F", "a?b", "a#b", "a b", "a\nb"):
+        with pytest.raises(InvalidArguments, match="not a valid Kubernetes object name"):
+            segment(bad, "name")
+    for path in ("/api/v1/namespaces/x/pods/../secrets", "/api/v1/pods?x=1", "/api/v1/%2e%2e"):
+        with pytest.raises(InvalidArguments, match="invalid object name"):
+            _check_path(path)
