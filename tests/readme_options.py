@@ -1,0 +1,109 @@
+"""The README's settings reference, generated from the services' typed settings models.
+
+``python -m tests.readme_options --write`` rewrites the block between the markers in README.md;
+``tests/test_readme.py`` fails when the README and the models disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from gateway_plugins.common.settings import env_prefix, option_rows
+from gateway_plugins.policy.config import SERVICE as POLICY_SERVICE
+from gateway_plugins.policy.config import PolicySettings
+from gateway_plugins.token_exchange.config import SERVICE as EXCHANGE_SERVICE
+from gateway_plugins.token_exchange.config import Settings as ExchangeSettings
+from mcp_backend.config import ENV_PREFIX as BACKEND_ENV_PREFIX
+from mcp_backend.config import Settings as BackendSettings
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BEGIN = "<!-- settings-reference:begin (generated: python -m tests.readme_options --write) -->"
+END = "<!-- settings-reference:end -->"
+
+
+@dataclass(frozen=True)
+class ServiceDoc:
+    title: str
+    command: str
+    env: str
+    model: type[BaseModel]
+
+
+SERVICES = (
+    ServiceDoc(
+        "mcp_backend", "mcp-backend serve --config FILE", BACKEND_ENV_PREFIX, BackendSettings
+    ),
+    ServiceDoc(
+        "gateway_plugins.token_exchange",
+        "mcp-token-exchange serve --config FILE",
+        env_prefix(EXCHANGE_SERVICE),
+        ExchangeSettings,
+    ),
+    ServiceDoc(
+        "gateway_plugins.policy",
+        "mcp-policy serve --config FILE",
+        env_prefix(POLICY_SERVICE),
+        PolicySettings,
+    ),
+)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ").strip()
+
+
+def render() -> str:
+    parts = [BEGIN]
+    for svc in SERVICES:
+        parts += [
+            "",
+            f"### `{svc.title}` (`{svc.command}`)",
+            "",
+            f"YAML keys as below; env vars `{svc.env}<KEY>` (nested keys joined with `__`); "
+            "command-line flags win over both (`--help`).",
+            "",
+            "| setting | type | default | meaning |",
+            "|---|---|---|---|",
+        ]
+        for row in option_rows(svc.model):
+            if row.kind is None:
+                parts.append(f"| **`{row.name}`** | section | | {_cell(row.description)} |")
+            else:
+                parts.append(
+                    f"| `{row.name}` | `{_cell(row.kind)}` | `{_cell(row.default)}` "
+                    f"| {_cell(row.description)} |"
+                )
+    parts += ["", END]
+    return "\n".join(parts)
+
+
+def current_block(text: str) -> str | None:
+    if BEGIN not in text or END not in text:
+        return None
+    start = text.index(BEGIN)
+    return text[start : text.index(END, start) + len(END)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write", action="store_true", help="rewrite the block in README.md")
+    args = parser.parse_args(argv)
+    text = README.read_text()
+    block = current_block(text)
+    if block is None:
+        print(f"README.md lacks the markers {BEGIN!r} … {END!r}", file=sys.stderr)
+        return 1
+    if args.write:
+        README.write_text(text.replace(block, render()))
+        return 0
+    print(render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
