@@ -5,6 +5,7 @@ Domain layer between the thin tool handlers and the API client; returns :class:`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,22 +132,49 @@ def parse_manifests(text: str) -> list[dict[str, Any]]:
         problem = getattr(exc, "problem", None) or "invalid YAML"
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "input"
         raise InvalidArguments(f"resource is not valid YAML/JSON at {where}: {problem}") from None
+    except RecursionError:
+        raise InvalidArguments(
+            "resource is nested too deeply to be a Kubernetes manifest: flatten it"
+        ) from None
     objects: list[dict[str, Any]] = []
     for i, doc in enumerate(docs, 1):
-        if isinstance(doc, dict) and doc.get("kind", "").endswith("List") and "items" in doc:
-            objects += [o for o in doc["items"] if isinstance(o, dict)]
-            continue
         if not isinstance(doc, dict):
             raise InvalidArguments(f"document {i} is a {type(doc).__name__}, not an object")
+        kind = doc.get("kind")
+        if isinstance(kind, str) and kind.endswith("List") and "items" in doc:
+            items = doc["items"]
+            if not isinstance(items, list):
+                raise InvalidArguments(f"document {i} is a {kind} whose 'items' is not a list")
+            objects += [o for o in items if isinstance(o, dict)]
+            continue
         objects.append(doc)
     for i, obj in enumerate(objects, 1):
-        missing = [k for k in ("apiVersion", "kind") if not obj.get(k)]
-        if missing or not (obj.get("metadata") or {}).get("name"):
-            missing += [] if (obj.get("metadata") or {}).get("name") else ["metadata.name"]
-            raise InvalidArguments(f"object {i} lacks {', '.join(missing)}")
+        _check_identity(i, obj)
     if not objects:
         raise InvalidArguments("argument 'resource' holds no objects")
     return objects
+
+
+def _check_identity(index: int, obj: Mapping[str, Any]) -> None:
+    """apiVersion, kind and metadata.name present and strings, metadata an object."""
+    metadata = obj.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidArguments(f"object {index}: metadata must be an object")
+    missing = [k for k in ("apiVersion", "kind") if not obj.get(k)]
+    if not (metadata or {}).get("name"):
+        missing.append("metadata.name")
+    if missing:
+        raise InvalidArguments(f"object {index} lacks {', '.join(missing)}")
+    for field, value in (
+        ("apiVersion", obj["apiVersion"]),
+        ("kind", obj["kind"]),
+        ("metadata.name", metadata["name"] if metadata else None),
+        ("metadata.namespace", (metadata or {}).get("namespace", "")),
+    ):
+        if not isinstance(value, str):
+            raise InvalidArguments(
+                f"object {index}: {field} must be a string, not {type(value).__name__}"
+            )
 
 
 async def apply_object(api: Api, obj: dict[str, Any], default_namespace: str) -> dict[str, Any]:

@@ -383,7 +383,7 @@ async def _check_list(
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json(loads=json.loads)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than any real request
         raise InputError("the request body must be a JSON object") from None
     if not isinstance(body, dict):
         raise InputError("the request body must be a JSON object")

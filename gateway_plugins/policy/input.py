@@ -148,7 +148,7 @@ def arguments_from_body(body: bytes) -> dict[str, Any] | None:
         return None
     try:
         message = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than any real request
         raise InputError(
             "the request body is not valid JSON-RPC (cannot read the tool arguments)"
         ) from None

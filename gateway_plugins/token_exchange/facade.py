@@ -115,7 +115,12 @@ async def handle_token_request(
             raise OAuthError(
                 "invalid_request", "the body must be application/x-www-form-urlencoded"
             )
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (UnicodeDecodeError, ValueError):
+            raise OAuthError(
+                "invalid_request", "the form body is not valid UTF-8 URL-encoded text"
+            ) from None
         fields = MultiDictProxy(MultiDict((k, v) for k, v in form.items() if isinstance(v, str)))
         _authenticate(request, fields, check_client)
         grant = _single(fields, "grant_type", required=True)

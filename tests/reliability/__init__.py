@@ -1,0 +1,1 @@
+"""Issue 8: faults, hostile input, property-based tests, leak scan and two-user isolation."""

@@ -1,0 +1,107 @@
+"""Fixtures of the reliability suite: the real token exchange and policy services (in-process,
+free ports) trusting Keycloak realm ``mcp`` *and* a local real issuer whose keys the tests hold,
+plus an untrusted issuer, an HTTP session and the real MCP backend."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+
+from gateway_plugins.common.jwt_validation import IssuerConfig
+from gateway_plugins.token_exchange.config import ValidationConfig
+from tests.gateway_plugins.common.issuer import LocalIssuer
+from tests.gateway_plugins.policy.running import RunningPolicy, policy_settings, running_policy
+from tests.gateway_plugins.token_exchange.running import (
+    RunningService,
+    running_service,
+    service_settings,
+)
+from tests.reliability.hostile import LOCAL_AUDIENCE
+from tests.testbed import keycloak as kc
+from tests.testbed.identity_plan import REALM_MCP
+
+
+@pytest.fixture(scope="module")
+async def local_issuer() -> AsyncIterator[LocalIssuer]:
+    issuer = await LocalIssuer(realm="reliability").start()
+    yield issuer
+    await issuer.close()
+
+
+@pytest.fixture(scope="module")
+async def untrusted_issuer() -> AsyncIterator[LocalIssuer]:
+    issuer = await LocalIssuer(realm="untrusted").start()
+    yield issuer
+    await issuer.close()
+
+
+@pytest.fixture(scope="module")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        yield session
+
+
+def _issuers(keycloak: kc.Keycloak, local: LocalIssuer) -> list[IssuerConfig]:
+    return [
+        IssuerConfig(issuer=keycloak.issuer(REALM_MCP)),
+        IssuerConfig(issuer=local.issuer, audiences=[LOCAL_AUDIENCE]),
+    ]
+
+
+@pytest.fixture(scope="module")
+async def token_service(
+    keycloak: kc.Keycloak, local_issuer: LocalIssuer, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RunningService]:
+    """The token exchange service; JWKS refetch for unknown kids at most every 30 s."""
+    settings = service_settings(
+        keycloak,
+        tmp_path_factory.mktemp("rel-te"),
+        validation=ValidationConfig(
+            issuers=_issuers(keycloak, local_issuer), jwks_min_refetch_interval_s=30.0
+        ),
+    )
+    async with running_service(settings) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def policy_service(
+    keycloak: kc.Keycloak, local_issuer: LocalIssuer, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RunningPolicy]:
+    """The policy service (embedded engine, the repo's policies)."""
+    settings = policy_settings(keycloak, tmp_path_factory.mktemp("rel-policy"))
+    settings = settings.model_copy(
+        update={
+            "auth": settings.auth.model_copy(update={"issuers": _issuers(keycloak, local_issuer)})
+        }
+    )
+    async with running_policy(settings) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def realm_public_key(keycloak: kc.Keycloak) -> Any:
+    """Realm ``mcp``'s RS256 signing key (public half), from its JWKS."""
+    with urllib.request.urlopen(  # noqa: S310 - testbed URL
+        keycloak.jwks_url(REALM_MCP), timeout=30, context=keycloak.ssl_context()
+    ) as resp:
+        keys = json.loads(resp.read())["keys"]
+    rsa_key = next(k for k in keys if k.get("alg") == "RS256" and k.get("use", "sig") == "sig")
+    return jwt.PyJWK(rsa_key).key, rsa_key["kid"]
+
+
+async def metrics_text(http: aiohttp.ClientSession, base_url: str) -> str:
+    async with http.get(f"{base_url}/metrics") as resp:
+        assert resp.status == 200
+        return await resp.text()
+
+
+def work_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    return tmp_path_factory.mktemp(name)
