@@ -98,9 +98,7 @@ def build_go(comp: GoComponent, *, force: bool = False) -> Path:
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _log(
-        f"{comp.name} {comp.version}: building {', '.join(comp.packages)} (cold: minutes)"
-    )
+    _log(f"{comp.name} {comp.version}: building {', '.join(comp.packages)} (cold: minutes)")
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly -buildvcs=false")
     started = time.monotonic()
     # One package: name the binary explicitly (Go would call go.etcd.io/etcd/server/v3 "server").
