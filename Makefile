@@ -29,10 +29,12 @@ test: testbed ## Install, provision the testbed, run the whole suite
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
-lint: $(STAMP) ## ruff + mypy (+ opa fmt/check on policies)
+lint: testbed ## ruff + mypy + opa fmt/check --strict on policies/
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	opa=$$($(PY) -c 'from tests.testbed.build import binary; print(binary("opa"))'); \
+	$$opa fmt --list --fail policies && $$opa check --strict policies
 
 fmt: $(STAMP) ## Format the Python code
 	$(VENV)/bin/ruff format .
