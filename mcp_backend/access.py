@@ -86,23 +86,32 @@ class AccessPolicy:
     """Denied kinds and Secret redaction, applied to every request and response."""
 
     def __init__(self, denied: Iterable[DeniedKind], *, redact_secrets: bool = True) -> None:
-        self._denied_groups = {d.group for d in denied if d.kind == "*"}
-        self._denied = {(d.group, plural(d.kind)): d.kind for d in denied if d.kind != "*"}
+        denied = list(denied)
+        self._denied_groups = {d.group.lower() for d in denied if d.kind == "*"}
+        # (group, lower-case name) -> configured kind; each denied kind is known by its Kind
+        # and its plural resource name, case-insensitively, so `Secret`, `secret` and `secrets`
+        # all deny Secrets (a config naming the resource must not silently deny nothing).
+        self._denied: dict[tuple[str, str], str] = {}
+        for d in denied:
+            if d.kind != "*":
+                for name in (d.kind.lower(), plural(d.kind)):
+                    self._denied.setdefault((d.group.lower(), name), d.kind)
         self.redact_secrets = redact_secrets
 
-    def denial(self, group: str, resource: str) -> str | None:
-        """Why ``resource.group`` is denied, or None when it is allowed."""
-        base = resource.split("/", 1)[0]
+    def denial(self, group: str, resource: str, kind: str | None = None) -> str | None:
+        """Why ``resource.group`` (of ``kind`` when known) is denied, or None when allowed."""
+        group = group.lower()
         if group in self._denied_groups:
             return f"every kind of API group {group!r} is denied by this server's policy"
-        kind = self._denied.get((group, base))
-        if kind is not None:
-            return f"kind {kind} is denied by this server's policy"
+        for name in (resource.split("/", 1)[0], kind):
+            denied = self._denied.get((group, name.lower())) if name else None
+            if denied is not None:
+                return f"kind {denied} is denied by this server's policy"
         return None
 
     def check_kind(self, group: str, kind: str, resource: str | None = None) -> None:
         """Raise :class:`AccessDenied` when the kind is denied (tool layer, before any call)."""
-        reason = self.denial(group, resource or plural(kind))
+        reason = self.denial(group, resource or plural(kind), kind)
         if reason is not None:
             raise AccessDenied(f"{kind} ({group or 'core'}): {reason}; it is not available here")
 

@@ -56,6 +56,7 @@ FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--exec-timeout-s", "exec_timeout_s", {"type": float}),
     ("--helm-binary", "helm_binary", {}),
     ("--helm-timeout-s", "helm_timeout_s", {"type": float}),
+    ("--helm-chart-sources", "helm_chart_sources", {"type": _csv, "metavar": "PREFIX,..."}),
     ("--log-level", "log_level", {"choices": ["DEBUG", "INFO", "WARNING", "ERROR"]}),
     ("--otel-spans", "otel_spans", {"action": argparse.BooleanOptionalAction}),
     ("--gc-young-threshold", "gc_young_threshold", {"type": int}),

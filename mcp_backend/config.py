@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 ENV_PREFIX = "KMG_BACKEND_"
 IN_CLUSTER_TOKEN_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+_API_GROUP = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+DEFAULT_CHART_SOURCES = ("oci://", "https://")
 
 
 class SettingsError(Exception):
@@ -114,7 +116,35 @@ class DeniedKind(_Model):
     """A kind denied in every tool: ``{group: rbac.authorization.k8s.io}`` or ``{kind: Secret}``."""
 
     group: str = Field("", description="API group ('' = core); with kind '*' the whole group")
-    kind: str = Field("*", description="Kind (e.g. ServiceAccount) or '*' for every kind")
+    kind: str = Field(
+        "*",
+        description="Kind (e.g. ServiceAccount; matched case-insensitively, the plural resource "
+        "name such as 'secrets' works too) or '*' for every kind",
+    )
+
+    @field_validator("group")
+    @classmethod
+    def _group_ok(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value == "core":
+            return ""
+        if value and not _API_GROUP.fullmatch(value):
+            raise ValueError(
+                f"group {value!r} is not an API group name such as 'apps' or "
+                "'rbac.authorization.k8s.io' ('' for the core group; no version)"
+            )
+        return value
+
+    @field_validator("kind")
+    @classmethod
+    def _kind_ok(cls, value: str) -> str:
+        value = value.strip()
+        if value != "*" and not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", value):
+            raise ValueError(
+                f"kind {value!r} is not a Kind such as 'Secret' (or its resource name 'secrets'), "
+                "nor '*' for every kind of the group"
+            )
+        return value
 
 
 DEFAULT_DENIED = (
@@ -165,6 +195,12 @@ class Settings(_Model):
     exec_timeout_s: float = Field(60.0, gt=0, description="bound on one pods_exec")
     helm_binary: str = Field("helm", description="helm CLI path")
     helm_timeout_s: float = Field(300.0, gt=0, description="bound on one helm command")
+    helm_chart_sources: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_CHART_SOURCES),
+        description="chart sources helm_install accepts: URL prefixes (end them with '/') and "
+        "local directories (charts under them); `repo/chart` references are always accepted; "
+        "local paths, file:// and http:// only when listed here",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="log level of the JSON log lines on stderr"
     )
@@ -182,6 +218,14 @@ class Settings(_Model):
     )
     in_cluster: bool = Field(False, description="add the cluster the backend runs in")
     clusters: list[ClusterConfig] = Field(default_factory=list, description="cluster registry")
+
+    @field_validator("helm_chart_sources")
+    @classmethod
+    def _chart_sources_ok(cls, value: list[str]) -> list[str]:
+        for source in value:
+            if not source.strip():
+                raise ValueError("an empty chart source would allow every chart: remove it")
+        return [s.strip() for s in value]
 
     @model_validator(mode="after")
     def _one_default(self) -> Settings:

@@ -1,21 +1,37 @@
 """Drive the ``helm`` CLI for one caller: their token travels in ``HELM_KUBETOKEN``, never argv.
 
-Each command gets a private HOME/XDG tree and an empty kubeconfig, so no local credentials or
+Each command gets a private HOME/XDG tree (one per command, or one :meth:`HelmRunner.workdir`
+shared by the commands of one tool call) and an empty kubeconfig, so no local credentials or
 repositories leak in, and a timeout so a stuck chart cannot hold the call.
+
+Also the pure helpers that check what a chart would create: :func:`manifest_kinds` (every
+object of a rendered manifest, the items of ``List`` documents included) and
+:func:`chart_crd_files` (the ``crds/`` files of a chart archive and of its subcharts, which helm
+creates as they are, unrendered).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
+import posixpath
+import re
 import shutil
+import tarfile
 import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import yaml
 
 from mcp_backend.clusters import Api
-from mcp_backend.errors import ToolFailure, Unauthorized
+from mcp_backend.errors import AccessDenied, InvalidArguments, ToolFailure, Unauthorized
 from mcp_backend.log import scrub
 
 
@@ -55,31 +71,47 @@ class HelmRunner:
             env["HELM_KUBEINSECURE_SKIP_TLS_VERIFY"] = "true"
         return env
 
-    async def run(self, api: Api, args: list[str], *, files: dict[str, str] | None = None) -> str:
-        """Run ``helm <args>``; ``files`` are written into the private HOME (e.g. values)."""
-        binary = self._resolve_binary()
+    @staticmethod
+    @contextlib.contextmanager
+    def workdir() -> Iterator[Path]:
+        """A private directory to share between the helm commands of one call (``home=``)."""
         with tempfile.TemporaryDirectory(prefix="mcp-helm-") as tmp:
-            home = Path(tmp)
-            for name, content in (files or {}).items():
-                (home / name).write_text(content, encoding="utf-8")
-            argv = [a.replace("{home}", tmp) for a in args]
-            proc = await asyncio.create_subprocess_exec(
-                binary,
-                *argv,
-                cwd=tmp,
-                env=self.environment(api, home),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            try:
-                stdout, stderr = await asyncio.wait_for(proc.communicate(), self.timeout_s)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-                raise ToolFailure(
-                    f"helm {args[0]} on cluster {api.name!r} did not finish in {self.timeout_s:g}s"
-                ) from None
+            yield Path(tmp)
+
+    async def run(
+        self,
+        api: Api,
+        args: list[str],
+        *,
+        files: dict[str, str] | None = None,
+        home: Path | None = None,
+    ) -> str:
+        """Run ``helm <args>``; ``files`` are written into the private HOME (e.g. values),
+        ``{home}`` in an argument is that directory; ``home`` shares one between commands."""
+        if home is None:
+            with self.workdir() as tmp:
+                return await self.run(api, args, files=files, home=tmp)
+        binary = self._resolve_binary()
+        for name, content in (files or {}).items():
+            (home / name).write_text(content, encoding="utf-8")
+        argv = [a.replace("{home}", str(home)) for a in args]
+        proc = await asyncio.create_subprocess_exec(
+            binary,
+            *argv,
+            cwd=home,
+            env=self.environment(api, home),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            stdout, stderr = await asyncio.wait_for(proc.communicate(), self.timeout_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise ToolFailure(
+                f"helm {args[0]} on cluster {api.name!r} did not finish in {self.timeout_s:g}s"
+            ) from None
         err = scrub(stderr.decode(errors="replace").strip()).replace(api.token, "<token>")
         if proc.returncode != 0:
             if "Unauthorized" in err or "401" in err:
@@ -99,3 +131,150 @@ class HelmRunner:
             return json.loads(out) if out.strip() else None
         except ValueError:
             raise ToolFailure(f"helm {args[0]} printed unexpected output: {out[:300]}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a chart may come from
+
+SOURCES_SETTING = "helm_chart_sources (KMG_BACKEND_HELM_CHART_SOURCES, --helm-chart-sources)"
+_REPO_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class ChartSource:
+    """A chart reference helm_install may use: a URL / ``repo/chart`` reference, or (``local``)
+    an absolute, resolved path."""
+
+    ref: str
+    local: bool
+
+
+def _local_path(text: str) -> Path | None:
+    """The resolved path a local reference (plain or ``file://``) names; None if it has none."""
+    if text.startswith("file://"):
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            return None
+        text = unquote(parts.path)
+    try:
+        return Path(text).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def chart_source(chart: str, allowed: Sequence[str]) -> ChartSource:
+    """Check a chart reference against the allowed sources (URL prefixes and local directories;
+    ``repo/chart`` references always). Local paths, ``file://``, ``http://`` and every other
+    scheme are refused unless a configured source matches them."""
+    if not chart or chart.startswith("-") or any(c.isspace() or not c.isprintable() for c in chart):
+        raise InvalidArguments(f"chart {chart!r} is not a chart reference, path or URL")
+    url_prefixes = [a for a in allowed if "://" in a and not a.startswith("file://")]
+    local = [_local_path(a) for a in allowed if "://" not in a or a.startswith("file://")]
+    local_dirs = [d for d in local if d is not None]
+    scheme, sep, _ = chart.partition("://")
+    if sep and scheme != "file":
+        if any(chart.startswith(prefix) for prefix in url_prefixes):
+            return ChartSource(chart, local=False)
+        accepted = ", ".join(url_prefixes) or "no URL"
+        raise AccessDenied(
+            f"chart source {chart!r} is not allowed: this server accepts charts from {accepted} "
+            f"and repo/chart references; to allow this source add its prefix to the setting "
+            f"{SOURCES_SETTING}"
+        )
+    if not sep and _REPO_REFERENCE.fullmatch(chart):
+        return ChartSource(chart, local=False)
+    path = _local_path(chart)
+    if path is not None and any(path == d or path.is_relative_to(d) for d in local_dirs):
+        return ChartSource(str(path), local=True)
+    raise AccessDenied(
+        f"chart {chart!r} is a local path, which this server does not allow"
+        + (f" outside {', '.join(str(d) for d in local_dirs)}" if local_dirs else "")
+        + f"; to allow local charts add their directory to the setting {SOURCES_SETTING}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# What a chart creates
+
+MAX_CHART_BYTES = 100 * 1024 * 1024  # helm's own limit on a decompressed chart
+_MANIFEST_EXTENSIONS = (".yaml", ".yml", ".json")
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def manifest_kinds(text: str, source: str = "the rendered chart") -> set[tuple[str, str]]:
+    """(group, kind) of every object in a YAML stream: each document, and the ``items`` of any
+    document holding a list of items (helm flattens ``List``/``*List`` documents and creates
+    the items), at any depth. Unparsable YAML fails closed."""
+    try:
+        docs = list(yaml.load_all(text, Loader=_Loader))
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ToolFailure(
+            f"cannot check the kinds {source} creates ({problem}), so it is not installed"
+        ) from None
+    kinds: set[tuple[str, str]] = set()
+    seen: set[int] = set()
+    stack: list[Any] = list(docs)
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:  # YAML anchors can make shared or recursive nodes
+            continue
+        seen.add(id(node))
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            if node.get("kind"):
+                group = str(node.get("apiVersion") or "").rpartition("/")[0]
+                kinds.add((group, str(node["kind"])))
+            if isinstance(node.get("items"), list):
+                stack.extend(node["items"])
+    return kinds
+
+
+def chart_crd_files(archive: Path) -> list[tuple[str, str]]:
+    """(path, text) of every ``crds/`` manifest of a chart archive and of its subcharts (helm
+    creates those objects unrendered, whatever their kind, before installing the templates)."""
+    budget = [MAX_CHART_BYTES]
+    try:
+        files = _archive_files(archive.read_bytes(), budget)
+    except (OSError, tarfile.TarError, EOFError, ValueError) as exc:
+        raise ToolFailure(f"cannot read the chart archive: {exc}") from None
+    return _crd_files(files, "", budget)
+
+
+def _archive_files(data: bytes, budget: list[int]) -> dict[str, bytes]:
+    """Files of a chart archive by path below its top directory, as helm's loader names them."""
+    files: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            delimiter = "\\" if "\\" in member.name else "/"
+            name = posixpath.normpath("/".join(member.name.split(delimiter)[1:]))
+            if not name.startswith(("crds/", "charts/")):
+                continue
+            budget[0] -= member.size
+            if budget[0] < 0:
+                raise ValueError(f"the chart is larger than {MAX_CHART_BYTES} bytes")
+            extracted = tar.extractfile(member)
+            if extracted is not None:
+                files[name] = extracted.read()
+    return files
+
+
+def _crd_files(files: dict[str, bytes], where: str, budget: list[int]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    subcharts: dict[str, dict[str, bytes]] = {}
+    for name, data in sorted(files.items()):
+        if name.startswith("crds/") and name.lower().endswith(_MANIFEST_EXTENSIONS):
+            out.append((where + name, data.decode("utf-8", errors="replace")))
+        elif name.startswith("charts/") and not name.endswith(".prov"):
+            sub, _, inner = name[len("charts/") :].partition("/")
+            if inner:
+                subcharts.setdefault(sub, {})[inner] = data
+            elif sub.endswith(".tgz"):
+                nested = _archive_files(data, budget)
+                out += _crd_files(nested, f"{where}charts/{sub}/", budget)
+    for sub, sub_files in sorted(subcharts.items()):
+        out += _crd_files(sub_files, f"{where}charts/{sub}/", budget)
+    return out

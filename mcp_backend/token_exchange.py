@@ -1,7 +1,8 @@
 """RFC 8693 client: trade the caller's token for one a foreign-domain cluster trusts.
 
 Deliberately small and cache-free: the token-exchange service caches. The caller's token is the
-``subject_token``; ``audience`` is the cluster's configured audience.
+``subject_token``; ``audience`` is the cluster's configured audience. Redirects are never followed
+(a 307/308 would re-send the token and the client secret to another address): a 3xx is an error.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class TokenExchanger:
                 data=exchange_form(subject_token, cfg.audience),
                 auth=auth,
                 timeout=aiohttp.ClientTimeout(total=cfg.timeout_s),
+                # A 307/308 would re-send the subject token and client secret elsewhere.
+                allow_redirects=False,
             ) as resp:
                 status, raw = resp.status, await resp.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -62,6 +65,12 @@ class TokenExchanger:
                 f"token exchange for cluster {cluster!r} at {cfg.url} failed "
                 f"({type(exc).__name__}): the exchange service is down or slow; retry later"
             ) from None
+        if 300 <= status < 400:
+            raise Unreachable(
+                f"token exchange for cluster {cluster!r} at {cfg.url} answered a redirect "
+                f"(HTTP {status}); redirects are not followed, so the token is never sent to "
+                "another address: set token_exchange.url to the final token endpoint"
+            )
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:

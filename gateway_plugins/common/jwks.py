@@ -4,6 +4,10 @@ Keys are found through OIDC discovery (``{issuer}/.well-known/openid-configurati
 ``jwks_uri``) unless a ``jwks_uri`` is configured. An unknown ``kid`` triggers a refetch, at most
 once per ``min_refetch_interval_s`` per issuer, and concurrent refetches coalesce into one request.
 When a refresh fails the keys already loaded keep working.
+
+Keys of an ``https`` issuer are only loaded over ``https``: a discovered ``jwks_uri`` with another
+scheme is refused, and so is a redirect that ends on plain HTTP. Plain-HTTP key URLs are accepted
+only for a plain-HTTP issuer (local test issuers) or when configured explicitly (``jwks_uri``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class _IssuerKeys:
     keys: dict[str, jwt.PyJWK] = field(default_factory=dict)
     fetched_at: float = 0.0  # monotonic time of the last successful fetch
     attempted_at: float = float("-inf")  # monotonic time of the last attempt
+    last_error: str = ""  # why the last attempt failed ("" after a success)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -59,6 +64,13 @@ class JWKSCache:
     def register(self, issuer: str, jwks_uri: str | None = None) -> None:
         if issuer not in self._issuers:
             self._issuers[issuer] = _IssuerKeys(jwks_uri)
+            if jwks_uri is not None and _is_https(issuer) and not _is_https(jwks_uri):
+                log.warning(
+                    "issuer %s: the configured jwks_uri %s is not https; its keys can be "
+                    "tampered with in transit",
+                    issuer,
+                    jwks_uri,
+                )
 
     def loaded(self, issuer: str) -> bool:
         entry = self._issuers.get(issuer)
@@ -78,6 +90,8 @@ class JWKSCache:
         await self._refetch(issuer, entry, force=False)
         key = entry.keys.get(kid)
         if key is None:
+            if not entry.keys:  # nothing ever loaded: an outage, not an unknown key
+                raise _nothing_loaded(issuer, entry)
             raise UnknownKey(f"issuer {issuer} has no signing key with kid '{kid}'")
         return key
 
@@ -93,7 +107,7 @@ class JWKSCache:
         if not entry.keys:
             await self._refetch(issuer, entry, force=False)
             if not entry.keys:
-                raise JWKSError(f"no signing keys loaded for issuer {issuer}")
+                raise _nothing_loaded(issuer, entry)
 
     def _entry(self, issuer: str) -> _IssuerKeys:
         entry = self._issuers.get(issuer)
@@ -117,12 +131,25 @@ class JWKSCache:
 
     async def _fetch(self, issuer: str, entry: _IssuerKeys) -> None:
         entry.attempted_at = time.monotonic()
+        try:
+            await self._load(issuer, entry)
+        except JWKSError as exc:
+            entry.last_error = str(exc)
+            raise
+        entry.last_error = ""
+
+    async def _load(self, issuer: str, entry: _IssuerKeys) -> None:
         if entry.jwks_uri is None:
             discovery_url = f"{issuer.rstrip('/')}/.well-known/openid-configuration"
             discovery = await self._get_json(discovery_url)
             uri = discovery.get("jwks_uri")
             if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
                 raise JWKSError(f"OIDC discovery of {issuer} has no usable 'jwks_uri'")
+            if _is_https(issuer) and not _is_https(uri):
+                raise JWKSError(
+                    f"OIDC discovery of {issuer} names a jwks_uri that is not https ({uri}); "
+                    "keys of an https issuer are only loaded over https"
+                )
             if discovery.get("issuer") != issuer:
                 raise JWKSError(
                     f"OIDC discovery of {issuer} names issuer {discovery.get('issuer')!r}; "
@@ -138,6 +165,11 @@ class JWKSCache:
     async def _get_json(self, url: str) -> dict[str, Any]:
         try:
             async with self._session.get(url, headers={"accept": "application/json"}) as resp:
+                if _is_https(url) and resp.url.scheme != "https":
+                    raise JWKSError(
+                        f"GET {url} was redirected to plain HTTP ({resp.url.with_query(None)}); "
+                        "refused"
+                    )
                 if resp.status != 200:
                     raise JWKSError(f"GET {url} answered HTTP {resp.status}")
                 raw = await resp.content.read(_MAX_DOC_BYTES + 1)
@@ -152,6 +184,15 @@ class JWKSCache:
         if not isinstance(data, dict):
             raise JWKSError(f"GET {url}: expected a JSON object")
         return data
+
+
+def _nothing_loaded(issuer: str, entry: _IssuerKeys) -> JWKSError:
+    last = f" (last attempt: {entry.last_error})" if entry.last_error else ""
+    return JWKSError(f"no signing keys loaded for issuer {issuer}{last}")
+
+
+def _is_https(url: str) -> bool:
+    return url.lower().startswith("https://")
 
 
 def _parse_jwks(document: dict[str, Any], issuer: str) -> dict[str, jwt.PyJWK]:

@@ -2,13 +2,25 @@
 
 Checks, in order: size, shape, header (allowed asymmetric algorithm, ``kid``), ``iss`` among the
 configured issuers, signature with the issuer's JWKS key, ``exp``/``nbf``/``iat`` with a small
-leeway, and optionally ``aud``. ``none`` and every HMAC algorithm are refused outright, so a
-public key can never be used as an HMAC secret.
+leeway, the token type, and ``aud`` when the issuer has audiences configured. ``none`` and every
+HMAC algorithm are refused outright, so a public key can never be used as an HMAC secret.
+
+Token type: only access tokens are accepted. A ``typ`` claim, when present, must be ``Bearer``
+(Keycloak's access tokens) or ``at+jwt``; a ``typ`` header, when present, must be ``JWT`` or
+``at+jwt`` (RFC 9068). So an ID token (``typ: ID``), a refresh or logout token, or any other
+explicitly typed JWT (``logout+jwt``, ``secevent+jwt``...) of a trusted issuer is refused.
+
+An issuer without ``audiences`` accepts tokens for any audience (the compatible default); a
+WARNING at start names it. Configure the audience this service is meant for.
+
+When the issuer's keys cannot be loaded the caller gets a generic
+:data:`KEYS_UNAVAILABLE` message; the detail (URL, error) goes only to the log.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 from collections import OrderedDict
@@ -26,6 +38,14 @@ SAFE_ALGORITHMS = frozenset(
 )
 DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256")
 
+log = logging.getLogger(__name__)
+
+# What a caller is told when the issuer's keys cannot be loaded: no internal URL or error detail.
+KEYS_UNAVAILABLE = "the identity provider's keys are unavailable; retry later"
+# ``typ`` claim of an access token (Keycloak: "Bearer"), and ``typ`` header values of one.
+_ACCESS_TYP_CLAIMS = frozenset({"bearer", "at+jwt", "application/at+jwt"})
+_ACCESS_TYP_HEADERS = frozenset({"jwt", "at+jwt", "application/at+jwt"})
+
 _JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 
 
@@ -38,7 +58,15 @@ class InvalidToken(Exception):
 
 
 class ValidationUnavailable(Exception):
-    """The token could not be checked (issuer keys unreachable): answer 503, not 401."""
+    """The token could not be checked (issuer keys unreachable): answer 503, not 401.
+
+    ``str()`` is the generic :data:`KEYS_UNAVAILABLE`, safe for unauthenticated callers;
+    ``detail`` (issuer, URL, error) is for logs only.
+    """
+
+    def __init__(self, message: str = KEYS_UNAVAILABLE, *, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class IssuerConfig(BaseModel):
@@ -50,7 +78,10 @@ class IssuerConfig(BaseModel):
     )
     audiences: list[str] = Field(
         default_factory=list,
-        description="If non-empty, the token's 'aud' must contain one of these.",
+        description=(
+            "If non-empty, the token's 'aud' must contain one of these. Empty: any audience is "
+            "accepted (a WARNING at start); set it to this service's audience."
+        ),
     )
 
 
@@ -100,6 +131,12 @@ class JWTValidator:
         self._verified_ttl = verified_cache_ttl_s
         for cfg in issuers:
             jwks.register(cfg.issuer, cfg.jwks_uri)
+            if not cfg.audiences:
+                log.warning(
+                    "issuer %s has no audiences configured: its tokens are accepted whatever "
+                    "their 'aud'; set audiences to the audience this service is meant for",
+                    cfg.issuer,
+                )
 
     @property
     def issuers(self) -> list[str]:
@@ -148,21 +185,23 @@ class JWTValidator:
             self._verified.popitem(last=False)
 
     async def _verify(self, token: str) -> dict[str, Any]:
-        alg, kid = self._header(token)
+        alg, kid, typ = self._header(token)
         issuer = self._unverified_issuer(token)
         try:
             key = await self._jwks.get_key(issuer, kid)
         except UnknownKey:
             raise InvalidToken(f"signing key '{kid}' is unknown to issuer {issuer}") from None
         except JWKSError as exc:
-            raise ValidationUnavailable(
-                f"cannot load the signing keys of {issuer}: {exc}"
-            ) from None
+            detail = f"cannot load the signing keys of {issuer}: {exc}"
+            log.warning("token validation unavailable: %s", detail)
+            raise ValidationUnavailable(detail=detail) from None
         if not _key_matches(alg, key.key):
             raise InvalidToken(f"algorithm {alg} does not match the issuer's key '{kid}'")
-        return self._decode(token, key.key, alg, issuer)
+        claims = self._decode(token, key.key, alg, issuer)
+        _check_access_token_type(typ, claims.get("typ"))
+        return claims
 
-    def _header(self, token: str) -> tuple[str, str]:
+    def _header(self, token: str) -> tuple[str, str, object]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -177,7 +216,7 @@ class JWTValidator:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise InvalidToken("token header has no 'kid'")
-        return alg, kid
+        return alg, kid, header.get("typ")
 
     def _unverified_issuer(self, token: str) -> str:
         try:
@@ -218,3 +257,26 @@ class JWTValidator:
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"invalid token: {type(exc).__name__}") from None
         return claims
+
+
+def _check_access_token_type(header_typ: object, claim_typ: object) -> None:
+    """Refuse a verified token that declares itself something other than an access token."""
+    if header_typ is not None and (
+        not isinstance(header_typ, str) or header_typ.lower() not in _ACCESS_TYP_HEADERS
+    ):
+        raise InvalidToken(
+            f"not an access token (header typ {_shown(header_typ)}); send an access token"
+        )
+    if claim_typ is not None and (
+        not isinstance(claim_typ, str) or claim_typ.lower() not in _ACCESS_TYP_CLAIMS
+    ):
+        raise InvalidToken(
+            f"not an access token (typ {_shown(claim_typ)}; an ID, refresh or logout token is "
+            "refused); send an access token"
+        )
+
+
+def _shown(value: object) -> str:
+    """A short, printable rendering of a caller-supplied ``typ`` for an error message."""
+    text = value if isinstance(value, str) else type(value).__name__
+    return repr(re.sub(r"[^A-Za-z0-9+/._-]", "?", text[:40]))

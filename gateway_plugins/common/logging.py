@@ -18,11 +18,25 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "kmg_request_id", default=None
 )
 
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*")
+# "Bearer <token>" / "Basic <credentials>", also URL/form-encoded ("Bearer%20...", "Bearer+...").
+_BEARER = re.compile(r"(?i)\b(bearer|basic)(?:\s+|%20|\+)[A-Za-z0-9\-._~+/%]+=*")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+# Opaque tokens with a recognisable prefix: OpenShift OAuth access tokens ("sha256~...").
+_OPAQUE = re.compile(r"\bsha256~[A-Za-z0-9_\-]+")
+# A field name that holds a credential: *token, *secret, *password, *assertion (client_secret,
+# subject_token, access_token, client_assertion, ...). "token_type" or "subject_token_type" do not
+# end with one of those words, so they stay readable.
+_SECRET_NAME = r"\w*?(?:token|secret|password|passwd|assertion)"  # noqa: S105 - a pattern
+_SECRET_KEY = re.compile(rf"(?i)^{_SECRET_NAME}$|^(?:authorization|cookie|set-cookie)$")
+# name, then its end quote (JSON ", Python repr ', or \" inside an escaped JSON string) and = or :
+# (or "," between two quoted strings: a repr'd ('client_secret', 'x') pair), then the value: a
+# whole quoted string (spaces included) or a bare run up to a delimiter.
 _SECRET_PARAM = re.compile(
-    r"(?i)\b(client_secret|subject_token|actor_token|assertion|access_token|refresh_token|"
-    r"id_token|client_assertion|password|token)(\"?\s*[=:]\s*\"?)[^\s&\",}']+"
+    rf"(?i)\b({_SECRET_NAME})(\\?[\"']?\s*[=:]\s*|[\"']\s*,\s*(?=[\"']))"
+    r"(\\\"(?:[^\\]|\\(?!\"))*(?:\\\"|$)"  # \"value\" (JSON inside a JSON string)
+    r"|\"(?:[^\"\\]|\\.)*(?:\"|$)"  # "value" (JSON)
+    r"|'(?:[^'\\]|\\.)*(?:'|$)"  # 'value' (Python repr)
+    r"|[^\s&\",;}']+)"  # bare value (form field, key=value)
 )
 REDACTED = "[REDACTED]"
 
@@ -30,13 +44,46 @@ REDACTED = "[REDACTED]"
 _STANDARD_ATTRS = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
 )
+_MAX_DEPTH = 20  # deeper structures in ``extra=`` are logged as one redacted string
+
+
+def _redact_param(match: re.Match[str]) -> str:
+    value = match.group(3)
+    quote = '\\"' if value.startswith('\\"') else value[0] if value[0] in "\"'" else ""
+    return f"{match.group(1)}{match.group(2)}{quote}{REDACTED}{quote}"
 
 
 def redact(text: str) -> str:
-    """Replace bearer credentials, JWT-looking strings and secret form/JSON fields."""
+    """Replace bearer credentials, JWT-looking strings, opaque tokens and secret fields."""
     text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _JWT.sub(REDACTED, text)
-    return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    text = _OPAQUE.sub(REDACTED, text)
+    return _SECRET_PARAM.sub(_redact_param, text)
+
+
+def _is_secret_key(key: object) -> bool:
+    return isinstance(key, str) and bool(_SECRET_KEY.match(key))
+
+
+def redact_value(value: Any, _depth: int = 0) -> Any:
+    """:func:`redact` applied through dicts, lists, tuples and sets (values of secret-named keys
+    are replaced whole); other non-JSON objects become their redacted ``str``."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if _depth >= _MAX_DEPTH:
+        return redact(str(value))
+    if isinstance(value, dict):
+        return {
+            redact(str(k)): REDACTED if _is_secret_key(k) else redact_value(v, _depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple) and len(value) == 2 and _is_secret_key(value[0]):
+        return [value[0], REDACTED]  # a (name, value) form pair
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact_value(v, _depth + 1) for v in value]
+    return redact(str(value))
 
 
 class RedactionFilter(logging.Filter):
@@ -50,8 +97,8 @@ class RedactionFilter(logging.Filter):
         record.msg = redact(message)
         record.args = None
         for key, value in list(record.__dict__.items()):
-            if key not in _STANDARD_ATTRS and isinstance(value, str):
-                record.__dict__[key] = redact(value)
+            if key not in _STANDARD_ATTRS:
+                record.__dict__[key] = redact_value(value)
         return True
 
 
@@ -76,7 +123,7 @@ class JsonFormatter(logging.Formatter):
             entry["request_id"] = request_id
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and key not in entry and not key.startswith("_"):
-                entry[key] = redact(value) if isinstance(value, str) else value
+                entry[key] = redact_value(value)
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)

@@ -44,7 +44,7 @@ from gateway_plugins.policy.engines import (
     create_engine,
     load_policy_source,
 )
-from gateway_plugins.policy.input import Catalogue, InputError
+from gateway_plugins.policy.input import Catalogue, HeaderMismatch, InputError
 from gateway_plugins.policy.wristband import (
     SignedList,
     WristbandSigner,
@@ -61,7 +61,6 @@ H_HINTS = "x-mcp-annotation-hints"
 H_PARTIAL_BODY = "x-envoy-auth-partial-body"
 
 _WRISTBAND_CACHE_SIZE = 10_000
-_VERIFIED_CACHE_SIZE = 10_000
 
 
 class Refusal(Exception):
@@ -92,11 +91,15 @@ class PolicyService:
     catalogue: Catalogue | None
     metrics: _Metrics
     _wristbands: OrderedDict[str, tuple[float, SignedList]] = field(default_factory=OrderedDict)
-    _verified: OrderedDict[bytes, dict[str, Any]] = field(default_factory=OrderedDict)
 
     # -- tokens --------------------------------------------------------------------------------
     async def claims_of(self, authorization: str | None) -> dict[str, Any]:
-        """Verified claims; a token already verified is reused until its ``exp`` (by digest)."""
+        """Verified claims of the bearer token, on every request.
+
+        No cache of its own: the validator remembers verified tokens for at most
+        ``auth.verified_cache_ttl_s`` (never past ``exp``) and re-checks ``exp``/``nbf`` on every
+        reuse, so a token is never trusted longer than the validator would trust it.
+        """
         token = _bearer(authorization)
         if token is None:
             raise Refusal(
@@ -104,24 +107,14 @@ class PolicyService:
                 "no bearer token: send Authorization: Bearer <access token>",
                 error="unauthenticated",
             )
-        digest = hashlib.sha256(token.encode()).digest()
-        known = self._verified.get(digest)
-        if known is not None and time.time() < known["exp"]:
-            self._verified.move_to_end(digest)
-            return known
         try:
-            claims = await self.validator.validate(token)
+            return await self.validator.validate(token)
         except InvalidToken as exc:
             raise Refusal(401, f"token refused: {exc.reason}", error="invalid_token") from None
         except ValidationUnavailable as exc:
             raise Refusal(
                 503, f"cannot verify the token now: {exc}", error="validation_unavailable"
             ) from None
-        if isinstance(claims.get("exp"), int | float):
-            self._verified[digest] = claims
-            while len(self._verified) > _VERIFIED_CACHE_SIZE:
-                self._verified.popitem(last=False)
-        return claims
 
     # -- decisions -----------------------------------------------------------------------------
     async def decide(
@@ -285,6 +278,7 @@ async def check(request: web.Request) -> web.Response:
     claims: dict[str, Any] | None = None
     try:
         claims = await service.claims_of(request.headers.get("Authorization"))
+        body, method, tool = await _read_body(request, method, tool)
         if method == "tools/list":
             return await _check_list(service, claims, started, server)
         names_tool = bool(tool) and server != policy_input.BROKER_SERVER
@@ -306,25 +300,19 @@ async def check(request: web.Request) -> web.Response:
             policy_input.check_server_name(server)
         if tool:
             policy_input.check_tool_name(tool)
-        # Envoy marks a body cut at max_request_bytes: its arguments cannot be read, so they count
-        # as unavailable (namespace rules then deny unless told otherwise), never as empty.
-        partial = request.headers.get(H_PARTIAL_BODY, "").lower() == "true"
-        arguments = (
-            policy_input.arguments_from_body(await request.read())
-            if request.can_read_body and not partial
-            else None
-        )
         allow, reason = await service.decide(
             method=method or "tools/call",
             server=server,
             tool=tool,
             annotations=policy_input.parse_annotation_hints(request.headers.get(H_HINTS)),
             claims=claims,
-            arguments=arguments,
+            arguments=body.arguments if body is not None else None,
         )
         status = 200 if allow else 403
     except Refusal as refusal:
         allow, reason, status = False, refusal.reason, refusal.status
+    except HeaderMismatch as exc:
+        allow, reason, status = False, f"denied: {exc}", 403
     except InputError as exc:
         allow, reason, status = False, f"bad request: {exc}", 400
     service.record(
@@ -339,6 +327,33 @@ async def check(request: web.Request) -> web.Response:
         endpoint="check",
     )
     return _answer(status, allow, reason, _unauthenticated_headers(service.settings, status))
+
+
+async def _read_body(
+    request: web.Request, method: str, tool: str
+) -> tuple[policy_input.RequestBody | None, str, str]:
+    """The JSON-RPC body Envoy forwarded (``with_request_body``), checked against the headers.
+
+    No body: the headers decide, as they always did. A whole body: its method (and, for
+    ``tools/call``, its tool name) must match ``x-mcp-method`` / ``x-mcp-toolname``; a missing
+    header takes the body's value. A body Envoy cut at ``max_request_bytes`` cannot be read: for
+    ``tools/call`` its arguments count as unavailable (namespace rules then deny), and for any
+    other method the request is refused, since the body could be a tools/call the headers hide.
+    """
+    raw = await request.read() if request.can_read_body else b""
+    if not raw.strip():
+        return None, method, tool
+    if request.headers.get(H_PARTIAL_BODY, "").lower() == "true":
+        if method == "tools/call":
+            return None, method, tool
+        raise HeaderMismatch(
+            f"x-mcp-method says {policy_input.safe_text(method or '(none)', 64)} but the body "
+            "was cut short by the proxy (x-envoy-auth-partial-body), so it cannot be checked; "
+            "raise the proxy's max_request_bytes or send a smaller request"
+        )
+    body = policy_input.parse_request_body(raw)
+    method, tool = policy_input.reconcile(method, tool, body)
+    return body, method, tool
 
 
 async def _check_list(
@@ -632,12 +647,15 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         session = make_client_session(ca_file=settings.auth.ca_file, timeout_s=5.0)
-        jwks_cache = JWKSCache(session)
+        jwks_cache = JWKSCache(
+            session, min_refetch_interval_s=settings.auth.jwks_min_refetch_interval_s
+        )
         validator = JWTValidator(
             settings.auth.issuers,
             jwks_cache,
             algorithms=settings.auth.algorithms,
             leeway_s=settings.auth.leeway_s,
+            verified_cache_ttl_s=settings.auth.verified_cache_ttl_s,
         )
         log_sink = (
             decision_log

@@ -64,6 +64,18 @@ class AuthSettings(_Strict):
     algorithms: list[str] = Field(default_factory=lambda: list(DEFAULT_ALGORITHMS))
     leeway_s: float = Field(default=30.0, ge=0, le=300)
     ca_file: Path | None = Field(default=None, description="CA bundle for the issuers' HTTPS.")
+    verified_cache_ttl_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="Reuse a verified token this long before checking its signature and keys "
+        "again (never past exp; exp/nbf are checked on every request); 0: every request.",
+    )
+    jwks_min_refetch_interval_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Refetch an issuer's JWKS at most this often (a token with an unknown kid).",
+    )
     resource_metadata_url: str | None = Field(
         default=None,
         description="Advertised in WWW-Authenticate on 401 (the protected-resource metadata).",

@@ -5,6 +5,15 @@ normalized annotations), ``arguments`` (only when the request body was available
 (verified token claims), ``subject`` (a display name for reasons) and, for ``tools/list``, a
 ``catalogue`` of every server's tools.
 
+The input holds only what the policy reads: the claims of :data:`POLICY_CLAIMS` and the arguments
+of :data:`POLICY_ARGUMENTS`. The input is what OPA's decision log records and what keys the
+embedded engine's decision cache, so tool arguments such as ``access_token`` (a bearer token the
+backend accepts in arguments) or a Secret's YAML (``resources_create_or_update``) never reach it.
+
+The ext_authz check also reads the JSON-RPC body (:func:`parse_request_body`): its ``method`` and,
+for ``tools/call``, ``params.name`` must agree with the ``x-mcp-method`` / ``x-mcp-toolname``
+headers (:func:`reconcile`), so headers cannot describe a different request than the one sent.
+
 Names that reach the policy are checked here first: a malformed server or tool name is refused
 with a clear reason before any engine runs (both engines then see only well-formed input, which
 also keeps their reason texts identical).
@@ -41,12 +50,30 @@ _HINT_KEYS = {
     "openworldhint": "openWorld",
 }
 
-# The claims the policy may read; the rest of the token's claims stay out of the input.
-POLICY_CLAIMS = ("sub", "preferred_username", "resource_access", "realm_access", "groups", "azp")
+# The claims the policy may read; the rest of the token's claims stay out of the input. ``iss``
+# is here so that two issuers' users with the same ``sub`` never share a cached decision or list.
+POLICY_CLAIMS = (
+    "iss",
+    "sub",
+    "preferred_username",
+    "resource_access",
+    "realm_access",
+    "groups",
+    "azp",
+)
+
+# The tool arguments the policy reads (namespace rules), with the JSON types it reads them as;
+# every other argument stays out of the input. Never ``access_token``. A policy that needs more
+# arguments adds them here (and to the Input section of policies/mcp/authz.rego).
+POLICY_ARGUMENTS: dict[str, type] = {"namespace": str, "all_namespaces": bool}
 
 
 class InputError(ValueError):
     """The request cannot be turned into a policy input; the message is safe to return."""
+
+
+class HeaderMismatch(ValueError):
+    """The x-mcp-* headers describe another request than the body; the message is safe to return."""
 
 
 Annotations = dict[str, bool]
@@ -120,7 +147,7 @@ def display_name(claims: Mapping[str, Any]) -> str:
     for key in ("preferred_username", "sub"):
         value = claims.get(key)
         if isinstance(value, str) and value:
-            return _UNSAFE_TEXT.sub("?", value)[:128]
+            return safe_text(value, 128)
     return "unknown user"
 
 
@@ -158,6 +185,111 @@ def arguments_from_body(body: bytes) -> dict[str, Any] | None:
     return check_arguments(arguments if arguments is not None else {})
 
 
+def policy_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments the policy reads (:data:`POLICY_ARGUMENTS`), each only with its JSON type.
+
+    Anything else (tokens, manifests, commands) is left out. A value of another type is left out
+    too: the policy only acts on a string namespace and ``all_namespaces: true``, and the backend
+    refuses a non-boolean flag.
+    """
+    return {
+        key: arguments[key]
+        for key, kind in POLICY_ARGUMENTS.items()
+        if isinstance(arguments.get(key), kind)
+    }
+
+
+@dataclass(frozen=True)
+class RequestBody:
+    """What the check reads from a JSON-RPC request body."""
+
+    method: str | None  # None: a JSON-RPC message without a method (a response)
+    tool: str | None  # params.name of a tools/call
+    arguments: dict[str, Any] | None  # params.arguments of a tools/call (checked), else None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise InputError(
+                f"the request body repeats the key {safe_text(key, 40)!r}: "
+                "send each key once (parsers disagree on which copy counts)"
+            )
+        obj[key] = value
+    return obj
+
+
+def parse_request_body(body: bytes) -> RequestBody:
+    """A JSON-RPC request body → its method, tool name and arguments; clear errors otherwise.
+
+    Keys repeated in any object are refused: the gateway and the backend must not read two
+    different requests out of one body.
+    """
+    try:
+        message = json.loads(body, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as exc:  # RecursionError: deeper than any real request
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(
+            "the request body is not valid JSON-RPC (cannot read the method and tool arguments)"
+        ) from None
+    if not isinstance(message, dict):
+        raise InputError(
+            "the request body is not a single JSON-RPC message (a JSON object); "
+            "batches are not supported by MCP 2025-06-18"
+        )
+    method = message.get("method")
+    if method is not None and not isinstance(method, str):
+        raise InputError("the method of the JSON-RPC body must be a string")
+    if method != "tools/call":
+        return RequestBody(method, None, None)
+    params = message.get("params")
+    if not isinstance(params, dict):
+        raise InputError("the request body is not a JSON-RPC request with params")
+    tool = params.get("name")
+    if not isinstance(tool, str) or not _TOOL_NAME.match(tool):
+        raise InputError(
+            "params.name of the tools/call body is not a valid MCP tool name "
+            "(1-128 characters of A-Z a-z 0-9 _ . -)"
+        )
+    arguments = params.get("arguments", {})
+    return RequestBody(method, tool, check_arguments(arguments if arguments is not None else {}))
+
+
+def reconcile(header_method: str, header_tool: str, body: RequestBody) -> tuple[str, str]:
+    """The method and tool to decide on when a body came with the headers.
+
+    The headers must describe the body: a different ``x-mcp-method``, or for ``tools/call`` a
+    different ``x-mcp-toolname``, raises :class:`HeaderMismatch`. A missing header takes the
+    body's value.
+    """
+    body_method = body.method if body.method is not None else ""
+    if header_method and header_method != body_method:
+        what = (
+            f"a {safe_text(body_method, 64)} request"
+            if body_method
+            else "a JSON-RPC message without a method"
+        )
+        raise HeaderMismatch(
+            f"x-mcp-method says {safe_text(header_method, 64)} but the body is {what}; "
+            "the x-mcp-* headers must describe the request body"
+        )
+    if body.tool is None:
+        return body_method, header_tool
+    if header_tool and header_tool != body.tool:
+        raise HeaderMismatch(
+            f"x-mcp-toolname says {safe_text(header_tool, 128)} but the body calls "
+            f"{body.tool}; the x-mcp-* headers must describe the request body"
+        )
+    return body_method, body.tool
+
+
+def safe_text(value: str, limit: int) -> str:
+    """Caller-supplied text made safe to quote in a reason: no quotes or control characters."""
+    return _UNSAFE_TEXT.sub("?", value)[:limit]
+
+
 def call_input(
     *,
     method: str,
@@ -176,7 +308,7 @@ def call_input(
         "subject": {"name": display_name(claims)},
     }
     if arguments is not None:
-        doc["arguments"] = dict(arguments)
+        doc["arguments"] = policy_arguments(arguments)
     return doc
 
 

@@ -275,7 +275,12 @@ async def _validate_and_exchange(
     except ExchangeRefused as exc:
         runtime.metrics.count(_label(exchanger, target), "refused")
         return _deny(403, "exchange_refused", exc.reason)
-    except (STSUnavailable, ValidationUnavailable) as exc:
+    except ValidationUnavailable as exc:
+        # Generic message: the caller is not authenticated yet; the detail (the issuer's URL and
+        # the error) was logged where it happened.
+        runtime.metrics.count(_label(exchanger, target), "unavailable")
+        return _deny(503, "token_service_unavailable", str(exc))
+    except STSUnavailable as exc:
         runtime.metrics.count(_label(exchanger, target), "unavailable")
         log.warning("token exchange unavailable for target %s: %s", target, exc)
         return _deny(503, "token_service_unavailable", f"{exc}; retry shortly")

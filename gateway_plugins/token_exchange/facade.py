@@ -164,5 +164,7 @@ async def _exchange(
         raise OAuthError("invalid_scope", str(exc)) from None
     except ExchangeRefused as exc:
         raise OAuthError(exc.error, exc.reason) from None
-    except (STSUnavailable, ValidationUnavailable) as exc:
+    except ValidationUnavailable as exc:  # generic message; the detail is in the log
+        raise OAuthError("temporarily_unavailable", str(exc), status=503) from None
+    except STSUnavailable as exc:
         raise OAuthError("temporarily_unavailable", f"{exc}; retry shortly", status=503) from None

@@ -3,9 +3,11 @@ RFC 7523 JWT authorization grant, with client authentication by secret or privat
 
 All calls share one aiohttp session. Failures are mapped at this boundary:
 :class:`STSRefused` (the STS said no: the caller gets 403) and :class:`STSUnavailable` (network,
-timeout, 5xx, or our own client credentials rejected: the caller gets 503/502). A small circuit
-breaker fails fast after repeated outages and lets a trial call through after the cooldown, so the
-service recovers by itself when Keycloak comes back.
+timeout, 5xx, a redirect, or our own client credentials rejected: the caller gets 503/502).
+Redirects are never followed, so the form (subject token, client secret or assertion) only ever
+goes to the configured ``token_url``. A small circuit breaker fails fast after repeated outages
+and lets a trial call through after the cooldown, so the service recovers by itself when Keycloak
+comes back.
 """
 
 from __future__ import annotations
@@ -217,9 +219,22 @@ class STSClient:
     ) -> tuple[int, dict[str, Any] | None]:
         url = self.config.token_url
         try:
+            # Never follow a redirect: a 307/308 would re-send the body (subject token, client
+            # secret or assertion) to wherever the Location header points.
             async with self._session.post(
-                url, data=urllib.parse.urlencode(form), headers=headers, timeout=self._timeout
+                url,
+                data=urllib.parse.urlencode(form),
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
             ) as resp:
+                if 300 <= resp.status < 400:
+                    raise STSUnavailable(
+                        f"token service '{self.name}' answered HTTP {resp.status} redirecting to "
+                        f"{_origin(resp.headers.get('Location'), url)}; token requests are not "
+                        "sent on to another address: set token_url to the final token endpoint",
+                        misconfigured=True,
+                    )
                 raw = await resp.content.read(_MAX_BODY)
                 status = resp.status
         except TimeoutError:
@@ -269,6 +284,14 @@ class STSClient:
 
 def _opt_str(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _origin(location: str | None, base: str) -> str:
+    """Scheme and host of a redirect target (never its path or query), for error messages."""
+    if not location:
+        return "nowhere (no Location header)"
+    target = urllib.parse.urlsplit(urllib.parse.urljoin(base, location))
+    return f"{target.scheme}://{target.netloc.rpartition('@')[2]}" if target.netloc else "?"
 
 
 def _form_quote(value: str) -> str:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import re
+import shutil
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mcp_backend.errors import InvalidArguments
+from mcp_backend.access import plural
+from mcp_backend.clusters import Api
+from mcp_backend.errors import AccessDenied, ClusterError, InvalidArguments, ToolFailure
+from mcp_backend.helm import ChartSource, chart_crd_files, chart_source, manifest_kinds
 from mcp_backend.output import ToolOutput, align
 from mcp_backend.tools.base import LIST_PROPS, Annotations, R, ToolContext, ToolSpec, prop
 from mcp_backend.tools.pods import DEFAULT_NAMESPACE
@@ -30,27 +35,34 @@ def _namespace(ctx: ToolContext) -> str:
 
 
 async def helm_install(ctx: ToolContext) -> ToolOutput:
-    chart = ctx.req("chart")
-    if chart.startswith("-") or any(c.isspace() for c in chart):
-        raise InvalidArguments(f"chart {chart!r} is not a chart reference, path or URL")
+    source = chart_source(ctx.req("chart"), ctx.settings.helm_chart_sources)
     namespace = _namespace(ctx)
     name = ctx.text("name")
     if name is not None:
         checked(name, "release name", 53)
     api = await ctx.api()
     values = ctx.obj("values")
-    args = ["install", *([name] if name else []), chart, "--namespace", namespace, "-o", "json"]
-    if not name:
-        args.append("--generate-name")
     files = {}
     if values:
         files["values.yaml"] = yaml.safe_dump(values)
-        args += ["--values", "{home}/values.yaml"]
-    # Render first (client-side dry run) so a chart cannot create a kind this server denies.
-    rendered = await ctx.helm.run_json(api, [*args, "--dry-run"], files=files) or {}
-    for group, kind in rendered_kinds(rendered):
-        ctx.clusters.access.check_kind(group, kind)
-    release = await ctx.helm.run_json(api, args, files=files) or {}
+    with ctx.helm.workdir() as home:
+        # Fetch the chart once: the checks and the install read the very same archive.
+        archive = await _fetch_chart(ctx, api, source, home)
+        args = ["install", *([name] if name else []), str(archive), "--namespace", namespace]
+        args += ["-o", "json", *([] if name else ["--generate-name"])]
+        if values:
+            args += ["--values", "{home}/values.yaml"]
+        # helm creates the crds/ files as they are, then the rendered templates and hooks.
+        kinds: set[tuple[str, str]] = set()
+        for path, text in chart_crd_files(archive):
+            kinds |= manifest_kinds(text, f"the chart's {path}")
+        # Render first: a server-side dry run, so lookup functions see the real cluster.
+        rendered = await ctx.helm.run_json(api, [*args, "--dry-run=server"], files=files, home=home)
+        kinds |= rendered_kinds(rendered)
+        refuse_denied_kinds(
+            ctx, kinds, "helm_install refused, nothing was installed: the chart creates"
+        )
+        release = await ctx.helm.run_json(api, args, files=files, home=home) or {}
     info = release.get("info") or {}
     chart_meta = (release.get("chart") or {}).get("metadata") or {}
     summary = {
@@ -68,17 +80,58 @@ async def helm_install(ctx: ToolContext) -> ToolOutput:
     return ToolOutput(text=text, structured=summary)
 
 
-def rendered_kinds(release: dict[str, Any]) -> set[tuple[str, str]]:
-    """(group, kind) of every object in a rendered release, hooks included."""
-    texts = [str(release.get("manifest") or "")]
-    texts += [str(h.get("manifest") or "") for h in release.get("hooks") or []]
-    kinds: set[tuple[str, str]] = set()
-    for text in texts:
-        for doc in yaml.safe_load_all(text):
-            if isinstance(doc, dict) and doc.get("kind"):
-                group = str(doc.get("apiVersion", "")).rpartition("/")[0]
-                kinds.add((group, str(doc["kind"])))
+async def _fetch_chart(ctx: ToolContext, api: Api, source: ChartSource, home: Path) -> Path:
+    """The chart as one archive in the call's private directory: pulled once from a remote
+    source, packaged (directory) or copied (archive) from an allowed local path."""
+    dest = home / "chart"
+    if not source.local:
+        dest.mkdir()
+        await ctx.helm.run(api, ["pull", source.ref, "--destination", str(dest)], home=home)
+    elif _copy_local_archive(source.ref, dest) == "directory":
+        await ctx.helm.run(api, ["package", source.ref, "--destination", str(dest)], home=home)
+    return _single_archive(source.ref, dest)
+
+
+def _copy_local_archive(ref: str, dest: Path) -> str:
+    """Make ``dest``; copy a local chart archive into it ('archive'), or say 'directory'."""
+    dest.mkdir()
+    path = Path(ref)
+    if path.is_dir():
+        return "directory"
+    if not path.is_file():
+        raise InvalidArguments(f"chart {ref!r} does not exist on the server")
+    shutil.copyfile(path, dest / "chart.tgz")
+    return "archive"
+
+
+def _single_archive(ref: str, dest: Path) -> Path:
+    archives = [p for p in dest.iterdir() if p.is_file() and p.suffix != ".prov"]
+    if len(archives) != 1:
+        raise ToolFailure(f"fetching chart {ref!r} gave no single chart archive")
+    return archives[0]
+
+
+def rendered_kinds(release: Any) -> set[tuple[str, str]]:
+    """(group, kind) of every object in a rendered release, hooks and List items included."""
+    if not isinstance(release, dict):
+        raise ToolFailure("helm printed no release to check the kinds of; nothing was changed")
+    kinds = manifest_kinds(str(release.get("manifest") or ""))
+    for hook in release.get("hooks") or []:
+        if isinstance(hook, dict):
+            where = f"the hook {hook.get('path') or hook.get('name') or ''}"
+            kinds |= manifest_kinds(str(hook.get("manifest") or ""), where)
     return kinds
+
+
+def refuse_denied_kinds(ctx: ToolContext, kinds: set[tuple[str, str]], what: str) -> None:
+    """Raise :class:`AccessDenied` naming every denied kind among ``kinds``."""
+    reasons = []
+    for group, kind in sorted(kinds):
+        reason = ctx.clusters.access.denial(group, plural(kind), kind)
+        if reason is not None:
+            reasons.append(f"{kind} ({group or 'core'}): {reason}")
+    if reasons:
+        raise AccessDenied(f"{what} {'; '.join(reasons)}")
 
 
 async def helm_list(ctx: ToolContext) -> ToolOutput:
@@ -122,6 +175,26 @@ async def helm_uninstall(ctx: ToolContext) -> ToolOutput:
     name = checked(ctx.req("name"), "release name", 53)
     namespace = _namespace(ctx)
     api = await ctx.api()
+    # What uninstall deletes (the last release's manifest) and the delete hooks it runs.
+    try:
+        release = await ctx.helm.run_json(
+            api, ["status", name, "--namespace", namespace, "-o", "json"]
+        )
+    except ClusterError:
+        raise
+    except ToolFailure as exc:
+        if "not found" not in exc.message:
+            raise
+        raise ToolFailure(
+            f"helm release {name!r} not found in namespace {namespace!r} on cluster "
+            f"{api.name!r}; helm_list shows the releases"
+        ) from None
+    refuse_denied_kinds(
+        ctx,
+        rendered_kinds(release),
+        f"helm_uninstall of {name!r} refused, nothing was removed: the release (its objects and "
+        "delete hooks) holds",
+    )
     out = await ctx.helm.run(api, ["uninstall", name, "--namespace", namespace])
     return ToolOutput(text=out.strip() + f" (cluster {api.name!r})\n")
 

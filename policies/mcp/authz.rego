@@ -13,8 +13,13 @@
 #     method     JSON-RPC method ("tools/call", "tools/list", "initialize", ...)
 #     server     the MCP server, x-mcp-servername ("namespace/name")
 #     tool       {"name": "pods_list", "annotations": {"readOnly": true, ...}}
-#     arguments  the tools/call arguments; absent when the request body was not available
-#     claims     the verified token claims (resource_access, groups, preferred_username, ...)
+#     arguments  the tools/call arguments the policy reads, projected by the service
+#                (gateway_plugins.policy.input.POLICY_ARGUMENTS): namespace (string) and
+#                all_namespaces (boolean) only; never access_token, manifests or other values.
+#                Absent when the request body was not available. A rule reading another
+#                argument must add it to POLICY_ARGUMENTS first.
+#     claims     the verified token claims the policy reads (POLICY_CLAIMS: iss, sub,
+#                preferred_username, resource_access, realm_access, groups, azp)
 #     subject    {"name": display name for reasons}
 #     catalogue  optional, for tools/list: {server: [{"name": ..., "annotations": {...}}]};
 #                else data.mcp.catalogue; else the user's roles of clients named like servers.

@@ -8,6 +8,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -18,7 +19,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult, TextContent
 
 from mcp_backend.app import Backend, create_backend
-from mcp_backend.config import Settings
+from mcp_backend.config import DEFAULT_CHART_SOURCES, Settings
 from tests.testbed import build
 from tests.testbed.cluster import Cluster
 from tests.testbed.ports import free_port
@@ -93,12 +94,42 @@ BackendFactory = Callable[..., Any]
 
 
 @pytest.fixture(scope="session")
+def charts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one local directory the test backends accept charts from (``helm_chart_sources``)."""
+    return tmp_path_factory.mktemp("charts")
+
+
+def chart_sources(charts_dir: Path, *extra: str) -> list[str]:
+    """The default chart sources plus the tests' local chart directory (and ``extra``)."""
+    return [*DEFAULT_CHART_SOURCES, str(charts_dir), *extra]
+
+
+CHART_YAML = "apiVersion: v2\nname: tiny\nversion: 0.1.0\nappVersion: '1.0'\n"
+TEMPLATE = (
+    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\n"
+    'data:\n  greeting: {{ .Values.greeting | default "hello" | quote }}\n'
+)
+
+
+@pytest.fixture
+def tiny_chart(charts_dir: Path, tmp_path: Path) -> Path:
+    """A local chart in the directory the test backends allow (``helm_chart_sources``)."""
+    chart = charts_dir / tmp_path.name / "tiny"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text(CHART_YAML)
+    (chart / "templates" / "cm.yaml").write_text(TEMPLATE)
+    return chart
+
+
+@pytest.fixture(scope="session")
 async def backend_factory(
-    cluster_a: Cluster, cluster_b: Cluster
+    cluster_a: Cluster, cluster_b: Cluster, charts_dir: Path
 ) -> AsyncIterator[Callable[..., Any]]:
     """``await backend_factory(**settings_overrides)`` → a running backend for clusters A + B.
 
-    Backends are cached per overrides for the session and all stopped at the end.
+    Local charts are allowed from ``charts_dir`` only (configured explicitly: the default
+    ``helm_chart_sources`` refuse local paths). Backends are cached per overrides for the
+    session and all stopped at the end.
     """
     started: dict[str, RunningBackend] = {}
     helm = str(build.binary("helm"))
@@ -109,6 +140,7 @@ async def backend_factory(
             data: dict[str, Any] = {
                 "clusters": [cluster_entry(cluster_a, default=True), cluster_entry(cluster_b)],
                 "helm_binary": helm,
+                "helm_chart_sources": chart_sources(charts_dir),
                 **overrides,
             }
             started[key] = await start_backend(Settings.model_validate(data))

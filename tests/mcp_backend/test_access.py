@@ -145,3 +145,16 @@ def test_names_must_be_plain_path_segments() -> None:
     for path in ("/api/v1/namespaces/x/pods/../secrets", "/api/v1/pods?x=1", "/api/v1/%2e%2e"):
         with pytest.raises(InvalidArguments, match="invalid object name"):
             _check_path(path)
+
+
+@pytest.mark.parametrize("configured", ["Secret", "secret", "secrets", "SECRETS"])
+def test_denied_kind_matches_kind_or_resource_name_case_insensitively(configured: str) -> None:
+    policy = AccessPolicy([DeniedKind.model_validate({"kind": configured})])
+    with pytest.raises(AccessDenied, match="denied by this server's policy"):
+        policy.check_request("GET", "/api/v1/namespaces/a/secrets/s")
+    with pytest.raises(AccessDenied, match="denied by this server's policy"):
+        policy.check_kind("", "Secret")
+    with pytest.raises(AccessDenied, match="denied by this server's policy"):
+        policy.check_kind("", "Secret", "secrets")
+    assert policy.check_request("GET", "/api/v1/namespaces/a/configmaps") is not None
+    assert policy.denial("apps", "secrets") is None  # the group still has to match

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from mcp_backend.cli import FLAGS, parser
@@ -86,3 +87,41 @@ def test_json_logs_carry_request_id_and_never_a_token() -> None:
     assert line["request_id"] == "req-42"
     assert line["tool"] == "pods_list"
     assert jwt not in json.dumps(line)
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("POST /token access_token=opaque-abc123&expires_in=300", "opaque-abc123"),
+        ('{"access_token": "opaque-abc123", "token_type": "Bearer"}', "opaque-abc123"),
+        ("{'client_secret': 's3cr3t-value'}", "s3cr3t-value"),
+        ('body {\\"token\\":\\"opaque-abc123\\"}', "opaque-abc123"),
+        ("token: opaque-abc123", "opaque-abc123"),
+        ("client_secret=s3cr3t-value; next", "s3cr3t-value"),
+        ("redirect?x=1&refresh_token%3Dopaque-abc123", "opaque-abc123"),
+        ("header=Bearer%20opaque-abc123", "opaque-abc123"),
+        ("Authorization: bearer opaque-abc123", "opaque-abc123"),
+        ("user token sha256~AbCdEf0123456789_xyz-987 rejected", "AbCdEf0123456789_xyz-987"),
+    ],
+)
+def test_scrub_redacts_key_values_encoded_bearers_and_opaque_tokens(text: str, secret: str) -> None:
+    scrubbed = scrub(text)
+    assert secret not in scrubbed
+    assert "<redacted>" in scrubbed
+
+
+def test_scrub_keeps_ordinary_text() -> None:
+    text = "listed 3 pods in mcpb (tokens=2, duration_ms=12)"
+    assert scrub(text) == text
+
+
+def test_non_string_log_extras_are_serialised_then_redacted() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "call", (), None)
+    record.tool = {"name": "pods_list", "access_token": "opaque-abc123"}
+    record.cluster = ["a", "Bearer opaque-def456"]
+    record.duration_ms = 12
+    line = json.loads(JsonFormatter().format(record))
+    assert "opaque-abc123" not in json.dumps(line)
+    assert "opaque-def456" not in json.dumps(line)
+    assert "pods_list" in line["tool"]
+    assert line["duration_ms"] == 12

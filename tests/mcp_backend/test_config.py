@@ -136,3 +136,28 @@ def test_in_cluster_mode_uses_the_service_env_and_mounted_ca() -> None:
     )
     with pytest.raises(SettingsError, match="KUBERNETES_SERVICE_HOST is not"):
         in_cluster_config({})
+
+
+def test_denied_kinds_are_validated_at_load() -> None:
+    for entry, field in (
+        ({"kind": "v1/Secret"}, "kind"),
+        ({"kind": "Secret "}, None),  # surrounding blanks are trimmed, not an error
+        ({"group": "rbac.authorization.k8s.io/v1"}, "group"),
+        ({"group": "Apps Group", "kind": "Deployment"}, "group"),
+    ):
+        if field is None:
+            assert load_settings(overrides={"denied_kinds": [entry]}, environ={})
+            continue
+        with pytest.raises(SettingsError, match=rf"denied_kinds\.0\.{field}"):
+            load_settings(overrides={"denied_kinds": [entry]}, environ={})
+    core = {"group": "core", "kind": "Secret"}
+    settings = load_settings(overrides={"denied_kinds": [core]}, environ={})
+    assert settings.denied_kinds[0].group == ""
+
+
+def test_helm_chart_sources_default_and_refuse_an_empty_prefix() -> None:
+    assert Settings().helm_chart_sources == ["oci://", "https://"]
+    with pytest.raises(SettingsError, match="helm_chart_sources"):
+        load_settings(overrides={"helm_chart_sources": ["https://", " "]}, environ={})
+    env = {"KMG_BACKEND_HELM_CHART_SOURCES": '["oci://", "/srv/charts"]'}
+    assert load_settings(environ=env).helm_chart_sources == ["oci://", "/srv/charts"]

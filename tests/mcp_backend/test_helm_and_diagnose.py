@@ -6,24 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.mcp_backend.conftest import NS, WEB_REPLICAS, Tokens, text_of
-
-CHART_YAML = "apiVersion: v2\nname: tiny\nversion: 0.1.0\nappVersion: '1.0'\n"
-TEMPLATE = (
-    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\n"
-    'data:\n  greeting: {{ .Values.greeting | default "hello" | quote }}\n'
-)
-
-
-@pytest.fixture
-def tiny_chart(tmp_path: Path) -> Path:
-    chart = tmp_path / "tiny"
-    (chart / "templates").mkdir(parents=True)
-    (chart / "Chart.yaml").write_text(CHART_YAML)
-    (chart / "templates" / "cm.yaml").write_text(TEMPLATE)
-    return chart
 
 
 async def test_helm_install_list_uninstall(

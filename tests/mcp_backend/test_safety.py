@@ -120,6 +120,31 @@ async def test_denied_kinds_configurable(
     assert not sa.is_error, text_of(sa)  # the list replaced the defaults
 
 
+async def test_denied_kinds_match_resource_names_case_insensitively(
+    backend_factory: Any, tokens: Tokens, workloads: dict[str, Any]
+) -> None:
+    # `secrets` (the resource name) and `configmap` (lower case) once silently denied nothing.
+    running = await backend_factory(denied_kinds=[{"kind": "secrets"}, {"kind": "configmap"}])
+    async with mcp_client(running.url, tokens.admin) as client:
+        secret = await client.call_tool(
+            "resources_get",
+            {"apiVersion": "v1", "kind": "Secret", "name": "db-creds", "namespace": NS},
+        )
+        secrets = await client.call_tool(
+            "resources_list", {"apiVersion": "v1", "kind": "Secret", "namespace": NS}
+        )
+        cm = await client.call_tool(
+            "resources_get",
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "settings", "namespace": NS},
+        )
+        pods = await client.call_tool("pods_list_in_namespace", {"namespace": NS})
+    for result in (secret, secrets, cm):
+        assert result.is_error
+        assert "denied by this server's policy" in text_of(result)
+    assert "hunter2" not in text_of(secret) + text_of(secrets)
+    assert not pods.is_error, text_of(pods)
+
+
 async def test_path_tricks_in_names_cannot_bypass_the_access_layer(
     connect: Any, tokens: Tokens, workloads: dict[str, Any]
 ) -> None:

@@ -8,10 +8,13 @@ live in the token exchange integration suite.
 
 from __future__ import annotations
 
+import ssl
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import jwt
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -41,13 +44,20 @@ def public_jwk(kid: str, key: PrivateKey) -> dict[str, Any]:
 
 
 class LocalIssuer:
-    """Serves ``/realms/<realm>/.well-known/openid-configuration`` and ``.../certs``."""
+    """Serves ``/realms/<realm>/.well-known/openid-configuration`` and ``.../certs``.
 
-    def __init__(self, realm: str = "test") -> None:
+    With ``tls`` (a server-side SSL context) it is an ``https`` issuer. ``jwks_uri`` overrides the
+    key URL its discovery document names; ``/redirect`` answers 307 to ``redirect_to``.
+    """
+
+    def __init__(self, realm: str = "test", *, tls: ssl.SSLContext | None = None) -> None:
         self.realm = realm
         self.keys: dict[str, PrivateKey] = {"rsa-1": new_rsa()}
         self.hits = {"discovery": 0, "jwks": 0}
         self.failing = False  # answer 503 to everything while True
+        self.jwks_uri: str | None = None
+        self.redirect_to = ""
+        self._tls = tls
         self._server: TestServer | None = None
 
     @property
@@ -59,9 +69,18 @@ class LocalIssuer:
         app = web.Application()
         app.router.add_get(f"/realms/{self.realm}/.well-known/openid-configuration", self._disc)
         app.router.add_get(f"/realms/{self.realm}/protocol/openid-connect/certs", self._jwks)
+        app.router.add_get("/redirect", self._redirect)
         self._server = TestServer(app, host="127.0.0.1")
-        await self._server.start_server()
+        await self._server.start_server(ssl=self._tls)
         return self
+
+    @property
+    def certs_url(self) -> str:
+        return f"{self.issuer}/protocol/openid-connect/certs"
+
+    def url(self, path: str) -> str:
+        assert self._server is not None, "start() the issuer first"
+        return str(self._server.make_url(path))
 
     async def close(self) -> None:
         if self._server is not None:
@@ -74,7 +93,7 @@ class LocalIssuer:
         return web.json_response(
             {
                 "issuer": self.issuer,
-                "jwks_uri": f"{self.issuer}/protocol/openid-connect/certs",
+                "jwks_uri": self.jwks_uri or self.certs_url,
                 "token_endpoint": f"{self.issuer}/protocol/openid-connect/token",
             }
         )
@@ -84,6 +103,9 @@ class LocalIssuer:
         if self.failing:
             return web.Response(status=503)
         return web.json_response({"keys": [public_jwk(k, v) for k, v in self.keys.items()]})
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(self.redirect_to)
 
     def claims(self, sub: str = "user-1", **extra: Any) -> dict[str, Any]:
         now = int(time.time())
@@ -115,3 +137,11 @@ class LocalIssuer:
 
     def token(self, sub: str = "user-1", *, kid: str = "rsa-1", **extra: Any) -> str:
         return self.sign(self.claims(sub, **extra), kid=kid)
+
+
+@dataclass
+class TLSIssuer:
+    """An ``https`` local issuer and a client session that trusts its CA."""
+
+    issuer: LocalIssuer
+    session: aiohttp.ClientSession

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import time
 
 import aiohttp
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway_plugins.common.jwks import JWKSCache
 from gateway_plugins.common.jwt_validation import (
+    KEYS_UNAVAILABLE,
     InvalidToken,
     IssuerConfig,
     JWTValidator,
@@ -170,11 +172,78 @@ async def test_audience_enforced_when_configured(
 
 
 async def test_issuer_down_without_keys_is_unavailable_not_invalid(
-    issuer: LocalIssuer, session: aiohttp.ClientSession
+    issuer: LocalIssuer, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ):
     issuer.failing = True
-    with pytest.raises(ValidationUnavailable, match="HTTP 503"):
-        await _validator(issuer, session).validate(issuer.token())
+    validator = _validator(issuer, session)
+    with (
+        caplog.at_level(logging.WARNING, logger="gateway_plugins.common.jwt_validation"),
+        pytest.raises(ValidationUnavailable) as info,
+    ):
+        await validator.validate(issuer.token())
+    # The caller (not authenticated yet) gets a generic message: no internal URL, no error.
+    assert str(info.value) == KEYS_UNAVAILABLE
+    assert "127.0.0.1" not in str(info.value)
+    # The operator gets the detail in the log (and on the exception, for logging only).
+    assert "HTTP 503" in info.value.detail
+    assert issuer.issuer in info.value.detail
+    assert "HTTP 503" in caplog.text
+    assert f"{issuer.issuer}/.well-known/openid-configuration" in caplog.text
+
+
+async def test_issuer_without_audiences_is_warned_about_at_start(
+    issuer: LocalIssuer, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+):
+    with caplog.at_level(logging.WARNING, logger="gateway_plugins.common.jwt_validation"):
+        permissive = _validator(issuer, session)
+    assert f"issuer {issuer.issuer} has no audiences configured" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gateway_plugins.common.jwt_validation"):
+        _validator(issuer, session, audiences=["gateway"])
+    assert "no audiences" not in caplog.text
+    # Still permissive (compatible default): any audience passes.
+    assert (await permissive.validate(issuer.token(aud="anything")))["aud"] == "anything"
+
+
+@pytest.mark.parametrize("typ", ["Bearer", "bearer", "at+jwt", None])
+async def test_access_token_typ_claims_accepted(
+    issuer: LocalIssuer, session: aiohttp.ClientSession, typ: str | None
+):
+    claims = await _validator(issuer, session).validate(issuer.token(typ=typ))
+    assert claims.get("typ") == typ
+
+
+@pytest.mark.parametrize("typ", ["ID", "Refresh", "Offline", "Logout", "Serialized-ID", "", 7])
+async def test_non_access_token_typ_claims_refused(
+    issuer: LocalIssuer, session: aiohttp.ClientSession, typ: object
+):
+    reason = await _reason(_validator(issuer, session), issuer.token(typ=typ))
+    assert reason.startswith("not an access token"), reason
+
+
+@pytest.mark.parametrize("header_typ", ["JWT", "at+jwt", "application/at+jwt"])
+async def test_access_token_typ_headers_accepted(
+    issuer: LocalIssuer, session: aiohttp.ClientSession, header_typ: str
+):
+    token = issuer.sign(issuer.claims(typ="Bearer"), headers={"typ": header_typ})
+    assert jwt.get_unverified_header(token)["typ"] == header_typ
+    assert (await _validator(issuer, session).validate(token))["typ"] == "Bearer"
+
+
+@pytest.mark.parametrize("header_typ", ["logout+jwt", "secevent+jwt", "id_token+jwt", "dpop+jwt"])
+async def test_other_typed_jwts_refused(
+    issuer: LocalIssuer, session: aiohttp.ClientSession, header_typ: str
+):
+    token = issuer.sign(issuer.claims(), headers={"typ": header_typ})
+    reason = await _reason(_validator(issuer, session), token)
+    assert reason == f"not an access token (header typ '{header_typ}'); send an access token"
+
+
+async def test_type_is_checked_after_the_signature(
+    issuer: LocalIssuer, session: aiohttp.ClientSession
+):
+    forged = issuer.sign(issuer.claims(typ="ID"), key=new_rsa())
+    assert await _reason(_validator(issuer, session), forged) == "signature verification failed"
 
 
 def test_unsafe_algorithms_rejected_at_construction(session: aiohttp.ClientSession) -> None:

@@ -27,7 +27,7 @@ from gateway_plugins.policy.engines import (
     PolicySourceError,
     load_policy_source,
 )
-from gateway_plugins.policy.input import normalize_allowed
+from gateway_plugins.policy.input import normalize_allowed, policy_arguments
 from tests.gateway_plugins.policy.running import POLICIES
 from tests.testbed.opa_server import OpaServer
 
@@ -164,6 +164,55 @@ async def test_generated_requests_same_in_both_engines(
         await embedded.close()
         await server.close()
     assert outcomes == {True, False}, "the generated requests must exercise allow and deny"
+
+
+def _projected(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` as the service builds it: only the arguments the policy reads."""
+    return {**doc, "arguments": policy_arguments(doc["arguments"])}
+
+
+async def test_projected_arguments_decide_like_the_full_arguments_in_both_engines(
+    policy_opa: OpaServer,
+) -> None:
+    """The service keeps only POLICY_ARGUMENTS in the input: the shipped policy must decide the
+    projected input exactly like the full one (same allow, same reason), in both engines."""
+    checked = 0
+    for config_key, cases in _groups():
+        calls = [c for c in cases if c["entrypoint"] == "decision" and "arguments" in c["input"]]
+        if not calls:
+            continue
+        embedded, server = await _engines(policy_opa, _source(json.loads(config_key)))
+        try:
+            for case in calls:
+                full = await server.decide(case["input"])
+                projected = _projected(case["input"])
+                assert await server.decide(projected) == full, case["name"]
+                assert await embedded.decide(projected) == full, case["name"]
+                checked += 1
+        finally:
+            await embedded.close()
+            await server.close()
+    assert checked >= 5
+    embedded, server = await _engines(policy_opa, PolicySource(DEFAULT.modules, _CONFIG))
+    rng = random.Random(20261122)
+    junk = {"access_token": "eyJ.e30.sig", "resource": "kind: Secret", "command": ["sh"]}
+    outcomes: set[bool] = set()
+    try:
+        for _ in range(200):
+            doc = _random_request(rng)
+            if "arguments" not in doc:
+                continue
+            doc["arguments"] |= {k: v for k, v in junk.items() if rng.random() < 0.5}
+            if rng.random() < 0.2:
+                doc["arguments"]["all_namespaces"] = rng.choice([True, False, "yes", 1, None])
+            full = await server.decide(doc)
+            assert await server.decide(_projected(doc)) == full, doc
+            assert await embedded.decide(_projected(doc)) == full, doc
+            outcomes.add(full.allow)
+    finally:
+        await embedded.close()
+        await server.close()
+    assert outcomes == {True, False}
 
 
 async def test_decision_cache_is_exact() -> None:

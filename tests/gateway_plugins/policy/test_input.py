@@ -92,7 +92,91 @@ def test_call_input_keeps_only_policy_claims_and_a_safe_name() -> None:
     assert doc["subject"] == {"name": "ev?il?name"}
     assert "arguments" not in doc
     assert pi.call_input(method="tools/call", server="x/y", tool="t", annotations={}, claims={},
-                         arguments={"a": 1})["arguments"] == {"a": 1}  # fmt: skip
+                         arguments={"a": 1})["arguments"] == {}  # fmt: skip
+
+
+def test_claims_projection_keeps_the_issuer() -> None:
+    claims = {"iss": "https://idp.example/realms/a", "sub": "s", "email": "a@b", "jti": "j"}
+    assert pi.policy_claims(claims) == {"iss": "https://idp.example/realms/a", "sub": "s"}
+
+
+def test_arguments_projection_keeps_only_what_the_policy_reads() -> None:
+    secret = "apiVersion: v1\nkind: Secret\nstringData:\n  password: hunter2\n"
+    arguments = {
+        "namespace": "default",
+        "all_namespaces": True,
+        "name": "db",
+        "access_token": "eyJhbGciOiJSUzI1NiJ9.e30.sig",
+        "resource": secret,
+        "command": ["sh", "-c", "cat /etc/shadow"],
+    }
+    doc = pi.call_input(method="tools/call", server="x/y", tool="resources_create_or_update",
+                        annotations={}, claims={}, arguments=arguments)  # fmt: skip
+    assert doc["arguments"] == {"namespace": "default", "all_namespaces": True}
+    text = json.dumps(doc)
+    assert "hunter2" not in text
+    assert "eyJhbGciOiJSUzI1NiJ9" not in text
+    assert "access_token" not in pi.POLICY_ARGUMENTS
+    # Values of another type are left out (the policy only acts on a string and on true).
+    assert pi.policy_arguments({"namespace": None, "all_namespaces": "yes"}) == {}
+
+
+def _body(doc: object) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def test_request_body_gives_method_tool_and_arguments() -> None:
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "pods_exec", "arguments": {"namespace": "kube-system"}}}  # fmt: skip
+    body = pi.parse_request_body(_body(call))
+    assert body == pi.RequestBody("tools/call", "pods_exec", {"namespace": "kube-system"})
+    ping = pi.parse_request_body(_body({"jsonrpc": "2.0", "id": 2, "method": "ping"}))
+    assert ping == pi.RequestBody("ping", None, None)
+    response = pi.parse_request_body(_body({"jsonrpc": "2.0", "id": 3, "result": {}}))
+    assert response == pi.RequestBody(None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "not valid JSON-RPC"),
+        (b'[{"method": "tools/call"}]', "batches are not supported"),
+        (b'{"method": 5}', "method of the JSON-RPC body must be a string"),
+        (b'{"method": "tools/call"}', "JSON-RPC request with params"),
+        (b'{"method": "tools/call", "params": {"name": "a b"}}', "params.name"),
+        (b'{"method": "ping", "method": "tools/call", "params": {"name": "x"}}', "repeats the key"),
+        (b'{"method": "tools/call", "params": {"name": "pods_list", "name": "pods_exec"}}',
+         "repeats the key 'name'"),
+    ],
+)  # fmt: skip
+def test_unusable_request_bodies_are_refused(body: bytes, message: str) -> None:
+    with pytest.raises(pi.InputError, match=message):
+        pi.parse_request_body(body)
+
+
+def test_headers_must_describe_the_body() -> None:
+    delete = pi.RequestBody("tools/call", "resources_delete", {})
+    with pytest.raises(
+        pi.HeaderMismatch, match="x-mcp-method says ping but the body is a tools/call"
+    ):
+        pi.reconcile("ping", "", delete)
+    with pytest.raises(
+        pi.HeaderMismatch, match="x-mcp-toolname says pods_list but the body calls resources_delete"
+    ):
+        pi.reconcile("tools/call", "pods_list", delete)
+    with pytest.raises(pi.HeaderMismatch, match="body is a JSON-RPC message without a method"):
+        pi.reconcile("initialize", "", pi.RequestBody(None, None, None))
+    with pytest.raises(pi.HeaderMismatch, match=r"says \?\?evil but"):
+        pi.reconcile('"\x07evil', "", delete)  # quote and control character made safe
+    # Missing headers take the body's values; agreeing headers pass through.
+    assert pi.reconcile("", "", delete) == ("tools/call", "resources_delete")
+    assert pi.reconcile("tools/call", "resources_delete", delete) == (
+        "tools/call",
+        "resources_delete",
+    )
+    # The router's initialize on behalf of a call names the tool in the header only.
+    initialize = pi.RequestBody("initialize", None, None)
+    assert pi.reconcile("initialize", "pods_list", initialize) == ("initialize", "pods_list")
 
 
 def test_catalogue_normalizes_mcp_tools_and_drops_bad_names() -> None:

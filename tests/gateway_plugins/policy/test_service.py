@@ -23,6 +23,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from gateway_plugins.policy.app import service_of
+from gateway_plugins.policy.engines import EmbeddedEngine
 from gateway_plugins.policy.wristband import LEGACY_HEADER, verify
 from tests.gateway_plugins.policy.running import (
     CHANGING_TOOLS,
@@ -554,3 +556,162 @@ async def test_opa_mode_decides_like_embedded_then_fails_closed_and_recovers(
         assert (status, payload["allow"]) == (200, True)
         async with http.get(f"{svc.url}/readyz") as resp:
             assert resp.status == 200
+
+
+# --- the body must match the headers
+
+
+async def test_headers_that_disagree_with_the_body_are_denied(
+    http: aiohttp.ClientSession, service: RunningPolicy, viewer_token: str
+) -> None:
+    delete = _call_body("resources_delete", {"namespace": "default", "name": "x"})
+    # x-mcp-method says ping, no tool header: without the body check this was "names no tool".
+    status, payload, _ = await _check(http, service, _headers(viewer_token, "ping"), delete)
+    assert (status, payload["allow"]) == (403, False)
+    assert payload["reason"].startswith(
+        "denied: x-mcp-method says ping but the body is a tools/call request"
+    )
+    status, payload, _ = await _check(http, service, _headers(viewer_token, "tools/list"), delete)
+    assert (status, payload["allow"]) == (403, False)
+    assert "x-mcp-method says tools/list but the body is a tools/call" in payload["reason"]
+    # The tool header names an allowed tool, the body calls another one.
+    headers = _headers(viewer_token, "tools/call", "pods_list")
+    status, payload, _ = await _check(http, service, headers, delete)
+    assert (status, payload["allow"]) == (403, False)
+    assert "x-mcp-toolname says pods_list but the body calls resources_delete" in payload["reason"]
+    # Without x-mcp-method (and x-mcp-toolname) the body's method and tool are decided.
+    bare = {"Authorization": f"Bearer {viewer_token}", "x-mcp-servername": SERVER}
+    status, payload, _ = await _check(http, service, bare, delete)
+    assert (status, payload["allow"]) == (403, False)
+    assert (
+        payload["reason"] == f"viewer holds no role of {SERVER} that grants tool resources_delete"
+    )
+    status, payload, _ = await _check(http, service, bare, _call_body("pods_list", {}))
+    assert (status, payload["allow"]) == (200, True)
+    assert payload["reason"].startswith("viewer holds role ")  # decided on the body's tool
+    # A key sent twice could be read either way: refused.
+    twice = b'{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/call","params":{"name":"x"}}'
+    status, payload, _ = await _check(http, service, _headers(viewer_token, "ping"), twice)
+    assert (status, payload["allow"]) == (400, False)
+    assert "repeats the key 'method'" in payload["reason"]
+    # A cut body cannot show it is not a tools/call: refused for any other method.
+    partial = _headers(viewer_token, "initialize") | {"x-envoy-auth-partial-body": "true"}
+    status, payload, _ = await _check(http, service, partial, delete[:40])
+    assert (status, payload["allow"]) == (403, False)
+    assert "cut short by the proxy" in payload["reason"]
+    lines = [json.loads(line) for line in service.decision_log.read_text().splitlines()]
+    assert any(
+        e["decision"] == "deny" and "x-mcp-toolname says pods_list" in e["reason"] for e in lines
+    )
+
+
+async def test_headers_that_match_the_body_behave_as_before(
+    http: aiohttp.ClientSession, service: RunningPolicy, viewer_token: str
+) -> None:
+    initialize = json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+         "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"}}}
+    ).encode()  # fmt: skip
+    status, payload, _ = await _check(
+        http, service, _headers(viewer_token, "initialize"), initialize
+    )
+    assert (status, payload["allow"]) == (200, True)
+    assert payload["reason"] == "method initialize names no tool: no tool decision needed"
+    # The router's initialize on behalf of a call: the tool is in the header only.
+    status, payload, _ = await _check(
+        http, service, _headers(viewer_token, "initialize", "pods_delete"), initialize
+    )
+    assert (status, payload["allow"]) == (403, False)
+    assert payload["reason"] == f"viewer holds no role of {SERVER} that grants tool pods_delete"
+    # No body: the headers decide, as before.
+    status, payload, _ = await _check(http, service, _headers(viewer_token, "ping"))
+    assert (status, payload["allow"]) == (200, True)
+    listing = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).encode()
+    status, payload, _ = await _check(http, service, _headers(viewer_token, "tools/list"), listing)
+    assert (status, payload["allow"]) == (200, True)
+    assert payload["allowed_tools"][SERVER]
+
+
+# --- what reaches the engine: only the arguments the policy reads
+
+
+class _LoggingOpa(OpaServer):
+    """OPA with its decision log on the console (its log file): every input it decided on."""
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--set=decision_logs.console=true"]
+
+
+_SECRET_YAML = """apiVersion: v1
+kind: Secret
+metadata: {name: db, namespace: default}
+stringData: {password: %s}
+"""
+
+
+async def test_tool_arguments_beyond_the_policys_never_reach_opa(
+    http: aiohttp.ClientSession,
+    keycloak: Any,
+    policy_work: Path,
+    testbed_run_dir: Path,
+    mcp_token: str,
+    viewer_token: str,
+) -> None:
+    marker = f"pw-{uuid.uuid4().hex}"
+    opa = _LoggingOpa(testbed_run_dir, load=[], name="opa-decision-log").start()
+    settings = policy_settings(keycloak, policy_work / "opa-log", engine="opa", opa_url=opa.url)
+    arguments = {
+        "namespace": "default",
+        "resource": _SECRET_YAML % marker,
+        "access_token": viewer_token,  # the backend accepts a bearer token in arguments
+    }
+    try:
+        async with running_policy(settings) as svc:
+            tool = "resources_create_or_update"
+            status, payload, _ = await _check(
+                http, svc, _headers(mcp_token, "tools/call", tool), _call_body(tool, arguments)
+            )
+            assert (status, payload["allow"]) == (200, True), payload
+        log_path = testbed_run_dir / "opa-decision-log.log"
+        for _ in range(50):
+            entries = [
+                json.loads(line)
+                for line in log_path.read_text().splitlines()
+                if line.startswith("{") and '"decision_id"' in line
+            ]
+            if any(e.get("input", {}).get("tool", {}).get("name") == tool for e in entries):
+                break
+            await asyncio.sleep(0.1)
+        logged = [e for e in entries if e.get("input", {}).get("tool", {}).get("name") == tool]
+        assert logged, "OPA logged no decision for the call"
+        assert logged[0]["input"]["arguments"] == {"namespace": "default"}
+        assert logged[0]["input"]["claims"]["iss"] == keycloak.issuer(REALM_MCP)
+        text = log_path.read_text()
+        assert marker not in text
+        assert viewer_token.split(".")[1] not in text
+    finally:
+        opa.stop()
+
+
+async def test_decision_cache_key_ignores_arguments_the_policy_does_not_read(
+    http: aiohttp.ClientSession, service: RunningPolicy, mcp_token: str, viewer_token: str
+) -> None:
+    engine = service_of(service.app).engine
+    assert isinstance(engine, EmbeddedEngine)
+    tool = "resources_create_or_update"
+    headers = _headers(mcp_token, "tools/call", tool)
+    namespace = f"ns-{uuid.uuid4().hex[:8]}"  # an input no other test decided
+    first = {"namespace": namespace, "resource": _SECRET_YAML % "one", "access_token": "a.b.c"}
+    second = {
+        "namespace": namespace,
+        "resource": _SECRET_YAML % "two",
+        "access_token": viewer_token,
+    }
+    hits = engine.cache_hits
+    status, _, _ = await _check(http, service, headers, _call_body(tool, first))
+    assert status == 200
+    assert engine.cache_hits == hits
+    status, _, _ = await _check(http, service, headers, _call_body(tool, second))
+    assert status == 200
+    assert engine.cache_hits == hits + 1  # same projected input: one cache entry, no token in it

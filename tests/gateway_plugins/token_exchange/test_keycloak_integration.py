@@ -230,6 +230,55 @@ async def test_bad_tokens_get_401_before_any_keycloak_call(
     assert service.sts_calls() == before
 
 
+async def test_keycloak_id_and_refresh_tokens_are_refused(
+    keycloak: kc.Keycloak, service: RunningService, http: aiohttp.ClientSession
+) -> None:
+    """An ID token (scope openid) is signed by the trusted realm with its usual key: only its
+    type tells it apart. It must not pass for an access token, at /check or at the facade."""
+    body = await asyncio.to_thread(
+        keycloak.post_form,
+        keycloak.token_url(REALM_MCP),
+        {
+            "grant_type": "password",
+            "username": "mcp",
+            "password": "mcp",
+            "client_id": kc.TEST_CLIENT_ID,
+            "scope": "openid",
+        },
+        what="password grant with an ID token",
+    )
+    access, id_token, refresh = body["access_token"], body["id_token"], body["refresh_token"]
+    assert decode_jwt(access)["typ"] == "Bearer"
+    assert decode_jwt(id_token)["typ"] == "ID"
+    assert decode_jwt(refresh)["typ"] == "Refresh"
+    assert jwt.get_unverified_header(id_token)["kid"] == jwt.get_unverified_header(access)["kid"]
+    before = service.sts_calls()
+
+    status, headers, answer = await _check(http, service, id_token, BACKEND_AUDIENCE)
+    assert status == 401, answer
+    assert answer["reason"].startswith("not an access token (typ 'ID'"), answer
+    assert 'error="invalid_token"' in headers["WWW-Authenticate"]
+    assert id_token not in json.dumps(answer)
+    status, _, answer = await _check(http, service, refresh, BACKEND_AUDIENCE)
+    assert status == 401, answer  # Keycloak signs refresh tokens with HS512 or types them Refresh
+    assert "symmetric algorithm" in answer["reason"] or "not an access token" in answer["reason"]
+
+    form = {
+        "grant_type": GRANT,
+        "subject_token": id_token,
+        "subject_token_type": ACCESS,
+        "audience": BACKEND_AUDIENCE,
+    }
+    status, answer = await _facade(http, service, form)
+    assert (status, answer["error"]) == (400, "invalid_request"), answer
+    assert "not an access token" in answer["error_description"]
+    assert service.sts_calls() == before  # refused before Keycloak
+
+    # Control: the access token of the same grant passes.
+    status, _, answer = await _check(http, service, access, BACKEND_AUDIENCE)
+    assert status == 200, answer
+
+
 def _short_lived_user_token(keycloak: kc.Keycloak, seconds: int) -> str:
     """A real Keycloak token living ``seconds``, from a throw-away public client of its own (the
     shared clients stay untouched)."""
