@@ -13,8 +13,10 @@ from typing import Any
 
 from mcp_backend.clusters import Api, ClusterRegistry
 from mcp_backend.config import Settings
+from mcp_backend.discovery import ResourceInfo
 from mcp_backend.errors import InvalidArguments
 from mcp_backend.helm import HelmRunner
+from mcp_backend.objects import ListQuery, list_objects
 from mcp_backend.output import ToolOutput
 
 
@@ -199,3 +201,28 @@ LIST_PROPS: dict[str, dict[str, Any]] = {
         "string", "Output format: compact 'table' (default) or full 'yaml'", enum=["table", "yaml"]
     ),
 }
+
+
+def list_query(ctx: ToolContext, namespace: str | None) -> ListQuery:
+    """The list arguments every list tool shares (selectors, ``limit``/``continue``, output)."""
+    return ListQuery(
+        namespace=namespace,
+        label_selector=ctx.text("labelSelector"),
+        field_selector=ctx.text("fieldSelector"),
+        limit=ctx.integer("limit", minimum=1),
+        cont=ctx.text("continue"),
+        output=ctx.text("output", default="table") or "table",
+    )
+
+
+async def list_resource(
+    ctx: ToolContext, api: Api, resource: ResourceInfo, namespace: str | None
+) -> ToolOutput:
+    """One page of ``resource`` with the configured default page size and output cap."""
+    return await list_objects(
+        api,
+        resource,
+        list_query(ctx, namespace),
+        default_limit=ctx.settings.default_list_limit,
+        max_chars=ctx.settings.output_max_chars,
+    )

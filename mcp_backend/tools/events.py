@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 from mcp_backend.discovery import EVENT
-from mcp_backend.objects import ListQuery, list_objects
 from mcp_backend.output import ToolOutput
-from mcp_backend.tools.base import LIST_PROPS, R, ToolContext, ToolSpec, prop
+from mcp_backend.tools.base import LIST_PROPS, R, ToolContext, ToolSpec, list_resource, prop
 
 
 async def events_list(ctx: ToolContext) -> ToolOutput:
-    api = await ctx.api()
-    query = ListQuery(
-        namespace=ctx.text("namespace"),
-        field_selector=ctx.text("fieldSelector"),
-        limit=ctx.integer("limit", minimum=1),
-        cont=ctx.text("continue"),
-        output=ctx.text("output", default="table") or "table",
-    )
-    return await list_objects(
-        api,
-        EVENT,
-        query,
-        default_limit=ctx.settings.default_list_limit,
-        max_chars=ctx.settings.output_max_chars,
-    )
+    return await list_resource(ctx, await ctx.api(), EVENT, ctx.text("namespace"))
 
 
 def tools() -> list[ToolSpec]:

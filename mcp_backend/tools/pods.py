@@ -8,7 +8,7 @@ from typing import Any
 from mcp_backend.clusters import Api
 from mcp_backend.discovery import POD, SERVICE, segment
 from mcp_backend.errors import ToolFailure
-from mcp_backend.objects import ListQuery, get_object, list_objects, object_yaml, read_log
+from mcp_backend.objects import get_object, object_yaml, read_log
 from mcp_backend.output import ToolOutput, align, to_yaml
 from mcp_backend.tools.base import (
     LIST_PROPS,
@@ -17,6 +17,7 @@ from mcp_backend.tools.base import (
     R,
     ToolContext,
     ToolSpec,
+    list_resource,
     prop,
 )
 
@@ -24,37 +25,12 @@ DEFAULT_NAMESPACE = "default"
 METRICS_GROUP = "metrics.k8s.io"
 
 
-def list_query(ctx: ToolContext, namespace: str | None) -> ListQuery:
-    return ListQuery(
-        namespace=namespace,
-        label_selector=ctx.text("labelSelector"),
-        field_selector=ctx.text("fieldSelector"),
-        limit=ctx.integer("limit", minimum=1),
-        cont=ctx.text("continue"),
-        output=ctx.text("output", default="table") or "table",
-    )
-
-
 async def pods_list(ctx: ToolContext) -> ToolOutput:
-    api = await ctx.api()
-    return await list_objects(
-        api,
-        POD,
-        list_query(ctx, None),
-        default_limit=ctx.settings.default_list_limit,
-        max_chars=ctx.settings.output_max_chars,
-    )
+    return await list_resource(ctx, await ctx.api(), POD, None)
 
 
 async def pods_list_in_namespace(ctx: ToolContext) -> ToolOutput:
-    api = await ctx.api()
-    return await list_objects(
-        api,
-        POD,
-        list_query(ctx, ctx.req("namespace")),
-        default_limit=ctx.settings.default_list_limit,
-        max_chars=ctx.settings.output_max_chars,
-    )
+    return await list_resource(ctx, await ctx.api(), POD, ctx.req("namespace"))
 
 
 async def pods_get(ctx: ToolContext) -> ToolOutput:

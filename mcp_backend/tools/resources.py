@@ -6,14 +6,21 @@ from mcp_backend.objects import (
     apply_object,
     delete_object,
     get_object,
-    list_objects,
     object_yaml,
     parse_manifests,
     scale_object,
 )
 from mcp_backend.output import ToolOutput, to_yaml, truncate
-from mcp_backend.tools.base import LIST_PROPS, Annotations, R, ToolContext, ToolSpec, prop
-from mcp_backend.tools.pods import DEFAULT_NAMESPACE, list_query
+from mcp_backend.tools.base import (
+    LIST_PROPS,
+    Annotations,
+    R,
+    ToolContext,
+    ToolSpec,
+    list_resource,
+    prop,
+)
+from mcp_backend.tools.pods import DEFAULT_NAMESPACE
 
 _KIND = {
     "apiVersion": prop(
@@ -31,13 +38,7 @@ _KIND = {
 async def resources_list(ctx: ToolContext) -> ToolOutput:
     api = await ctx.api()
     info = await api.resolve(ctx.req("apiVersion"), ctx.req("kind"))
-    return await list_objects(
-        api,
-        info,
-        list_query(ctx, ctx.text("namespace")),
-        default_limit=ctx.settings.default_list_limit,
-        max_chars=ctx.settings.output_max_chars,
-    )
+    return await list_resource(ctx, api, info, ctx.text("namespace"))
 
 
 async def resources_get(ctx: ToolContext) -> ToolOutput:
