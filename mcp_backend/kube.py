@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 
 from mcp_backend.access import AccessPolicy, ApiPath
 from mcp_backend.config import ClusterConfig, Settings
@@ -161,7 +162,7 @@ class KubeClient:
         if not raw:
             return {}
         try:
-            result = json.loads(raw)
+            result = _loads(raw)
         except ValueError:
             raise ClusterError(
                 f"cluster {self.name!r} answered {method} {_short(path)} with non-JSON content",
@@ -292,6 +293,25 @@ class KubeClient:
         return ExecResult(
             out.decode(errors="replace"), err.decode(errors="replace"), exit_code, error
         )
+
+
+# Every digit as "0", everything else as " ": a run of 19 digits then shows as b"0" * 19.
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= c <= 0x39 else 0x20 for c in range(256))
+_NINETEEN_DIGITS = b"0" * 19
+
+
+def _loads(raw: bytes) -> Any:
+    """Parse a response body exactly as ``json.loads`` does, with orjson where that is safe (a
+    200-pod Table parses about twice as fast). The standard library decides whenever orjson refuses
+    the text (NaN, Infinity, a BOM, lone surrogates, other encodings), and when a run of 19+
+    digits could be an integer outside orjson's 64-bit range, which it would turn into a float
+    (the scan costs about 1 ns per byte)."""
+    if _NINETEEN_DIGITS not in raw.translate(_DIGITS_AS_ZERO):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw)
 
 
 def _check_path(path: str) -> None:
