@@ -259,6 +259,15 @@ def _answer(
     return web.json_response(body, status=status, headers=dict(response_headers or {}))
 
 
+def _refusal(exc: Refusal | HeaderMismatch | InputError) -> tuple[int, str]:
+    """The status and reason of a request refused before or instead of a policy decision."""
+    if isinstance(exc, Refusal):
+        return exc.status, exc.reason
+    if isinstance(exc, HeaderMismatch):
+        return 403, f"denied: {exc}"
+    return 400, f"bad request: {exc}"
+
+
 def _unauthenticated_headers(settings: PolicySettings, status: int) -> dict[str, str]:
     if status != 401:
         return {}
@@ -309,12 +318,8 @@ async def check(request: web.Request) -> web.Response:
             arguments=body.arguments if body is not None else None,
         )
         status = 200 if allow else 403
-    except Refusal as refusal:
-        allow, reason, status = False, refusal.reason, refusal.status
-    except HeaderMismatch as exc:
-        allow, reason, status = False, f"denied: {exc}", 403
-    except InputError as exc:
-        allow, reason, status = False, f"bad request: {exc}", 400
+    except (Refusal, HeaderMismatch, InputError) as exc:
+        allow, (status, reason) = False, _refusal(exc)
     service.record(
         claims=claims,
         method=method,
@@ -359,25 +364,17 @@ async def _read_body(
 async def _check_list(
     service: PolicyService, claims: dict[str, Any], started: float, server: str
 ) -> web.Response:
+    headers: Mapping[str, str] = {}
+    extra: dict[str, Any] = {}
     if service.signer is None:
         reason = "tools/list allowed; no signed tool list (wristband.signing_key_file is not set)"
-        service.record(
-            claims=claims,
-            method="tools/list",
-            server=server or None,
-            tool=None,
-            allow=True,
-            reason=reason,
-            status=200,
-            started=started,
-            endpoint="check",
+    else:
+        signed = await service.wristband(claims)
+        count = sum(len(v) for v in signed.allowed.values())
+        reason = (
+            f"tools/list allowed; signed list of {count} tool(s) on {len(signed.allowed)} server(s)"
         )
-        return _answer(200, True, reason)
-    signed = await service.wristband(claims)
-    count = sum(len(v) for v in signed.allowed.values())
-    reason = (
-        f"tools/list allowed; signed list of {count} tool(s) on {len(signed.allowed)} server(s)"
-    )
+        headers, extra = signed.headers, {"allowed_tools": signed.allowed}
     service.record(
         claims=claims,
         method="tools/list",
@@ -389,7 +386,7 @@ async def _check_list(
         started=started,
         endpoint="check",
     )
-    return _answer(200, True, reason, signed.headers, allowed_tools=signed.allowed)
+    return _answer(200, True, reason, headers, **extra)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -476,10 +473,8 @@ async def decide(request: web.Request) -> web.Response:
                 arguments=arguments,
             )
         status = 200
-    except Refusal as refusal:
-        allow, reason, status = False, refusal.reason, refusal.status
-    except InputError as exc:
-        allow, reason, status = False, f"bad request: {exc}", 400
+    except (Refusal, InputError) as exc:
+        allow, (status, reason) = False, _refusal(exc)
     service.record(
         claims=claims,
         method=method,
@@ -535,10 +530,8 @@ async def filter_tools(request: web.Request) -> web.Response:
         else:
             payload["result"] = filtered
         return web.json_response(payload)
-    except Refusal as refusal:
-        allow, reason, status = False, refusal.reason, refusal.status
-    except InputError as exc:
-        allow, reason, status = False, f"bad request: {exc}", 400
+    except (Refusal, InputError) as exc:
+        allow, (status, reason) = False, _refusal(exc)
     service.record(
         claims=claims,
         method="tools/list",
