@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +42,7 @@ from kubernetes_asyncio import client as k8s
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from bench.load import cpu_seconds, percentiles
 from tests.testbed import paths, process
 from tests.testbed.cluster import Cluster, start_cluster
 from tests.testbed.pki import CertificateAuthority
@@ -58,20 +58,6 @@ NS = "bench"
 TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
 
 Call = Callable[[int], Awaitable[None]]
-
-
-def _stats(samples_s: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_s)
-
-    def pct(p: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 3)
-
-    return {
-        "count": len(ordered),
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-        "mean_ms": round(statistics.fmean(ordered) * 1000, 3),
-    }
 
 
 def _check(ok: bool, what: str, answer: Any) -> None:
@@ -166,12 +152,6 @@ def _start_backend(
     return proc, base
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _rss_kib(pid: int) -> dict[str, int]:
     fields = dict(
         line.split(":", 1)
@@ -264,7 +244,7 @@ async def _measure(
         sequential: dict[str, dict[str, float]] = {}
         for path, call in paths_.items():
             lat, _, _ = await _closed_loop(call, SEQUENTIAL_CALLS, concurrency=1)
-            sequential[path] = _stats(lat)
+            sequential[path] = percentiles(lat)
         for _ in range(rounds):
             for path, call in paths_.items():
                 lat, kinds, seconds = await _closed_loop(call, per_round)
@@ -278,7 +258,7 @@ async def _measure(
         await direct_http.close()
     out: dict[str, Any] = {}
     for path in paths_:
-        out[path] = {q: _stats(v) for q, v in samples[path].items()}
+        out[path] = {q: percentiles(v) for q, v in samples[path].items()}
         out[path]["throughput_per_s"] = round(calls[path] / wall[path], 1)
         out[path]["sequential"] = sequential[path]
     out["calls"] = calls
@@ -314,11 +294,11 @@ async def run(soak: bool = False) -> dict[str, Any]:
         )
         rounds = ROUNDS * (10 if soak else 1)
         pids = {n: p.proc.pid for n, (p, _) in backends.items() if p.proc is not None}
-        cpu_before = {n: _cpu_seconds(pid) for n, pid in pids.items()}
+        cpu_before = {n: cpu_seconds(pid) for n, pid in pids.items()}
         measured = await _measure(
             cluster, token, {n: b for n, (_, b) in backends.items()}, rounds, CALLS_PER_ROUND
         )
-        cpu_used = {n: _cpu_seconds(pid) - cpu_before[n] for n, pid in pids.items()}
+        cpu_used = {n: cpu_seconds(pid) - cpu_before[n] for n, pid in pids.items()}
         result: dict[str, Any] = {
             "setup": {
                 "pods": PODS,
