@@ -15,17 +15,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway_plugins.common.settings import SettingsError as SettingsError
+from gateway_plugins.common.settings import read_yaml
 
 ENV_PREFIX = "KMG_BACKEND_"
 IN_CLUSTER_TOKEN_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 _API_GROUP = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 DEFAULT_CHART_SOURCES = ("oci://", "https://")
-
-
-class SettingsError(Exception):
-    """The configuration is unusable; the message names the field or file and what to fix."""
 
 
 class _Model(BaseModel):
@@ -243,26 +241,6 @@ class Settings(_Model):
 # Loading
 
 
-def read_yaml_file(path: Path) -> dict[str, Any]:
-    """Parse a YAML mapping, naming file, line and column on a syntax error."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SettingsError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise SettingsError(f"{where}: {problem}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SettingsError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
-    return data
-
-
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """``KMG_BACKEND_READ_ONLY=true`` → ``{"read_only": "true"}``; JSON for lists and objects."""
     out: dict[str, Any] = {}
@@ -287,7 +265,7 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Build the settings from the layers; ``overrides`` with value None are ignored."""
-    data: dict[str, Any] = read_yaml_file(config_file) if config_file is not None else {}
+    data: dict[str, Any] = read_yaml(config_file) if config_file is not None else {}
     data.update(env_overrides(os.environ if environ is None else environ))
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
@@ -304,7 +282,7 @@ def load_settings(
 
 def clusters_from_kubeconfig(path: Path) -> list[ClusterConfig]:
     """Server URL + CA of every cluster in a kubeconfig; users and credentials are ignored."""
-    data = read_yaml_file(path)
+    data = read_yaml(path)
     current = data.get("current-context")
     contexts = {c.get("name"): (c.get("context") or {}) for c in data.get("contexts") or []}
     default_cluster = contexts.get(current, {}).get("cluster") if current else None

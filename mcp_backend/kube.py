@@ -31,6 +31,7 @@ from mcp_backend.errors import (
     Unreachable,
 )
 from mcp_backend.metrics import Metrics
+from mcp_backend.tables import decode_table
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +162,10 @@ class KubeClient:
             return raw.decode("utf-8", errors="replace")
         if not raw:
             return {}
+        result = decode_table(raw) if accept == TABLE_ACCEPT else None
         try:
-            result = _loads(raw)
+            if result is None:
+                result = _loads(raw)
         except ValueError:
             raise ClusterError(
                 f"cluster {self.name!r} answered {method} {_short(path)} with non-JSON content",

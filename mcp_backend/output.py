@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from mcp_backend import yaml_writer
+
 DROPPED_METADATA = ("managedFields",)
 
 
@@ -56,9 +58,11 @@ _Dumper.add_representer(str, _str_presenter)
 
 def to_yaml(obj: Any) -> str:
     """YAML of an object or list, without managedFields, keys in API order."""
-    return yaml.dump(
-        strip_noise(obj), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120
-    )
+    data = strip_noise(obj)
+    try:
+        return yaml_writer.dump(data)
+    except yaml_writer.Unsupported:  # not plain JSON data: let PyYAML decide everything
+        return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
 
 
 def list_to_yaml(body: dict[str, Any]) -> str:
@@ -121,6 +125,8 @@ def _cell(value: Any) -> str:
 def align(grid: list[list[str]]) -> str:
     """Left-aligned columns separated by three spaces, like kubectl."""
     widths = [max(map(len, column)) for column in zip(*grid, strict=False)]
+    if not widths:  # a Table without printable columns (possible from an aggregated API)
+        return ""
     template = "   ".join([*(f"{{:<{w}}}" for w in widths[:-1]), "{}"])
     return "\n".join(template.format(*row).rstrip() for row in grid) + "\n"
 

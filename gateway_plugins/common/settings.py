@@ -69,6 +69,10 @@ def reject_plain_secrets(data: Mapping[str, Any], *, source: str, path: str = ""
         dotted = f"{path}.{key}" if path else str(key)
         if isinstance(value, Mapping):
             reject_plain_secrets(value, source=source, path=dotted)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, Mapping):
+                    reject_plain_secrets(item, source=source, path=f"{dotted}.{i}")
         elif _SECRET_KEY.search(str(key)) and value not in (None, ""):
             raise SettingsError(
                 f"{source}: '{dotted}' holds a secret in plain text; remove it and set "

@@ -59,6 +59,22 @@ def test_bad_yaml_names_file_line_and_column(tmp_path: Path) -> None:
         load_settings(path, environ={})
 
 
+def test_inline_secret_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    path = tmp_path / "secret.yaml"
+    path.write_text(
+        "clusters:\n"
+        "  - name: a\n"
+        "    server: https://10.0.0.1:6443\n"
+        "    token_exchange: {url: 'https://sts/token', client_id: b, client_secret: s3cr3t}\n"
+    )
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path, environ={})
+    message = str(caught.value)
+    assert "'clusters.0.token_exchange.client_secret' holds a secret in plain text" in message
+    assert "client_secret_file" in message
+    assert "s3cr3t" not in message
+
+
 def test_invalid_values_name_the_field(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("clusters:\n  - name: a\n    server: ftp://x\n")
