@@ -31,10 +31,11 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
 
 
 async def paced_load(
-    call: Callable[[], Awaitable[bool]], rate: int, seconds: int
+    call: Callable[[], Awaitable[bool]], rate: int, seconds: int, *, samples: bool = False
 ) -> dict[str, Any]:
     """Open loop: request i is sent at t0 + i/rate; latency counted from the scheduled time, so a
-    slow server cannot hide its queueing (no coordinated omission)."""
+    slow server cannot hide its queueing (no coordinated omission). ``samples`` adds the raw
+    latencies (seconds) as ``samples_s``."""
     latencies: list[float] = []
     errors = 0
     total = rate * seconds
@@ -54,12 +55,15 @@ async def paced_load(
     started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(total)))
     elapsed = time.perf_counter() - started
-    return {
+    result: dict[str, Any] = {
         "target_rate": rate,
         "achieved_rate": round(total / elapsed, 1),
         "errors": errors,
         **percentiles(latencies),
     }
+    if samples:
+        result["samples_s"] = latencies
+    return result
 
 
 def cpu_seconds(pid: int) -> float:
