@@ -4,32 +4,28 @@ real Keycloak tokens of the demo users ``mcp`` (every tool) and ``viewer`` (read
 
 from __future__ import annotations
 
-import base64
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx2
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from mcp.client import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from gateway_plugins.policy.wristband import WristbandForm, WristbandSigner
+from tests.e2e.mcp_http import (
+    UserTokens,
+    call,
+    listed_names,
+    post,
+    rpc,
+    session,
+    tampered,
+    text_of,
+)
 from tests.testbed.identity_plan import REALM_MCP
 from tests.testbed.mcp_gateway.stack import DEMO_NAMESPACE, SERVER_NAME, LocalGateway
-
-ACCEPT = "application/json, text/event-stream"
-
-
-class UserTokens(dict[str, str]):
-    """Access tokens by user; the repr never shows them (pytest prints fixtures on failure)."""
-
-    def __repr__(self) -> str:
-        return f"UserTokens({sorted(self)}, values redacted)"
 
 
 @pytest.fixture(scope="module")
@@ -42,43 +38,6 @@ def catalogue(local_gateway: LocalGateway) -> dict[str, dict[str, Any]]:
     """The backend's real, unfiltered tools/list (fetched when the stack started)."""
     doc = json.loads((local_gateway.run_dir / "gateway" / "catalogue.json").read_text())
     return {t["name"]: t for t in doc[SERVER_NAME]}
-
-
-@asynccontextmanager
-async def session(url: str, token: str, mode: str = "legacy") -> AsyncIterator[Client]:
-    async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
-        Client(streamable_http_client(url, http_client=http), mode=mode) as client,
-    ):
-        yield client
-
-
-async def post(
-    url: str, body: Any, token: str | None = None, headers: dict[str, str] | None = None
-) -> httpx2.Response:
-    all_headers = {"Accept": ACCEPT, "Content-Type": "application/json", **(headers or {})}
-    if token is not None:
-        all_headers["Authorization"] = f"Bearer {token}"
-    content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    async with httpx2.AsyncClient(timeout=60) as http:
-        return await http.post(url, content=content, headers=all_headers)
-
-
-def rpc(method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}}
-
-
-def call(tool: str, **arguments: Any) -> dict[str, Any]:
-    return rpc("tools/call", {"name": tool, "arguments": arguments})
-
-
-def text_of(result: Any) -> str:
-    return "".join(getattr(c, "text", "") for c in result.content)
-
-
-def listed_names(resp: httpx2.Response) -> list[str]:
-    assert resp.status_code == 200, resp.text
-    return sorted(t["name"] for t in resp.json()["result"]["tools"])
 
 
 # -- tools/list -----------------------------------------------------------------------------------
@@ -202,14 +161,6 @@ async def test_unknown_tool_gets_the_gateways_tool_not_found(
 
 
 # -- authentication -------------------------------------------------------------------------------
-def _tampered(token: str) -> str:
-    head, payload, sig = token.split(".")
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    claims["preferred_username"] = "admin"
-    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
-    return f"{head}.{forged}.{sig}"
-
-
 async def test_missing_or_forged_token_gets_401_with_www_authenticate(
     local_gateway: LocalGateway, tokens: dict[str, str]
 ) -> None:
@@ -227,7 +178,7 @@ async def test_missing_or_forged_token_gets_401_with_www_authenticate(
     )
     cases = {
         "missing": None,
-        "tampered": _tampered(tokens["mcp"]),
+        "tampered": tampered(tokens["mcp"]),
         "self-signed": self_signed,
         "not a JWT": "opaque-garbage",
     }
