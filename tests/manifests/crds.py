@@ -40,7 +40,6 @@ import yaml
 from tests.testbed import paths, versions
 
 KUADRANT_OPERATOR = "v1.2.0"
-AUTHORINO = "v0.20.0"
 
 _MARKER = ".complete"
 
@@ -87,7 +86,7 @@ SOURCES: tuple[CRDSource, ...] = (
     CRDSource(
         "authorino",
         "github.com/kuadrant/authorino",
-        AUTHORINO,
+        versions.AUTHORINO,
         ("install/crd/authorino.kuadrant.io_authconfigs.yaml",),
         pinned_sum="h1:fDq8b5valsBjhW9vMySx/+y/zKphMrVsWEMR8JGR43k=",
     ),

@@ -21,7 +21,7 @@ import json
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -134,6 +134,12 @@ class LocalGateway:
     envoy: envoy_proxy.EnvoyProxy
     ca_file: Path
     owns_testbed: bool = False
+    subdir: str = "gateway"
+
+    @property
+    def gateway_dir(self) -> Path:
+        """This stack's configs, secrets and logs (``<run>/<subdir>/``)."""
+        return self.run_dir / self.subdir
 
     @property
     def mcp_url(self) -> str:
@@ -349,9 +355,21 @@ def start_gateway(
     progress: Progress = _quiet,
     listen_port: int | None = None,
     policy_engine: str = "opa",
+    subdir: str = "gateway",
+    envoy_template: Path = ENVOY_TEMPLATE,
+    envoy_values: Mapping[str, object] | None = None,
+    extra_facade_clients: Mapping[str, str] | None = None,
+    wristband_form: str = "x-mcp-authorized",
 ) -> LocalGateway:
-    """Our three services, the router/broker stand-in and Envoy next to a running testbed."""
-    gw_dir = run_dir / "gateway"
+    """Our three services, the router/broker stand-in and Envoy next to a running testbed.
+
+    The defaults are the local gateway of ``envoy.yaml.tmpl``. Another gateway in front of the
+    same services (e.g. Authorino's, ``authorino_stack.py``) passes its own ``subdir`` (a second
+    stack in one run), ``envoy_template`` with its extra placeholders (``envoy_values``), the
+    ``/token`` facade clients it needs (``extra_facade_clients``: client id -> secret) and the
+    ``wristband_form`` of the signed tool list.
+    """
+    gw_dir = run_dir / subdir
     gw_dir.mkdir(parents=True, exist_ok=True)
     secrets = gw_dir / "secrets"
     secrets.mkdir(exist_ok=True)
@@ -444,7 +462,16 @@ def start_gateway(
                 ],
                 "facade": {
                     "clients": [
-                        {"client_id": FACADE_CLIENT_ID, "client_secret_file": str(facade_secret)}
+                        {"client_id": FACADE_CLIENT_ID, "client_secret_file": str(facade_secret)},
+                        *(
+                            {
+                                "client_id": client_id,
+                                "client_secret_file": str(
+                                    _write_secret(secrets, f"facade-{client_id}.secret", secret)
+                                ),
+                            }
+                            for client_id, secret in (extra_facade_clients or {}).items()
+                        ),
                     ]
                 },
                 "ext_authz": {"resource_metadata_url": metadata_url},
@@ -484,7 +511,7 @@ def start_gateway(
                     "ca_file": str(ca_file),
                     "resource_metadata_url": metadata_url,
                 },
-                "wristband": {"signing_key_file": str(signing_key), "form": "x-mcp-authorized"},
+                "wristband": {"signing_key_file": str(signing_key), "form": wristband_form},
                 "decision_log": str(gw_dir / "policy-decisions.jsonl"),
             },
         )
@@ -528,8 +555,9 @@ def start_gateway(
         progress("starting Envoy")
         envoy = envoy_proxy.start_envoy(
             gw_dir,
-            ENVOY_TEMPLATE,
+            envoy_template,
             name="envoy-gateway",
+            **dict(envoy_values or {}),
             LISTEN_PORT=listen_port,
             ROUTER_PORT=ports["mcp-gateway"],
             BROKER_PORT=ports["broker"],
@@ -552,6 +580,7 @@ def start_gateway(
         services=services,
         envoy=envoy,
         ca_file=ca_file,
+        subdir=subdir,
     )
 
 

@@ -1,0 +1,351 @@
+"""End to end through the REAL Authorino configured from the Kuadrant overlay: a real MCP client →
+Envoy (router stand-in, then gRPC ext_authz to Authorino) → broker stand-in / mcp_backend →
+cluster A, with real Keycloak tokens of the demo users ``mcp`` (every tool) and ``viewer``
+(read-only tools).
+
+Authorino evaluates the overlay's own AuthPolicy rules (``manifests/overlays/kuadrant``,
+translated as Kuadrant does, only addresses rewritten): JWT authentication at realm ``mcp``, the
+``exchange`` metadata call to our ``/token`` facade, the ``policy`` call to ``/v1/decide``, the
+``allow == true`` authorization and the response headers and denials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx2
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from tests.e2e.mcp_http import (
+    UserTokens,
+    call,
+    listed_names,
+    post,
+    rpc,
+    session,
+    tampered,
+    text_of,
+)
+from tests.testbed.identity_plan import REALM_MCP
+from tests.testbed.mcp_gateway.authorino_stack import (
+    BACKEND_POLICY,
+    BROKER_POLICY,
+    AuthorinoGateway,
+)
+from tests.testbed.mcp_gateway.stack import DEMO_NAMESPACE, DEMO_USERS, SERVER_NAME
+
+LIST_PODS = call("pods_list_in_namespace", namespace=DEMO_NAMESPACE)
+
+
+@pytest.fixture(scope="module")
+async def tokens(authorino_gateway: AuthorinoGateway) -> UserTokens:
+    return UserTokens({user: authorino_gateway.user_token(user) for user in ("mcp", "viewer")})
+
+
+@pytest.fixture(scope="module")
+def catalogue(authorino_gateway: AuthorinoGateway) -> dict[str, dict[str, Any]]:
+    """The backend's real, unfiltered tools/list (fetched when the stack started)."""
+    doc = json.loads((authorino_gateway.gateway.gateway_dir / "catalogue.json").read_text())
+    return {t["name"]: t for t in doc[SERVER_NAME]}
+
+
+def deny_with(gateway: AuthorinoGateway, policy: str, kind: str) -> dict[str, Any]:
+    """The overlay's ``response.<kind>`` (unauthenticated / unauthorized) of one AuthPolicy."""
+    response: dict[str, Any] = gateway.authconfigs[policy]["spec"]["response"][kind]
+    return response
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    """A JWT's payload, unverified (to look at ``aud``; never printed)."""
+    payload = token.split(".")[1]
+    decoded: dict[str, Any] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
+    return decoded
+
+
+def exchanges_for(gateway: AuthorinoGateway, target: str) -> float:
+    """``token_exchange_requests_total`` of one target, summed over outcomes (its /metrics)."""
+    url = f"{gateway.services['token-exchange'].url}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback URL
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("token_exchange_requests_total{") and f'target="{target}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def decisions(gateway: AuthorinoGateway) -> Iterator[dict[str, Any]]:
+    """The policy service's decision log (one JSON object a line)."""
+    path = gateway.gateway.gateway_dir / "policy-decisions.jsonl"
+    for line in path.read_text().splitlines():
+        if line.strip():
+            yield json.loads(line)
+
+
+# -- (a) allowed tools/call -----------------------------------------------------------------------
+NARROW_CLIENT = "kmg-e2e-narrow-audience"
+SHORT_LIVED_CLIENT = "kmg-e2e-short-lived"
+
+
+def _test_client(client_id: str, **extra: Any) -> dict[str, Any]:
+    """A public client whose user tokens carry only ``aud: mcp-gateway`` (no client roles, so no
+    role-derived audiences): such a token is valid for the gateway but not for cluster A."""
+    return {
+        "clientId": client_id,
+        "publicClient": True,
+        "directAccessGrantsEnabled": True,
+        "standardFlowEnabled": False,
+        "fullScopeAllowed": False,
+        "protocolMappers": [
+            {
+                "name": "audience mcp-gateway",
+                "protocol": "openid-connect",
+                "protocolMapper": "oidc-audience-mapper",
+                "config": {
+                    "included.client.audience": "mcp-gateway",
+                    "access.token.claim": "true",
+                    "introspection.token.claim": "true",
+                },
+            }
+        ],
+        **extra,
+    }
+
+
+@asynccontextmanager
+async def realm_client(gateway: AuthorinoGateway, client: dict[str, Any]) -> AsyncIterator[str]:
+    """``client`` created in realm ``mcp`` for the block (then deleted); yields its client id."""
+    keycloak = gateway.gateway.keycloak
+    clients = f"realms/{REALM_MCP}/clients"
+    await asyncio.to_thread(keycloak.admin_request, "POST", clients, client)
+    found = await asyncio.to_thread(keycloak.admin_get, f"{clients}?clientId={client['clientId']}")
+    try:
+        yield str(client["clientId"])
+    finally:
+        await asyncio.to_thread(keycloak.admin_request, "DELETE", f"{clients}/{found[0]['id']}")
+
+
+async def _user_token(gateway: AuthorinoGateway, user: str, client_id: str) -> str:
+    keycloak = gateway.gateway.keycloak
+    return await asyncio.to_thread(keycloak.user_token, user, DEMO_USERS[user], client_id=client_id)
+
+
+@pytest.fixture(scope="module")
+async def narrow_token(authorino_gateway: AuthorinoGateway) -> AsyncIterator[UserTokens]:
+    """User ``mcp``'s token of a gateway-only client (see :func:`_test_client`)."""
+    async with realm_client(authorino_gateway, _test_client(NARROW_CLIENT)) as client_id:
+        yield UserTokens({"mcp": await _user_token(authorino_gateway, "mcp", client_id)})
+
+
+@pytest.fixture(scope="module")
+async def expired_token(authorino_gateway: AuthorinoGateway) -> AsyncIterator[UserTokens]:
+    """A genuine Keycloak token of user ``mcp`` past its ``exp`` (client lifespan 2 s)."""
+    client = _test_client(SHORT_LIVED_CLIENT, attributes={"access.token.lifespan": "2"})
+    async with realm_client(authorino_gateway, client) as client_id:
+        token = await _user_token(authorino_gateway, "mcp", client_id)
+        claims = claims_of(token)
+        assert claims["exp"] - claims["iat"] <= 2, "the short lifespan did not apply"
+        await asyncio.sleep(max(0.0, claims["exp"] - time.time()) + 1.5)
+        yield UserTokens({"mcp": token})
+
+
+async def test_allowed_call_reaches_the_backend_with_an_exchanged_token(
+    authorino_gateway: AuthorinoGateway, narrow_token: dict[str, str]
+) -> None:
+    token = narrow_token["mcp"]
+    cluster_a = authorino_gateway.gateway.cluster_a
+    # The user's own token is meant for the gateway only: cluster A refuses it (audience).
+    audience = claims_of(token)["aud"]
+    assert audience in ("mcp-gateway", ["mcp-gateway"]), audience
+    with pytest.raises(ApiException) as refused:
+        await cluster_a.whoami(token)
+    assert refused.value.status == 401
+
+    before = exchanges_for(authorino_gateway, SERVER_NAME)
+    async with session(authorino_gateway.mcp_url, token) as client:
+        ok = await client.call_tool("pods_list_in_namespace", {"namespace": DEMO_NAMESPACE})
+        other = await client.call_tool("pods_list_in_namespace", {"namespace": "kube-system"})
+    # Authorino's `exchange` metadata call reached our /token facade for the backend's audience,
+    assert exchanges_for(authorino_gateway, SERVER_NAME) > before
+    # and cluster A accepted the token the backend forwarded: so it was the exchanged one
+    # (audience mcp-test/kubernetes-mcp), put into `authorization` by the overlay's response.
+    assert not ok.is_error, text_of(ok)
+    assert "web-cluster-a" in text_of(ok)
+    # The API server sees the same user (RBAC binds `mcp` in `demo` only): identity preserved.
+    assert other.is_error
+    assert "user 'mcp'" in text_of(other), text_of(other)
+    assert "403 Forbidden" in text_of(other), text_of(other)
+
+
+# -- (b) a tool the viewer is not granted ---------------------------------------------------------
+async def test_viewer_gets_403_with_the_overlays_message_for_a_tool_not_granted(
+    authorino_gateway: AuthorinoGateway, tokens: dict[str, str]
+) -> None:
+    url = authorino_gateway.mcp_url
+    async with session(url, tokens["viewer"]) as client:  # its read-only call is allowed
+        before = await client.call_tool("pods_list_in_namespace", {"namespace": DEMO_NAMESPACE})
+    assert not before.is_error, text_of(before)
+    pod = next(w for w in text_of(before).split() if w.startswith("web-cluster-a-"))
+    resp = await post(
+        url, call("pods_delete", namespace=DEMO_NAMESPACE, name=pod), tokens["viewer"]
+    )
+    expected = deny_with(authorino_gateway, BACKEND_POLICY, "unauthorized")
+    assert resp.status_code == expected["code"] == 403, resp.text
+    assert resp.json() == json.loads(expected["body"]["value"])
+    assert resp.json()["message"] == "MCP tool access denied by policy."
+    # It was the policy service's answer (via /v1/decide) that denied, naming user and tool.
+    denial = [
+        d
+        for d in decisions(authorino_gateway)
+        if d.get("endpoint") == "decide" and d.get("tool") == "pods_delete"
+    ]
+    assert denial, "the policy service was not asked"
+    assert denial[-1]["decision"] == "deny"
+    assert denial[-1]["user"] == "viewer"
+    # The real MCP client sees an error, and the pod is still there.
+    async with session(url, tokens["viewer"]) as client:
+        with pytest.raises(Exception, match=r"403|[Ff]orbidden|error"):
+            await client.call_tool("pods_delete", {"namespace": DEMO_NAMESPACE, "name": pod})
+        after = text_of(
+            await client.call_tool("pods_list_in_namespace", {"namespace": DEMO_NAMESPACE})
+        )
+    assert pod in after
+
+
+# -- (c) tools/list through the broker route -------------------------------------------------------
+async def test_tools_list_is_filtered_per_user_by_the_signed_header(
+    authorino_gateway: AuthorinoGateway,
+    tokens: dict[str, str],
+    catalogue: dict[str, dict[str, Any]],
+) -> None:
+    async with session(authorino_gateway.mcp_url, tokens["mcp"]) as client:
+        mcp_tools = {t.name for t in (await client.list_tools()).tools}
+    async with session(authorino_gateway.mcp_url, tokens["viewer"]) as client:
+        viewer_tools = {t.name for t in (await client.list_tools()).tools}
+    # The broker enforces capability filtering: without the signed header Authorino copies from
+    # the policy's /v1/decide answer, every list would be empty.
+    assert mcp_tools == set(catalogue)
+    assert viewer_tools, "viewer must see its read-only tools"
+    assert viewer_tools < mcp_tools
+    assert {"pods_delete", "pods_exec", "resources_delete"}.isdisjoint(viewer_tools)
+    for name in viewer_tools:
+        assert catalogue[name]["annotations"]["readOnlyHint"] is True, name
+    # The same through a plain JSON-RPC POST.
+    plain = listed_names(await post(authorino_gateway.mcp_url, rpc("tools/list"), tokens["viewer"]))
+    assert set(plain) == viewer_tools
+
+
+# -- (d) authentication ---------------------------------------------------------------------------
+def _self_signed(issuer: str, *, expires_in: int) -> str:
+    return jwt.encode(
+        {
+            "iss": issuer,
+            "sub": "x",
+            "aud": SERVER_NAME,
+            "iat": int(time.time()) - 600,
+            "exp": int(time.time()) + expires_in,
+            "preferred_username": "mcp",
+        },
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        algorithm="RS256",
+        headers={"kid": "attacker"},
+    )
+
+
+async def test_missing_forged_or_expired_token_gets_401_with_the_overlays_challenge(
+    authorino_gateway: AuthorinoGateway, tokens: dict[str, str], expired_token: dict[str, str]
+) -> None:
+    issuer = authorino_gateway.gateway.keycloak.issuer(REALM_MCP)
+    cases = {
+        "missing": None,
+        "tampered": tampered(tokens["mcp"]),
+        "self-signed": _self_signed(issuer, expires_in=300),
+        "self-signed, expired": _self_signed(issuer, expires_in=-300),
+        "Keycloak's, expired": expired_token["mcp"],
+        "not a JWT": "opaque-garbage",
+    }
+    routes = {BROKER_POLICY: rpc("tools/list"), BACKEND_POLICY: LIST_PODS}
+    for policy, body in routes.items():
+        expected = deny_with(authorino_gateway, policy, "unauthenticated")
+        challenge = expected["headers"]["WWW-Authenticate"]["value"]
+        assert challenge.startswith(
+            f"Bearer resource_metadata={authorino_gateway.gateway.envoy.url}/"
+        )
+        for what, token in cases.items():
+            resp = await post(authorino_gateway.mcp_url, body, token)
+            assert resp.status_code == expected["code"] == 401, (policy, what, resp.text)
+            assert resp.headers.get("www-authenticate") == challenge, (policy, what)
+            assert resp.json() == json.loads(expected["body"]["value"]), (policy, what)
+            assert "web-cluster-a" not in resp.text
+            assert tokens["mcp"] not in resp.text
+    # The challenge points at public metadata served through the same gateway.
+    async with httpx2.AsyncClient(timeout=30) as http:
+        meta = await http.get(challenge.split("resource_metadata=", 1)[1])
+    assert meta.status_code == 200
+    assert meta.json()["authorization_servers"] == [issuer]
+
+
+# -- (e) fail closed -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("service", "denied"),
+    [
+        ("policy", (rpc("tools/list"), LIST_PODS)),
+        ("token-exchange", (LIST_PODS,)),
+    ],
+)
+async def test_a_stopped_plugin_denies_then_recovers(
+    authorino_gateway: AuthorinoGateway,
+    tokens: dict[str, str],
+    service: str,
+    denied: tuple[dict[str, Any], ...],
+) -> None:
+    url = authorino_gateway.mcp_url
+    assert (await post(url, LIST_PODS, tokens["mcp"])).status_code == 200
+    svc = authorino_gateway.services[service]
+    svc.stop()
+    try:
+        for body in denied:
+            resp = await post(url, body, tokens["mcp"])
+            # Authorino's metadata call failed: no `allow == true`, so the overlay denies.
+            policy = BROKER_POLICY if body["method"] == "tools/list" else BACKEND_POLICY
+            expected = deny_with(authorino_gateway, policy, "unauthorized")
+            assert resp.status_code == 403, (service, body["method"], resp.status_code, resp.text)
+            assert resp.json() == json.loads(expected["body"]["value"])
+            assert "web-cluster-a" not in resp.text
+    finally:
+        svc.start()
+    resp = await post(url, LIST_PODS, tokens["mcp"])
+    assert resp.status_code == 200, resp.text
+    assert "web-cluster-a" in json.dumps(resp.json())
+
+
+async def test_authorino_down_denies_then_recovers(
+    authorino_gateway: AuthorinoGateway, tokens: dict[str, str]
+) -> None:
+    url = authorino_gateway.mcp_url
+    authorino = authorino_gateway.authorino
+    authorino.stop()
+    try:
+        for body in (rpc("tools/list"), LIST_PODS):
+            resp = await post(url, body, tokens["mcp"])
+            # failure_mode_allow: false: Envoy denies when Authorino cannot be reached.
+            assert resp.status_code == 502, (body["method"], resp.status_code, resp.text)
+            assert resp.json()["allow"] is False
+            assert "cannot be reached" in resp.json()["reason"]
+    finally:
+        authorino_gateway.restart_authorino()
+    resp = await post(url, LIST_PODS, tokens["mcp"])
+    assert resp.status_code == 200, resp.text
+    assert "web-cluster-a" in json.dumps(resp.json())

@@ -1,0 +1,228 @@
+"""The local gateway with the REAL Authorino as its auth layer, configured from the Kuadrant
+overlay (``manifests/overlays/kuadrant``): the e2e fixture ``authorino_gateway``.
+
+What starts, next to a running testbed (Keycloak, clusters A and B):
+
+1. the AuthConfig CRD and namespace ``kmg-authorino`` on cluster A, then ``authorino server``
+   watching that namespace (``tests/testbed/authorino.py``);
+2. our three services, the router/broker stand-in and Envoy through :func:`start_gateway`, with
+   ``envoy-authorino.yaml.tmpl`` (one gRPC ext_authz filter to Authorino instead of our two HTTP
+   ext_authz filters), the ``/token`` facade client ``authorino`` the overlay authenticates as, and
+   the policy service signing both tool-list header forms (as ``manifests/base`` configures it);
+3. the overlay's two AuthPolicies translated into AuthConfigs as Kuadrant does
+   (``tests/testbed/kuadrant_authconfig.py``), the ``sharedSecretRef`` Secret with the facade
+   client's HTTP Basic credentials, both applied and reported ready by Authorino.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Coroutine, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.testbed import authorino as authorino_mod
+from tests.testbed import keycloak as kc
+from tests.testbed import process
+from tests.testbed.authorino import Authorino
+from tests.testbed.cluster import Cluster
+from tests.testbed.identity_plan import REALM_MCP
+from tests.testbed.kuadrant_authconfig import Environment, OverlayMismatch, overlay_authconfigs
+from tests.testbed.mcp_gateway.stack import HERE, LocalGateway, Progress, start_gateway
+from tests.testbed.ports import free_port
+
+ENVOY_TEMPLATE = HERE / "envoy-authorino.yaml.tmpl"
+SUBDIR = "authorino-gateway"
+NAMESPACE = "kmg-authorino"  # Authorino's namespace (kuadrant-system in a Kuadrant install)
+# The overlay's AuthPolicies -> the AuthConfig name = host key the Envoy route names.
+BACKEND_POLICY = "kubernetes-mcp"
+BROKER_POLICY = "mcp-broker-tool-list"
+AUTHCONFIG_HOSTS = {BACKEND_POLICY: "kmg-backend-route", BROKER_POLICY: "kmg-broker-route"}
+# The /token facade client the overlay's `exchange` metadata call authenticates as (demo-only).
+FACADE_CLIENT_ID = "authorino"
+FACADE_CLIENT_SECRET = "authorino-facade-secret-demo-only"  # test-only credential
+# sharedSecretRef of the overlay -> what it must hold: base64("authorino:<secret>") (see overlay)
+SHARED_SECRET = ("kmg-token-exchange-client", "authorization")
+SERVED_TIMEOUT = 60.0
+
+T = TypeVar("T")
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def _run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion in a worker thread (safe inside a running event loop)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+@dataclass
+class AuthorinoGateway:
+    """The running gateway; ``mcp_url`` is Envoy's ``/mcp``, ``services`` our processes."""
+
+    gateway: LocalGateway
+    authorino: Authorino
+    authconfigs: dict[str, dict[str, Any]]  # AuthPolicy name -> applied AuthConfig
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    startup_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mcp_url(self) -> str:
+        return self.gateway.mcp_url
+
+    @property
+    def services(self) -> Mapping[str, Any]:
+        return self.gateway.services
+
+    def user_token(self, username: str) -> str:
+        return self.gateway.user_token(username)
+
+    def restart_authorino(self, timeout: float = SERVED_TIMEOUT) -> float:
+        """Start Authorino again (fault tests) and wait until it serves both AuthConfigs."""
+        started = time.monotonic()
+        self.authorino.start(timeout)
+        wait_served(self.mcp_url, self.authorino, timeout)
+        seconds = time.monotonic() - started
+        self.startup_seconds["authorino_restart"] = seconds
+        return seconds
+
+    def stop(self) -> None:
+        self.gateway.stop()
+        self.authorino.stop()
+
+
+def _unauthenticated_status(url: str, method: str) -> int:
+    """Status of an MCP request without a token (the route's AuthConfig answers 401)."""
+    params = {"name": "pods_list", "arguments": {}} if method == "tools/call" else {}
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
+    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - loopback URL
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+
+
+def wait_served(mcp_url: str, authorino: Authorino, timeout: float = SERVED_TIMEOUT) -> None:
+    """Wait until Authorino has indexed the AuthConfigs of both routes: a request without a token
+    gets their 401 instead of Authorino's 404 "service not found". (Authorino's ``/readyz`` is
+    already ready before its first reconciliation, and AuthConfig status survives a restart.)"""
+    deadline = time.monotonic() + timeout
+    statuses: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        statuses = {m: _unauthenticated_status(mcp_url, m) for m in ("tools/list", "tools/call")}
+        if set(statuses.values()) == {401}:
+            return
+        time.sleep(0.2)
+    raise process.ComponentError(
+        f"Authorino does not serve the AuthConfigs within {timeout:.0f}s (statuses without a "
+        f"token: {statuses}).\nLog {authorino.log_path} ends with:\n{authorino.tail()}"
+    )
+
+
+def shared_secret_refs(spec: Any) -> Iterator[tuple[str, str]]:
+    """Every ``sharedSecretRef`` (name, key) in an AuthConfig spec."""
+    if isinstance(spec, dict):
+        ref = spec.get("sharedSecretRef")
+        if isinstance(ref, dict):
+            yield (str(ref["name"]), str(ref["key"]))
+        for value in spec.values():
+            yield from shared_secret_refs(value)
+    elif isinstance(spec, list):
+        for item in spec:
+            yield from shared_secret_refs(item)
+
+
+def facade_secret_object() -> dict[str, Any]:
+    """The Secret the overlay's ``exchange`` call reads: HTTP Basic of the facade client."""
+    basic = base64.b64encode(f"{FACADE_CLIENT_ID}:{FACADE_CLIENT_SECRET}".encode()).decode()
+    name, key = SHARED_SECRET
+    return authorino_mod.opaque_secret(name, NAMESPACE, {key: basic})
+
+
+def environment(gateway: LocalGateway, keycloak: kc.Keycloak) -> Environment:
+    """The testbed's addresses for the overlay's environment-specific strings."""
+    issuer = keycloak.issuer(REALM_MCP)
+    return Environment(
+        token_exchange_url=gateway.services["token-exchange"].url,
+        policy_url=gateway.services["policy"].url,
+        keycloak_realms_url=issuer[: -len(REALM_MCP)],
+        gateway_url=gateway.envoy.url,
+    )
+
+
+def _configure(gateway: LocalGateway, keycloak: kc.Keycloak) -> dict[str, dict[str, Any]]:
+    authconfigs = overlay_authconfigs(environment(gateway, keycloak), NAMESPACE, AUTHCONFIG_HOSTS)
+    refs = {ref for config in authconfigs.values() for ref in shared_secret_refs(config["spec"])}
+    if refs != {SHARED_SECRET}:
+        raise OverlayMismatch(f"the overlay's sharedSecretRefs changed: {sorted(refs)}")
+    return authconfigs
+
+
+def start_authorino_gateway(
+    run_dir: Path,
+    *,
+    keycloak: kc.Keycloak,
+    cluster_a: Cluster,
+    cluster_b: Cluster,
+    ca_file: Path,
+    progress: Progress = _quiet,
+) -> AuthorinoGateway:
+    """Authorino on cluster A, our services behind Envoy + Authorino, the overlay's AuthConfigs."""
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    progress("installing the AuthConfig CRD and starting Authorino (cluster A)")
+    _run_async(authorino_mod.install(cluster_a, NAMESPACE))
+    authorino = Authorino(cluster_a, NAMESPACE, run_dir / SUBDIR, ca_file).start()
+    timings["authorino_start"] = authorino.start_seconds[-1]
+    gateway: LocalGateway | None = None
+    try:
+        listen_port = free_port()
+        gateway = start_gateway(
+            run_dir,
+            keycloak=keycloak,
+            cluster_a=cluster_a,
+            cluster_b=cluster_b,
+            ca_file=ca_file,
+            progress=progress,
+            listen_port=listen_port,
+            subdir=SUBDIR,
+            envoy_template=ENVOY_TEMPLATE,
+            envoy_values={
+                "AUTHORINO_GRPC_PORT": authorino.grpc_port,
+                "BACKEND_AUTHCONFIG": AUTHCONFIG_HOSTS[BACKEND_POLICY],
+                "BROKER_AUTHCONFIG": AUTHCONFIG_HOSTS[BROKER_POLICY],
+            },
+            extra_facade_clients={FACADE_CLIENT_ID: FACADE_CLIENT_SECRET},
+            wristband_form="both",
+        )
+        progress("applying the Kuadrant overlay's AuthPolicies as AuthConfigs")
+        applied = time.monotonic()
+        authconfigs = _configure(gateway, keycloak)
+        statuses = _run_async(
+            authorino_mod.apply_authconfigs(
+                cluster_a,
+                list(authconfigs.values()),
+                [facade_secret_object()],
+                authorino=authorino,
+            )
+        )
+        wait_served(gateway.mcp_url, authorino)
+        timings["authconfigs_ready"] = time.monotonic() - applied
+    except BaseException:
+        if gateway is not None:
+            gateway.stop()
+        authorino.stop()
+        raise
+    timings["total"] = time.monotonic() - started
+    return AuthorinoGateway(gateway, authorino, authconfigs, statuses, timings)
