@@ -1,5 +1,6 @@
 """A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and kwok (fake nodes whose pods answer logs and exec), all started as processes.
+kube-scheduler and kwok (fake nodes whose pods answer logs and exec; kwok listens on the nodes'
+address through an egress proxy, see below), all started as processes.
 
 ``start_cluster(name, ca, run_dir, jwt_issuers)`` gives a :class:`Cluster`; every component logs to
 ``run_dir/<name>/<component>.log``. Two clusters share nothing but the serving CA (``ca``, which
@@ -20,6 +21,34 @@ connection refused``). Tokens of that issuer get 401 until a retry succeeds: cal
 Pods on kwok nodes never run. kwok serves ``logs`` from one CRI-format file
 (``Cluster.fake_log_file``) for every container, and runs ``exec`` commands *on this machine*, in
 ``Cluster.exec_dir``: it is a testbed for an API-driven tool, not a sandbox.
+
+Node addresses: kube-apiserver refuses to proxy to a node whose address is not global unicast
+(``/api/v1/nodes/<n>/proxy/...`` answers 400 ``address not allowed`` for 127.0.0.1, see
+``isProxyableHostname`` in k8s ``pkg/registry/core/node/strategy.go``). So the fake nodes carry a
+documentation address (``egress_proxy.NODE_IP``, never routed) as their InternalIP, and the API
+server reaches the cluster network through an egress selector (``cluster``: node proxy, pod logs
+and exec, aggregated APIs) whose HTTP CONNECT proxy (``tests/testbed/egress_proxy.py``, a Unix
+socket) sends that address to kwok on 127.0.0.1. kwok's kubelet-facing server (one port for every
+fake node: ``daemonEndpoints.kubeletEndpoint``) thus stays on the loopback interface, which
+matters: it authenticates nobody and runs ``exec`` commands on this machine. Clients that scrape
+the nodes themselves (metrics-server) use the nodes' ``InternalDNS`` address, ``localhost``.
+
+What kwok v0.8.0 serves to the API server (``pkg/kwok/server``): ``/containerLogs``, ``/exec``,
+``/attach``, ``/portForward``, ``/healthz`` (``/readyz``, ``/livez``), ``/metrics`` plus the paths
+of ``Metric`` resources (which must start with ``/metrics``: ``InstallMetrics`` in ``metrics.go``),
+``/discovery/prometheus`` and ``/debug/pprof``. The kubelet's node log query ``/logs/`` (with
+``/run/`` and ``/runningpods/``) is registered as a disabled endpoint even when debugging handlers
+are on (``InstallDebuggingHandlers`` in ``debugging.go``: 405 "Debug endpoints are disabled."),
+and nothing serves the Summary API ``/stats/summary`` (go-restful's 404 "404 page not found").
+No kwok resource changes that: ``Logs``/``ClusterLogs`` feed ``/containerLogs`` only.
+
+Resource metrics: kwok emulates the kubelet's ``/metrics/resource`` per node at
+``/metrics/nodes/<node>/metrics/resource`` (the ``Metric`` of kwok's ``kustomize/metrics/resource``)
+and each node carries the ``metrics.k8s.io/resource-metrics-path`` annotation metrics-server reads,
+so a metrics-server (``tests/testbed/metrics_server.py``, started only on demand) scrapes the fake
+nodes. Container usage comes from the pod annotations ``kwok.x-k8s.io/usage-cpu`` and
+``kwok.x-k8s.io/usage-memory`` (defaults ``1m`` and ``1Mi``, kwok's ``kustomize/metrics/usage``).
+The API server has the front-proxy (request-header) settings the aggregation layer needs.
 """
 
 from __future__ import annotations
@@ -31,6 +60,8 @@ import datetime as dt
 import json
 import os
 import ssl
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -43,7 +74,7 @@ import yaml
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.rest import ApiException
 
-from tests.testbed import build, pki, process
+from tests.testbed import build, egress_proxy, paths, pki, process
 from tests.testbed.pki import CertificateAuthority, CertPair
 from tests.testbed.ports import free_port
 
@@ -51,6 +82,15 @@ HOST = "127.0.0.1"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 FAKE_NODE_LABEL = ("type", "kwok")
+# metrics-server scrapes this path on the node's kubelet port instead of /metrics/resource.
+RESOURCE_METRICS_PATH_ANNOTATION = "metrics.k8s.io/resource-metrics-path"
+# kwok: per-container usage read from these pod annotations (quantities, e.g. "250m", "64Mi").
+USAGE_CPU_ANNOTATION = "kwok.x-k8s.io/usage-cpu"
+USAGE_MEMORY_ANNOTATION = "kwok.x-k8s.io/usage-memory"
+FRONT_PROXY_CLIENT = "front-proxy-client"
+# Usage of a fake node beyond its pods' (kubelet, OS): without it an empty node reports nothing.
+NODE_BASE_CPU_CORES = 0.05
+NODE_BASE_MEMORY_BYTES = 256 * 1024 * 1024
 
 ETCD_TIMEOUT = 30.0
 APISERVER_TIMEOUT = 120.0
@@ -92,6 +132,8 @@ class Cluster:
     service_account_issuer: str
     fake_log_file: Path
     exec_dir: Path
+    node_ip: str  # InternalIP of every fake node (reached through the egress proxy)
+    kubelet_port: int  # kwok's kubelet-facing port (on 127.0.0.1)
     processes: dict[str, process.ManagedProcess] = field(default_factory=dict)
     startup_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -316,6 +358,7 @@ def start_cluster(
         comp: free_port() for comp in ("etcd", "etcd-peer", "apiserver", "cm", "sched", "kwok")
     }
     server = f"https://{HOST}:{ports['apiserver']}"
+    node_ip = egress_proxy.NODE_IP
 
     # PKI: serving certificates from the shared CA; client identities from this cluster's own CA.
     client_ca = CertificateAuthority(cluster_dir / "pki", name=f"kmg-{name}-client-ca")
@@ -330,7 +373,16 @@ def start_cluster(
     )
     sched_client = client_ca.issue("system:kube-scheduler", client=True, server=False)
     kubelet_client = client_ca.issue("kube-apiserver-kubelet-client", client=True, server=False)
-    serving = {comp: ca.issue(f"{name}-{comp}") for comp in ("apiserver", "cm", "sched", "kwok")}
+    # Aggregation layer (metrics-server): the API server authenticates to aggregated API servers
+    # with this client certificate; they trust it through the request-header CA it publishes.
+    front_proxy_ca = CertificateAuthority(
+        cluster_dir / "pki" / "front-proxy", name=f"kmg-{name}-front-proxy-ca"
+    )
+    front_proxy_client = front_proxy_ca.issue(FRONT_PROXY_CLIENT, client=True, server=False)
+    serving = {comp: ca.issue(f"{name}-{comp}") for comp in ("apiserver", "cm", "sched")}
+    # kwok is every fake node's kubelet: the API server reaches it at the nodes' InternalIP
+    # (through the egress proxy), metrics-server at their InternalDNS name, localhost.
+    serving["kwok"] = ca.issue(f"{name}-kwok", hosts=(HOST, "localhost", node_ip))
     sa = pki.rsa_key_pair(cluster_dir / "pki", "service-account")
 
     kubeconfigs = {
@@ -349,6 +401,9 @@ def start_cluster(
     exec_dir.mkdir(exist_ok=True)
     kwok_config = cluster_dir / "kwok.yaml"
     kwok_config.write_text(_kwok_config(fake_log, exec_dir))
+    egress_socket = _socket_path(cluster_dir / "egress.sock")
+    egress_config = cluster_dir / "egress-selector.yaml"
+    egress_config.write_text(yaml.safe_dump(_egress_selector_configuration(egress_socket)))
 
     cluster = Cluster(
         name=name,
@@ -360,6 +415,8 @@ def start_cluster(
         service_account_issuer=server,
         fake_log_file=fake_log,
         exec_dir=exec_dir,
+        node_ip=node_ip,
+        kubelet_port=ports["kwok"],
     )
     cluster.startup_seconds["prepare"] = time.monotonic() - t0
 
@@ -388,6 +445,17 @@ def start_cluster(
                 "--log-level=warn",
             ],
         )
+        egress = managed(
+            "egress-proxy",
+            [
+                sys.executable,
+                "-m",
+                "tests.testbed.egress_proxy",
+                f"--socket={egress_socket}",
+                f"--map={node_ip}={HOST}",
+            ],
+            cwd=paths.REPO_ROOT,
+        )
         apiserver = managed(
             "kube-apiserver",
             [
@@ -409,6 +477,15 @@ def start_cluster(
                 f"--kubelet-client-certificate={kubelet_client.cert}",
                 f"--kubelet-client-key={kubelet_client.key}",
                 "--kubelet-preferred-address-types=InternalIP,Hostname",
+                f"--requestheader-client-ca-file={front_proxy_ca.cert}",
+                f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-uid-headers=X-Remote-Uid",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={front_proxy_client.cert}",
+                f"--proxy-client-key-file={front_proxy_client.key}",
+                f"--egress-selector-config-file={egress_config}",
                 "--endpoint-reconciler-type=none",  # no real network: no endpoints for `kubernetes`
                 "--profiling=false",
             ],
@@ -416,6 +493,7 @@ def start_cluster(
         etcd.wait_until(
             lambda: process.http_ok(f"{etcd_url}/health"), timeout=ETCD_TIMEOUT, what="healthy"
         )
+        egress.wait_until(egress_socket.exists, timeout=COMPONENT_TIMEOUT, what="listening")
         apiserver.wait_until(
             lambda: _https_status(f"{server}/readyz", ca.cert) == 200,
             timeout=APISERVER_TIMEOUT,
@@ -464,7 +542,7 @@ def start_cluster(
                 f"--config={kwok_config}",
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=" + "=".join(KWOK_NODE_ANNOTATION),
-                f"--node-ip={HOST}",
+                f"--node-ip={node_ip}",
                 f"--node-port={ports['kwok']}",
                 f"--server-address={HOST}:{ports['kwok']}",
                 f"--tls-cert-file={serving['kwok'].cert}",
@@ -575,8 +653,33 @@ def _write_fake_log(path: Path) -> None:
     path.write_text("".join(lines))
 
 
+def _socket_path(preferred: Path) -> Path:
+    """``preferred``, or a path in a fresh private temp dir when it is too long for a socket."""
+    if len(os.fsencode(preferred)) < 100:  # sun_path holds 108 bytes
+        return preferred
+    return Path(tempfile.mkdtemp(prefix="kmg-egress-")) / "egress.sock"
+
+
+def _egress_selector_configuration(socket_path: Path) -> dict[str, Any]:
+    """kube-apiserver's egress: cluster traffic through the HTTP CONNECT proxy on a socket."""
+    return {
+        "apiVersion": "apiserver.k8s.io/v1beta1",
+        "kind": "EgressSelectorConfiguration",
+        "egressSelections": [
+            {
+                "name": "cluster",
+                "connection": {
+                    "proxyProtocol": "HTTPConnect",
+                    "transport": {"uds": {"udsName": str(socket_path)}},
+                },
+            }
+        ],
+    }
+
+
 def _kwok_config(log_file: Path, exec_dir: Path) -> str:
-    """kwok's --config: stages for fake nodes and pods, plus ClusterLogs and ClusterExec."""
+    """kwok's --config: stages for fake nodes and pods, ClusterLogs and ClusterExec, and the
+    resource metrics emulation (Metric + ClusterResourceUsage) metrics-server scrapes."""
     cluster_logs = {
         "apiVersion": "kwok.x-k8s.io/v1alpha1",
         "kind": "ClusterLogs",
@@ -593,9 +696,114 @@ def _kwok_config(log_file: Path, exec_dir: Path) -> str:
             ]
         },
     }
-    docs = [yaml.safe_dump(cluster_logs), yaml.safe_dump(cluster_exec), *_STAGES]
+    docs = [
+        yaml.safe_dump(cluster_logs),
+        yaml.safe_dump(cluster_exec),
+        _METRICS_RESOURCE,
+        _USAGE_FROM_ANNOTATION,
+        *_STAGES,
+    ]
     return "---\n".join(docs)
 
+
+# kwok v0.8.0's kustomize/metrics/resource/metrics-resource.yaml (Apache-2.0), trimmed to what
+# metrics-server reads: the kubelet's /metrics/resource, one path per node. Two changes:
+# * node figures add a constant system share to the pods' sum (metrics-server drops a node whose
+#   CPU or memory is 0, as an empty kwok node's would be): NODE_BASE_CPU_CORES and
+#   NODE_BASE_MEMORY_BYTES;
+# * a container's CPU counter is rate x age (what a kubelet reports for a constant rate) instead
+#   of kwok's CumulativeUsage, which answers 0 on its first evaluation: metrics-server drops a
+#   container whose counter is 0, so pods would show up one scrape (10 s) later.
+_METRICS_RESOURCE = """\
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Metric
+metadata:
+  name: metrics-resource
+spec:
+  path: "/metrics/nodes/{nodeName}/metrics/resource"
+  metrics:
+  - name: scrape_error
+    dimension: node
+    help: "[ALPHA] 1 if there was an error while getting metrics from the node, 0 otherwise"
+    kind: gauge
+    value: '0'
+  - name: container_start_time_seconds
+    dimension: container
+    help: "[ALPHA] Start time of the container since unix epoch in seconds"
+    kind: gauge
+    labels:
+    - {name: container, value: 'container.name'}
+    - {name: namespace, value: 'pod.metadata.namespace'}
+    - {name: pod, value: 'pod.metadata.name'}
+    value: 'pod.SinceSecond()'
+  - name: container_cpu_usage_seconds_total
+    dimension: container
+    help: "[ALPHA] Cumulative cpu time consumed by the container in core-seconds"
+    kind: counter
+    labels:
+    - {name: container, value: 'container.name'}
+    - {name: namespace, value: 'pod.metadata.namespace'}
+    - {name: pod, value: 'pod.metadata.name'}
+    value: 'pod.Usage("cpu", container.name) * pod.SinceSecond()'
+  - name: container_memory_working_set_bytes
+    dimension: container
+    help: "[ALPHA] Current working set of the container in bytes"
+    kind: gauge
+    labels:
+    - {name: container, value: 'container.name'}
+    - {name: namespace, value: 'pod.metadata.namespace'}
+    - {name: pod, value: 'pod.metadata.name'}
+    value: 'pod.Usage("memory", container.name)'
+  - name: pod_cpu_usage_seconds_total
+    dimension: pod
+    help: "[ALPHA] Cumulative cpu time consumed by the pod in core-seconds"
+    kind: counter
+    labels:
+    - {name: namespace, value: 'pod.metadata.namespace'}
+    - {name: pod, value: 'pod.metadata.name'}
+    value: 'pod.Usage("cpu") * pod.SinceSecond()'
+  - name: pod_memory_working_set_bytes
+    dimension: pod
+    help: "[ALPHA] Current working set of the pod in bytes"
+    kind: gauge
+    labels:
+    - {name: namespace, value: 'pod.metadata.namespace'}
+    - {name: pod, value: 'pod.metadata.name'}
+    value: 'pod.Usage("memory")'
+  - name: node_cpu_usage_seconds_total
+    dimension: node
+    help: "[ALPHA] Cumulative cpu time consumed by the node in core-seconds"
+    kind: counter
+    value: 'node.CumulativeUsage("cpu") + @NODE_BASE_CPU_CORES@ * node.SinceSecond()'
+  - name: node_memory_working_set_bytes
+    dimension: node
+    help: "[ALPHA] Current working set of the node in bytes"
+    kind: gauge
+    value: 'node.Usage("memory") + @NODE_BASE_MEMORY_BYTES@.0'
+""".replace("@NODE_BASE_CPU_CORES@", repr(NODE_BASE_CPU_CORES)).replace(
+    "@NODE_BASE_MEMORY_BYTES@", str(NODE_BASE_MEMORY_BYTES)
+)
+
+# kwok v0.8.0's kustomize/metrics/usage/usage-from-annotation.yaml (Apache-2.0).
+_USAGE_FROM_ANNOTATION = f"""\
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterResourceUsage
+metadata:
+  name: usage-from-annotation
+spec:
+  usages:
+  - usage:
+      cpu:
+        expression: |
+          "{USAGE_CPU_ANNOTATION}" in pod.metadata.annotations
+          ? Quantity(pod.metadata.annotations["{USAGE_CPU_ANNOTATION}"])
+          : Quantity("1m")
+      memory:
+        expression: |
+          "{USAGE_MEMORY_ANNOTATION}" in pod.metadata.annotations
+          ? Quantity(pod.metadata.annotations["{USAGE_MEMORY_ANNOTATION}"])
+          : Quantity("1Mi")
+"""
 
 # Stages adapted from kwok v0.8.0's kustomize/stage/{node/fast,node/heartbeat-with-lease,pod/fast}
 # (Apache-2.0): nodes become Ready at once, pods Running and Ready, Job pods Succeeded.
@@ -634,6 +842,8 @@ spec:
       - address: {{ . | Quote }}
         type: Hostname
       {{ end }}
+      - address: localhost
+        type: InternalDNS
       {{ with NodePort }}
       daemonEndpoints:
         kubeletEndpoint:
@@ -851,7 +1061,10 @@ def _fake_node(name: str) -> k8s.V1Node:
     return k8s.V1Node(
         metadata=k8s.V1ObjectMeta(
             name=name,
-            annotations={key: value},
+            annotations={
+                key: value,
+                RESOURCE_METRICS_PATH_ANNOTATION: f"/metrics/nodes/{name}/metrics/resource",
+            },
             labels={
                 label_key: label_value,
                 "kubernetes.io/hostname": name,

@@ -8,6 +8,9 @@
   real TokenRequest token of a ServiceAccount with exactly the permissions asked for.
 * ``kwok_nodes``: two fake nodes of cluster A, Ready, so workloads get Running pods (for cluster B:
   ``await cluster_b.ensure_fake_nodes()``).
+* ``metrics_server``: the real metrics-server serving ``metrics.k8s.io`` on cluster A (started only
+  by tests that ask for it; ready once it reports the kwok nodes' usage, ~20 s). Cluster B never
+  has one: tests of the "metrics API not available" path use B.
 
 Keycloak need not be running when a cluster starts (see ``Cluster.wait_token_accepted``).
 """
@@ -29,6 +32,7 @@ from tests.testbed.identity_plan import (
     REALM_MCP,
     IdentityPlan,
 )
+from tests.testbed.metrics_server import MetricsServer, start_metrics_server
 from tests.testbed.pki import CertificateAuthority
 
 CLUSTER_A = "cluster-a"
@@ -116,3 +120,16 @@ def service_account_token() -> ServiceAccountTokenFactory:
 async def kwok_nodes(cluster_a: Cluster) -> list[str]:
     """Names of cluster A's fake nodes, registered and Ready."""
     return await cluster_a.ensure_fake_nodes(FAKE_NODE_COUNT)
+
+
+@pytest.fixture(scope="session")
+def metrics_server(
+    cluster_a: Cluster, kwok_nodes: list[str], testbed_ca: CertificateAuthority
+) -> Iterator[MetricsServer]:
+    """metrics-server on cluster A, registered as ``v1beta1.metrics.k8s.io``, reporting the kwok
+    nodes' usage (pods show up after two scrapes of 10 s once they run)."""
+    server = start_metrics_server(cluster_a, testbed_ca, nodes=kwok_nodes)
+    try:
+        yield server
+    finally:
+        server.stop()
