@@ -8,21 +8,36 @@ from mcp_backend.clusters import Api
 from mcp_backend.discovery import NODE, segment
 from mcp_backend.errors import ClusterError, InvalidArguments, ToolFailure, Unreachable
 from mcp_backend.output import ToolOutput, align, truncate
+from mcp_backend.quantities import cpu_text, memory_text
 from mcp_backend.tools.base import R_IDEMPOTENT, R, ToolContext, ToolSpec, prop
 from mcp_backend.tools.pods import METRICS_GROUP, metrics_available, metrics_missing, tail_cap
 
 
 async def _node_proxy(api: Api, node: str, sub: str, **kwargs: object) -> str:
+    """GET the kubelet's ``/<sub>`` through the API server's node proxy, as text."""
     try:
         text: str = await api.get(f"{NODE.path(None, node)}/proxy/{sub}", text=True, **kwargs)
     except ClusterError as exc:
-        if exc.status in (401, 403, 404) or (
-            isinstance(exc, Unreachable) and "did not answer" in exc.message
-        ):
-            raise
+        if exc.status in (401, 403) or (exc.status == 404 and exc.reason == "NotFound"):
+            raise  # the API server's own answer: bad token, RBAC, or no such node
+        if isinstance(exc, Unreachable):
+            if "did not answer" in exc.message:
+                raise
+            raise ToolFailure(
+                f"node {node!r} on cluster {api.name!r} did not answer through the node proxy "
+                f"({exc.message}); the kubelet may be down or unreachable from the API server"
+            ) from None
+        if exc.reason:  # a Status object: the API server could not proxy to the kubelet
+            raise ToolFailure(
+                f"cluster {api.name!r} could not proxy to the kubelet of node {node!r} "
+                f"(HTTP {exc.status}): {exc.message}"
+            ) from None
+        # The kubelet itself answered with an error (plain text, no Status object).
         raise ToolFailure(
-            f"node {node!r} on cluster {api.name!r} did not answer through the node proxy "
-            f"({exc.message}); the kubelet may be unreachable or emulated (kwok, virtual nodes)"
+            f"the kubelet of node {node!r} on cluster {api.name!r} answered GET /{sub} with "
+            f"HTTP {exc.status} through the node proxy: it does not serve this endpoint here "
+            f"(emulated kubelets such as kwok or virtual nodes serve only part of the kubelet "
+            f"API). Details: {exc.message}"
         ) from None
     return text
 
@@ -77,7 +92,7 @@ async def nodes_top(ctx: ToolContext) -> ToolOutput:
     for item in items:
         usage = item.get("usage") or {}
         node = (item.get("metadata") or {}).get("name", "")
-        rows.append([node, str(usage.get("cpu", "")), str(usage.get("memory", ""))])
+        rows.append([node, cpu_text(usage.get("cpu", "")), memory_text(usage.get("memory", ""))])
         structured.append({"name": node, **usage})
     if len(rows) == 1:
         return ToolOutput(text="No node metrics found.\n", structured={"items": []})

@@ -7,9 +7,10 @@ from typing import Any
 
 from mcp_backend.clusters import Api
 from mcp_backend.discovery import POD, SERVICE, segment
-from mcp_backend.errors import ToolFailure
+from mcp_backend.errors import NotFound, ToolFailure
 from mcp_backend.objects import get_object, object_yaml, read_log
 from mcp_backend.output import ToolOutput, align, to_yaml
+from mcp_backend.quantities import cpu_text, memory_text
 from mcp_backend.tools.base import (
     LIST_PROPS,
     R_IDEMPOTENT,
@@ -48,8 +49,20 @@ async def pods_delete(ctx: ToolContext) -> ToolOutput:
 
 
 async def metrics_available(api: Api) -> bool:
+    """Whether the cluster serves the metrics API. The cached discovery answers when it lists
+    the group; otherwise the group's own discovery document is asked for (one small request), so
+    a metrics-server registered after the discovery was cached is seen at once."""
     disc = await api.discovery()
-    return any(r.group == METRICS_GROUP for r in disc.resources)
+    if any(r.group == METRICS_GROUP for r in disc.resources):
+        return True
+    try:
+        group = await api.get(f"/apis/{METRICS_GROUP}")
+    except NotFound:
+        return False
+    if isinstance(group, dict) and group.get("versions"):
+        api.cluster.discovery.invalidate()  # stale: the next discovery lists the new group
+        return True
+    return False
 
 
 def metrics_missing(api: Api) -> ToolFailure:
@@ -88,8 +101,8 @@ async def pods_top(ctx: ToolContext) -> ToolOutput:
                     meta.get("namespace", ""),
                     meta.get("name", ""),
                     c.get("name", ""),
-                    str(usage.get("cpu", "")),
-                    str(usage.get("memory", "")),
+                    cpu_text(usage.get("cpu", "")),
+                    memory_text(usage.get("memory", "")),
                 ]
             )
             structured.append(

@@ -3,12 +3,16 @@ an unreachable cluster named in the error."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import yaml
+from kubernetes_asyncio import client as k8s
+from mcp_types import CallToolResult
 
 from tests.mcp_backend.conftest import NS, NS_B, Tokens, mcp_client, text_of
-from tests.testbed.cluster import Cluster
+from tests.testbed.cluster import NODE_BASE_MEMORY_BYTES, Cluster
+from tests.testbed.metrics_server import MetricsServer
 from tests.testbed.ports import free_port
 
 
@@ -48,23 +52,42 @@ async def test_namespaces_list(connect: Any, tokens: Tokens, workloads: dict[str
 
 
 async def test_nodes_via_resources_list_and_node_proxy(
-    connect: Any, tokens: Tokens, kwok_nodes: list[str]
+    connect: Any, tokens: Tokens, kwok_nodes: list[str], cluster_a: Cluster
 ) -> None:
+    """The API server really proxies to the kwok nodes (through its egress proxy), and
+    the tools report exactly what kwok v0.8.0's kubelet emulation answers: ``/logs/`` is a
+    registered "disabled" handler (405, pkg/kwok/server/debugging.go), ``/stats/summary`` has no
+    handler at all (go-restful's 404)."""
+    node = kwok_nodes[0]
     async with connect(tokens.admin) as client:
         nodes = await client.call_tool("resources_list", {"apiVersion": "v1", "kind": "Node"})
-        log = await client.call_tool("nodes_log", {"name": kwok_nodes[0], "query": "kubelet"})
-        stats = await client.call_tool("nodes_stats_summary", {"name": kwok_nodes[0]})
-        bad_query = await client.call_tool(
-            "nodes_log", {"name": kwok_nodes[0], "query": "../etc/passwd"}
+        got = await client.call_tool(
+            "resources_get", {"apiVersion": "v1", "kind": "Node", "name": node}
         )
+        log = await client.call_tool("nodes_log", {"name": node, "query": "kubelet"})
+        stats = await client.call_tool("nodes_stats_summary", {"name": node})
+        missing = await client.call_tool("nodes_stats_summary", {"name": "no-such-node"})
+        bad_query = await client.call_tool("nodes_log", {"name": node, "query": "../etc/passwd"})
     assert {r["Name"] for r in nodes.structured_content["items"]} >= set(kwok_nodes)
-    # kwok emulates no kubelet log or stats endpoints: the answer must say so clearly, or
-    # (on a kwok that does) carry content.
-    for result in (log, stats):
-        text = text_of(result)
-        assert (result.is_error and kwok_nodes[0] in text and "node proxy" in text) or (
-            not result.is_error and text.strip()
-        ), text
+    status = yaml.safe_load(text_of(got))["status"]
+    assert {"type": "InternalIP", "address": cluster_a.node_ip} in status["addresses"]
+    assert status["daemonEndpoints"]["kubeletEndpoint"]["Port"] == cluster_a.kubelet_port
+
+    prefix = (
+        f"the kubelet of node {node!r} on cluster 'cluster-a' answered GET /{{}} with HTTP {{}} "
+        "through the node proxy: it does not serve this endpoint here (emulated kubelets such as "
+        "kwok or virtual nodes serve only part of the kubelet API). Details: "
+    )
+    assert log.is_error
+    assert text_of(log).startswith(prefix.format("logs/", 405)), text_of(log)
+    assert text_of(log).endswith(": Debug endpoints are disabled."), text_of(log)  # kwok's text
+    assert stats.is_error
+    assert text_of(stats).startswith(prefix.format("stats/summary", 404)), text_of(stats)
+    assert "404 page not found" in text_of(stats)  # go-restful's answer, not the API server's
+    # The API server's own 404 (no such node) stays a plain "not found".
+    assert missing.is_error
+    assert 'nodes "no-such-node" not found' in text_of(missing)
+    assert "kubelet" not in text_of(missing)
     assert bad_query.is_error
     assert "without '..'" in text_of(bad_query)
 
@@ -80,10 +103,134 @@ async def test_nodes_proxy_refused_for_viewer(
 
 
 async def test_nodes_top_says_metrics_api_is_absent(connect: Any, tokens: Tokens) -> None:
+    """Cluster B never runs a metrics-server: no metrics.k8s.io there."""
+    async with connect(tokens.admin_b) as client:
+        result = await client.call_tool("nodes_top", {"context": "cluster-b"})
+    assert result.is_error
+    assert "metrics API (metrics.k8s.io) not available on cluster 'cluster-b'" in text_of(result)
+
+
+NodeUsage = list[tuple[str, str, str]]  # name, cpu, memory
+
+
+async def _api_node_usage(
+    api: k8s.ApiClient, name: str | None = None, selector: str = ""
+) -> NodeUsage:
+    """What the metrics API itself says (admin client), like nodes_top's rows."""
+    metrics = k8s.CustomObjectsApi(api)
+    if name is not None:
+        items = [
+            await metrics.get_cluster_custom_object("metrics.k8s.io", "v1beta1", "nodes", name)
+        ]
+    else:
+        body = await metrics.list_cluster_custom_object(
+            "metrics.k8s.io", "v1beta1", "nodes", label_selector=selector
+        )
+        items = body["items"]
+    return sorted((i["metadata"]["name"], i["usage"]["cpu"], i["usage"]["memory"]) for i in items)
+
+
+async def _same_figures(
+    read_api: Callable[[], Awaitable[NodeUsage]],
+    call: Callable[[], Awaitable[CallToolResult]],
+) -> tuple[NodeUsage, CallToolResult]:
+    """Call the tool between two agreeing reads of the metrics API (figures change only when
+    metrics-server scrapes), so the tool must have seen exactly those figures."""
+    for _ in range(5):
+        before = await read_api()
+        result = await call()
+        if await read_api() == before:
+            return before, result
+    raise AssertionError("the metrics API kept changing between reads")
+
+
+def _node_rows(result: CallToolResult) -> NodeUsage:
+    assert not result.is_error, text_of(result)
+    return sorted((r["name"], r["cpu"], r["memory"]) for r in result.structured_content["items"])
+
+
+def _bytes(quantity: str) -> int:
+    """metrics-server's memory figures: 'NNMi', 'NNKi' or bytes."""
+    for suffix, factor in (("Mi", 2**20), ("Ki", 2**10), ("", 1)):
+        number = quantity[: len(quantity) - len(suffix)]
+        if quantity.endswith(suffix) and number.isdigit():
+            return int(number) * factor
+    raise AssertionError(f"unexpected memory quantity {quantity!r}")
+
+
+def _assert_node_rows_shown(result: CallToolResult, usage: NodeUsage) -> None:
+    """The text table shows kubectl-top figures: millicores rounded up, whole MiB."""
+    lines = text_of(result).splitlines()
+    assert lines[0].split() == ["NAME", "CPU(cores)", "MEMORY(bytes)"]
+    expected = set()
+    for name, cpu, memory in usage:
+        assert cpu.endswith("n"), cpu  # metrics-server reports nanocores
+        millicores = -(-int(cpu[:-1]) // 1_000_000)  # rounded up
+        expected.add((name, f"{millicores}m", f"{_bytes(memory) // 2**20}Mi"))
+    assert {tuple(line.split()) for line in lines[1:]} == expected
+
+
+async def test_nodes_top_matches_metrics_api(
+    connect: Any,
+    tokens: Tokens,
+    kwok_nodes: list[str],
+    metrics_server: MetricsServer,
+    admin_client: k8s.ApiClient,
+) -> None:
+    async with connect(tokens.admin) as client:
+        usage, result = await _same_figures(
+            lambda: _api_node_usage(admin_client),
+            lambda: client.call_tool("nodes_top", {}),
+        )
+    assert _node_rows(result) == usage
+    assert [name for name, _, _ in usage] == sorted(kwok_nodes)
+    for _, cpu, memory in usage:
+        # kwok's emulation: a node's own share (50m, 256Mi) plus its pods' usage
+        assert int(cpu[:-1]) >= 0.049 * 1e9
+        assert _bytes(memory) >= NODE_BASE_MEMORY_BYTES
+    _assert_node_rows_shown(result, usage)
+
+
+async def test_nodes_top_one_node_and_label_selector(
+    connect: Any,
+    tokens: Tokens,
+    kwok_nodes: list[str],
+    metrics_server: MetricsServer,
+    admin_client: k8s.ApiClient,
+) -> None:
+    node = kwok_nodes[1]
+    selector = f"kubernetes.io/hostname={node}"
+    async with connect(tokens.admin) as client:
+        one, named = await _same_figures(
+            lambda: _api_node_usage(admin_client, node),
+            lambda: client.call_tool("nodes_top", {"name": node}),
+        )
+        selected_usage, selected = await _same_figures(
+            lambda: _api_node_usage(admin_client, selector=selector),
+            lambda: client.call_tool("nodes_top", {"label_selector": selector}),
+        )
+        missing = await client.call_tool("nodes_top", {"name": "no-such-node"})
+    assert [name for name, _, _ in one] == [node]
+    assert _node_rows(named) == one
+    _assert_node_rows_shown(named, one)
+    assert [name for name, _, _ in selected_usage] == [node]
+    assert _node_rows(selected) == selected_usage
+    assert missing.is_error
+    assert "no-such-node" in text_of(missing)
+    assert "not found" in text_of(missing)
+
+
+async def test_nodes_top_refused_without_metrics_rbac(
+    connect: Any, tokens: Tokens, metrics_server: MetricsServer
+) -> None:
+    """``view`` grants no metrics.k8s.io: the API server refuses the caller's own token."""
     async with connect(tokens.viewer) as client:
         result = await client.call_tool("nodes_top", {})
     assert result.is_error
-    assert "not available on cluster 'cluster-a'" in text_of(result)
+    text = text_of(result)
+    assert "403" in text
+    assert "mcpb-viewer" in text
+    assert "list nodes.metrics.k8s.io" in text
 
 
 async def test_configuration_tools_show_clusters_without_secrets(
