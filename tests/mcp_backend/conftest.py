@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
 import pytest
@@ -310,3 +310,19 @@ async def workloads(
                 },
             )
     return {"web_pods": sorted(web_pods)}
+
+
+FiguresT = TypeVar("FiguresT")
+
+
+async def same_figures(
+    read_api: Callable[[], Awaitable[FiguresT]], call: Callable[[], Awaitable[CallToolResult]]
+) -> tuple[FiguresT, CallToolResult]:
+    """Call a tool between two reads of the metrics API that agree (figures change only when
+    metrics-server scrapes, every 10 s), so the tool must have seen exactly those figures."""
+    for _ in range(5):
+        before = await read_api()
+        result = await call()
+        if await read_api() == before:
+            return before, result
+    raise AssertionError("the metrics API kept changing between reads")

@@ -3,14 +3,13 @@ an unreachable cluster named in the error."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import yaml
 from kubernetes_asyncio import client as k8s
 from mcp_types import CallToolResult
 
-from tests.mcp_backend.conftest import NS, NS_B, Tokens, mcp_client, text_of
+from tests.mcp_backend.conftest import NS, NS_B, Tokens, mcp_client, same_figures, text_of
 from tests.testbed.cluster import NODE_BASE_MEMORY_BYTES, Cluster
 from tests.testbed.metrics_server import MetricsServer
 from tests.testbed.ports import free_port
@@ -130,20 +129,6 @@ async def _api_node_usage(
     return sorted((i["metadata"]["name"], i["usage"]["cpu"], i["usage"]["memory"]) for i in items)
 
 
-async def _same_figures(
-    read_api: Callable[[], Awaitable[NodeUsage]],
-    call: Callable[[], Awaitable[CallToolResult]],
-) -> tuple[NodeUsage, CallToolResult]:
-    """Call the tool between two agreeing reads of the metrics API (figures change only when
-    metrics-server scrapes), so the tool must have seen exactly those figures."""
-    for _ in range(5):
-        before = await read_api()
-        result = await call()
-        if await read_api() == before:
-            return before, result
-    raise AssertionError("the metrics API kept changing between reads")
-
-
 def _node_rows(result: CallToolResult) -> NodeUsage:
     assert not result.is_error, text_of(result)
     return sorted((r["name"], r["cpu"], r["memory"]) for r in result.structured_content["items"])
@@ -178,7 +163,7 @@ async def test_nodes_top_matches_metrics_api(
     admin_client: k8s.ApiClient,
 ) -> None:
     async with connect(tokens.admin) as client:
-        usage, result = await _same_figures(
+        usage, result = await same_figures(
             lambda: _api_node_usage(admin_client),
             lambda: client.call_tool("nodes_top", {}),
         )
@@ -201,11 +186,11 @@ async def test_nodes_top_one_node_and_label_selector(
     node = kwok_nodes[1]
     selector = f"kubernetes.io/hostname={node}"
     async with connect(tokens.admin) as client:
-        one, named = await _same_figures(
+        one, named = await same_figures(
             lambda: _api_node_usage(admin_client, node),
             lambda: client.call_tool("nodes_top", {"name": node}),
         )
-        selected_usage, selected = await _same_figures(
+        selected_usage, selected = await same_figures(
             lambda: _api_node_usage(admin_client, selector=selector),
             lambda: client.call_tool("nodes_top", {"label_selector": selector}),
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from mcp_types import CallToolResult
 
 from mcp_backend.quantities import cpu_text, memory_text
-from tests.mcp_backend.conftest import NS, NS_B, Tokens, mcp_client, text_of, wait_for
+from tests.mcp_backend.conftest import NS, NS_B, Tokens, mcp_client, same_figures, text_of, wait_for
 from tests.testbed.cluster import (
     FAKE_LOG_LINES,
     USAGE_CPU_ANNOTATION,
@@ -322,19 +321,6 @@ async def _api_pod_usage(
     )
 
 
-async def _same_figures(
-    read_api: Callable[[], Awaitable[Usage]], call: Callable[[], Awaitable[CallToolResult]]
-) -> tuple[Usage, CallToolResult]:
-    """Call the tool between two reads of the metrics API that agree (figures change only when
-    metrics-server scrapes, every 10 s), so the tool must have seen exactly those figures."""
-    for _ in range(5):
-        before = await read_api()
-        result = await call()
-        if await read_api() == before:
-            return before, result
-    raise AssertionError("the metrics API kept changing between reads")
-
-
 def _tool_usage(result: CallToolResult) -> Usage:
     assert not result.is_error, text_of(result)
     return sorted(
@@ -381,7 +367,7 @@ async def test_pods_top_in_namespace_matches_metrics_api(
     connect: Any, tokens: Tokens, admin_client: k8s.ApiClient, pod_metrics: None
 ) -> None:
     async with connect(tokens.admin) as client:
-        usage, result = await _same_figures(
+        usage, result = await same_figures(
             lambda: _api_pod_usage(admin_client, TOP_NS),
             lambda: client.call_tool("pods_top", {"namespace": TOP_NS}),
         )
@@ -406,7 +392,7 @@ async def test_pods_top_all_namespaces_matches_metrics_api(
 
     await wait_for(web_pods_reported, "pod metrics of the web Deployment", within=60, interval=1)
     async with connect(tokens.admin) as client:
-        usage, result = await _same_figures(
+        usage, result = await same_figures(
             lambda: _api_pod_usage(admin_client, None),
             lambda: client.call_tool("pods_top", {}),
         )
@@ -421,7 +407,7 @@ async def test_pods_top_named_pod(
     connect: Any, tokens: Tokens, admin_client: k8s.ApiClient, pod_metrics: None
 ) -> None:
     async with connect(tokens.admin) as client:
-        usage, result = await _same_figures(
+        usage, result = await same_figures(
             lambda: _api_pod_usage(admin_client, TOP_NS, "top-web"),
             lambda: client.call_tool("pods_top", {"namespace": TOP_NS, "name": "top-web"}),
         )
@@ -440,11 +426,11 @@ async def test_pods_top_label_selector(
 ) -> None:
     selector = f"{TOP_LABEL}=db"
     async with connect(tokens.admin) as client:
-        usage, in_ns = await _same_figures(
+        usage, in_ns = await same_figures(
             lambda: _api_pod_usage(admin_client, TOP_NS, selector=selector),
             lambda: client.call_tool("pods_top", {"namespace": TOP_NS, "label_selector": selector}),
         )
-        _, everywhere = await _same_figures(
+        _, everywhere = await same_figures(
             lambda: _api_pod_usage(admin_client, None, selector=selector),
             lambda: client.call_tool("pods_top", {"label_selector": selector}),
         )
@@ -479,7 +465,7 @@ async def test_pods_top_follows_the_callers_rbac(
     async with connect(tokens.viewer) as client:
         refused = await client.call_tool("pods_top", {"namespace": TOP_NS})
     async with connect(reader) as client:
-        usage, allowed = await _same_figures(
+        usage, allowed = await same_figures(
             lambda: _api_pod_usage(admin_client, TOP_NS),
             lambda: client.call_tool("pods_top", {"namespace": TOP_NS}),
         )
@@ -528,7 +514,7 @@ async def test_pods_top_sees_a_metrics_api_registered_after_discovery(
 
     await wait_for(api_answers, "the metrics API answering again", within=30)
     async with mcp_client(running.url, tokens.admin) as client:
-        usage, present = await _same_figures(
+        usage, present = await same_figures(
             lambda: _api_pod_usage(admin_client, TOP_NS),
             lambda: client.call_tool("pods_top", {"namespace": TOP_NS}),
         )

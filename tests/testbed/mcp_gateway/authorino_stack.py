@@ -16,17 +16,15 @@ What starts, next to a running testbed (Keycloak, clusters A and B):
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import concurrent.futures
 import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tests.testbed import authorino as authorino_mod
 from tests.testbed import keycloak as kc
@@ -35,7 +33,13 @@ from tests.testbed.authorino import Authorino
 from tests.testbed.cluster import Cluster
 from tests.testbed.identity_plan import REALM_MCP
 from tests.testbed.kuadrant_authconfig import Environment, OverlayMismatch, overlay_authconfigs
-from tests.testbed.mcp_gateway.stack import HERE, LocalGateway, Progress, start_gateway
+from tests.testbed.mcp_gateway.stack import (
+    HERE,
+    LocalGateway,
+    Progress,
+    _run_async,
+    start_gateway,
+)
 from tests.testbed.ports import free_port
 
 ENVOY_TEMPLATE = HERE / "envoy-authorino.yaml.tmpl"
@@ -52,17 +56,9 @@ FACADE_CLIENT_SECRET = "authorino-facade-secret-demo-only"  # test-only credenti
 SHARED_SECRET = ("kmg-token-exchange-client", "authorization")
 SERVED_TIMEOUT = 60.0
 
-T = TypeVar("T")
-
 
 def _quiet(_: str) -> None:
     return None
-
-
-def _run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion in a worker thread (safe inside a running event loop)."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 @dataclass
