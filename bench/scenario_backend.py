@@ -15,7 +15,9 @@ Three phases, every path measured in each, alternating so drift hits all of them
 
 1. **paired sequential** (one client, no queueing): call i goes to every path back to back (the
    order rotates); the added latency of call i is the backend's time minus the direct time of
-   the same query at the same moment, and its median per query is the pure cost of the hop;
+   the same query at the same moment, and its median per query is the pure cost of the hop.
+   The CPU time of each call is split too: the backend process's, and this process's (the MCP
+   client's against the direct client's), which shows how much of the hop is the backend;
 2. **paced, 16 clients**: each query alone at a fixed offered rate (open loop, latency counted
    from the scheduled send time, see ``bench.load.paced_load``) below saturation, spread over
    the 16 MCP clients: the median added latency under concurrent use, per query;
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import statistics
 import sys
@@ -222,7 +225,12 @@ async def _mcp_path(stack: contextlib.AsyncExitStack, base: str, headers: dict[s
 
 
 async def _measure(
-    cluster: Cluster, token: str, bases: dict[str, str], rounds: int, per_round: int
+    cluster: Cluster,
+    token: str,
+    bases: dict[str, str],
+    pids: dict[str, int],
+    rounds: int,
+    per_round: int,
 ) -> dict[str, Any]:
     import ssl
 
@@ -255,8 +263,12 @@ async def _measure(
         # Warm-up: connections, discovery, first-call costs; not measured.
         for call in paths_.values():
             await _closed_loop(call, 64)
+        # This process holds the clients of every path; without this, the garbage collector
+        # would rescan all of them whenever a big answer is parsed, and charge it to that path.
+        gc.collect()
+        gc.freeze()
         out: dict[str, Any] = {p: {} for p in paths_}
-        for path, per_query in (await _paired_sequential(paths_)).items():
+        for path, per_query in (await _paired_sequential(paths_, pids)).items():
             out[path]["sequential"] = per_query
         rates = {
             q: max(
@@ -282,27 +294,45 @@ async def _measure(
     return out
 
 
-async def _paired_sequential(paths_: dict[str, Call]) -> dict[str, dict[str, Any]]:
+async def _paired_sequential(
+    paths_: dict[str, Call], pids: dict[str, int]
+) -> dict[str, dict[str, Any]]:
     """Call i on every path back to back (rotating order); per path and query: latency
-    percentiles, and for the non-direct paths the median of (path - direct) over the pairs."""
+    percentiles, for the non-direct paths the median of (path - direct) over the pairs, and the
+    CPU time per call of the client (this process) and of the backend serving the path."""
     names = list(paths_)
     times: dict[str, list[float]] = {p: [] for p in names}
+    client_cpu: dict[str, list[float]] = {p: [0.0, 0.0] for p in names}
+    server_cpu: dict[str, list[float]] = {p: [0.0, 0.0] for p in names}
     for i in range(SEQUENTIAL_CALLS):
         shift = i % len(names)
         for path in names[shift:] + names[:shift]:
+            pid = pids.get(path)
+            server_before = cpu_seconds(pid) if pid else 0.0
+            cpu_before = time.process_time()
             started = time.perf_counter()
             await paths_[path](i)
             times[path].append(time.perf_counter() - started)
+            client_cpu[path][i % 2] += time.process_time() - cpu_before
+            if pid:
+                server_cpu[path][i % 2] += cpu_seconds(pid) - server_before
+    per_query_calls = SEQUENTIAL_CALLS / len(QUERIES)
     out: dict[str, dict[str, Any]] = {}
     for path in names:
         out[path] = {}
         for q, query in enumerate(QUERIES):
             own = times[path][q :: len(QUERIES)]
             out[path][query] = percentiles(own)
+            out[path][query]["client_cpu_ms_per_call"] = round(
+                client_cpu[path][q] * 1000 / per_query_calls, 3
+            )
             if path != "direct":
                 base = times["direct"][q :: len(QUERIES)]
                 diffs = [a - b for a, b in zip(own, base, strict=True)]
                 out[path][query]["added_p50_ms_paired"] = round(statistics.median(diffs) * 1000, 3)
+                out[path][query]["backend_cpu_ms_per_call"] = round(
+                    server_cpu[path][q] * 1000 / per_query_calls, 3
+                )
     return out
 
 
@@ -360,6 +390,19 @@ def _compare(measured: dict[str, Any], path: str) -> dict[str, Any]:
         "added_latency_p50_ms_sequential_paired": {
             q: backend["sequential"][q]["added_p50_ms_paired"] for q in QUERIES
         },
+        # where the added time goes, per call (sequential phase): the backend's own CPU, and the
+        # MCP client's CPU minus the direct client's (both in this process)
+        "backend_cpu_ms_per_call_sequential": {
+            q: backend["sequential"][q]["backend_cpu_ms_per_call"] for q in QUERIES
+        },
+        "extra_client_cpu_ms_per_call_sequential": {
+            q: round(
+                backend["sequential"][q]["client_cpu_ms_per_call"]
+                - direct["sequential"][q]["client_cpu_ms_per_call"],
+                3,
+            )
+            for q in QUERIES
+        },
         "added_latency_mean_ms_closed_loop": round(
             backend["closed_loop"]["all"]["mean_ms"] - direct["closed_loop"]["all"]["mean_ms"], 3
         ),
@@ -387,7 +430,7 @@ async def run(soak: bool = False) -> dict[str, Any]:
         pids = {n: p.proc.pid for n, (p, _) in backends.items() if p.proc is not None}
         cpu_before = {n: cpu_seconds(pid) for n, pid in pids.items()}
         measured = await _measure(
-            cluster, token, {n: b for n, (_, b) in backends.items()}, rounds, CALLS_PER_ROUND
+            cluster, token, {n: b for n, (_, b) in backends.items()}, pids, rounds, CALLS_PER_ROUND
         )
         cpu_used = {n: cpu_seconds(pid) - cpu_before[n] for n, pid in pids.items()}
         result: dict[str, Any] = {
