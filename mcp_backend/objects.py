@@ -85,8 +85,11 @@ async def list_objects(
             count = len(body.get("items") or [])
             text = list_to_yaml(body)
         else:
-            table = render_table(body, with_namespace=with_namespace)
-            count = len(table.rows)
+            rows = len(body.get("rows") or [])
+            table = render_table(
+                body, with_namespace=with_namespace, records=rows <= STRUCTURED_ROWS_MAX
+            )
+            count = table.count
             text = table.text
             if count <= STRUCTURED_ROWS_MAX:
                 structured["items"] = table.rows

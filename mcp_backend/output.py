@@ -79,15 +79,18 @@ def list_to_yaml(body: dict[str, Any]) -> str:
 
 @dataclass
 class Table:
-    """A rendered server-side Table."""
+    """A rendered server-side Table: the text, the row count, and (when asked for) each row's
+    priority-0 cells by column name."""
 
     text: str
+    count: int
     rows: list[dict[str, Any]]
     columns: list[str]
 
 
-def render_table(table: dict[str, Any], *, with_namespace: bool) -> Table:
-    """kubectl-like aligned text of a ``meta.k8s.io/v1 Table`` (priority-0 columns only)."""
+def render_table(table: dict[str, Any], *, with_namespace: bool, records: bool = True) -> Table:
+    """kubectl-like aligned text of a ``meta.k8s.io/v1 Table`` (priority-0 columns only);
+    ``records=False`` skips the per-row dicts (when only the text is shipped)."""
     defs = table.get("columnDefinitions") or []
     keep = [i for i, c in enumerate(defs) if int(c.get("priority", 0)) == 0]
     names = [str(defs[i].get("name", i)) for i in keep]
@@ -100,16 +103,19 @@ def render_table(table: dict[str, Any], *, with_namespace: bool) -> Table:
             cells = [*cells, *([None] * (width - len(cells)))]
         picked = [cells[i] for i in keep]
         values = [v if type(v) is str and "\n" not in v else _cell(v) for v in picked]
-        record = dict(zip(names, picked, strict=True))
-        namespace = ((row.get("object") or {}).get("metadata") or {}).get("namespace")
+        obj = row.get("object")
+        namespace = (obj.get("metadata") or {}).get("namespace") if obj else None
         if with_namespace:
             values.insert(0, namespace or "")
-        if namespace:
-            record["Namespace"] = namespace
         grid.append(values)
-        rows_out.append(record)
+        if records:
+            record = dict(zip(names, picked, strict=True))
+            if namespace:
+                record["Namespace"] = namespace
+            rows_out.append(record)
     header = (["NAMESPACE"] if with_namespace else []) + [n.upper() for n in names]
-    return Table(text=align([header, *grid]) if grid else "", rows=rows_out, columns=header)
+    text = align([header, *grid]) if grid else ""
+    return Table(text=text, count=len(grid), rows=rows_out, columns=header)
 
 
 def _cell(value: Any) -> str:
