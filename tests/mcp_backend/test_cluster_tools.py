@@ -9,9 +9,16 @@ import yaml
 from kubernetes_asyncio import client as k8s
 from mcp_types import CallToolResult
 
-from tests.mcp_backend.conftest import NS, NS_B, Tokens, mcp_client, same_figures, text_of
+from tests.mcp_backend.conftest import (
+    NS,
+    NS_B,
+    Tokens,
+    mcp_client,
+    same_figures,
+    text_of,
+)
 from tests.testbed.cluster import NODE_BASE_MEMORY_BYTES, Cluster
-from tests.testbed.metrics_server import MetricsServer
+from tests.testbed.metrics_server import MetricsServer, nanocores
 from tests.testbed.ports import free_port
 
 
@@ -149,8 +156,7 @@ def _assert_node_rows_shown(result: CallToolResult, usage: NodeUsage) -> None:
     assert lines[0].split() == ["NAME", "CPU(cores)", "MEMORY(bytes)"]
     expected = set()
     for name, cpu, memory in usage:
-        assert cpu.endswith("n"), cpu  # metrics-server reports nanocores
-        millicores = -(-int(cpu[:-1]) // 1_000_000)  # rounded up
+        millicores = -(-nanocores(cpu) // 1_000_000)  # rounded up
         expected.add((name, f"{millicores}m", f"{_bytes(memory) // 2**20}Mi"))
     assert {tuple(line.split()) for line in lines[1:]} == expected
 
@@ -171,7 +177,7 @@ async def test_nodes_top_matches_metrics_api(
     assert [name for name, _, _ in usage] == sorted(kwok_nodes)
     for _, cpu, memory in usage:
         # kwok's emulation: a node's own share (50m, 256Mi) plus its pods' usage
-        assert int(cpu[:-1]) >= 0.049 * 1e9
+        assert nanocores(cpu) >= 0.049 * 1e9
         assert _bytes(memory) >= NODE_BASE_MEMORY_BYTES
     _assert_node_rows_shown(result, usage)
 

@@ -12,7 +12,15 @@ from kubernetes_asyncio.client.rest import ApiException
 from mcp_types import CallToolResult
 
 from mcp_backend.quantities import cpu_text, memory_text
-from tests.mcp_backend.conftest import NS, NS_B, Tokens, mcp_client, same_figures, text_of, wait_for
+from tests.mcp_backend.conftest import (
+    NS,
+    NS_B,
+    Tokens,
+    mcp_client,
+    same_figures,
+    text_of,
+    wait_for,
+)
 from tests.testbed.cluster import (
     FAKE_LOG_LINES,
     USAGE_CPU_ANNOTATION,
@@ -20,7 +28,7 @@ from tests.testbed.cluster import (
     Cluster,
 )
 from tests.testbed.fixtures_kube import ServiceAccountTokenFactory
-from tests.testbed.metrics_server import MetricsServer
+from tests.testbed.metrics_server import MetricsServer, nanocores
 
 
 async def test_pods_list_all_namespaces_is_a_compact_table(
@@ -330,9 +338,8 @@ def _tool_usage(result: CallToolResult) -> Usage:
 
 
 def _kubectl_cpu(quantity: str) -> str:
-    """metrics-server reports CPU in nanocores ('249991265n'); kubectl top shows millicores."""
-    assert quantity.endswith("n"), quantity
-    return f"{-(-int(quantity[:-1]) // 1_000_000)}m"
+    """kubectl top shows CPU in millicores, rounded up."""
+    return f"{-(-nanocores(quantity) // 1_000_000)}m"
 
 
 def _kubectl_memory(quantity: str) -> str:
@@ -359,7 +366,7 @@ def _assert_kwok_usage(usage: Usage) -> None:
     for _, pod, _, cpu, memory in usage:
         want_cpu, want_memory = TOP_PODS[pod][2]
         assert memory == want_memory
-        millicores = int(cpu[:-1]) / 1_000_000
+        millicores = nanocores(cpu) / 1_000_000
         assert abs(millicores - int(want_cpu[:-1])) < 2, (pod, cpu)  # a rate of a counter
 
 

@@ -242,3 +242,14 @@ def _status(url: str, cluster: Cluster) -> int:
         return int(err.code)
     except OSError:
         return 0
+
+
+def nanocores(quantity: str) -> int:
+    """A CPU figure of the metrics API in nanocores: metrics-server writes '249991265n', or a
+    shorter exact form ('1m', '2') when the rate is round."""
+    for suffix, nanos_per_unit in (("n", 1), ("u", 1_000), ("m", 1_000_000)):
+        if quantity.endswith(suffix) and quantity[:-1].isdigit():
+            return int(quantity[:-1]) * nanos_per_unit
+    if quantity.isdigit():
+        return int(quantity) * 10**9
+    raise AssertionError(f"unexpected CPU quantity {quantity!r}")

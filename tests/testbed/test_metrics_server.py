@@ -12,7 +12,7 @@ from kubernetes_asyncio import client as k8s
 
 from tests.testbed.cluster import NODE_BASE_MEMORY_BYTES, Cluster
 from tests.testbed.egress_proxy import NODE_IP
-from tests.testbed.metrics_server import API_SERVICE, MetricsServer
+from tests.testbed.metrics_server import API_SERVICE, MetricsServer, nanocores
 
 
 def test_kwok_listens_on_loopback_only(cluster_a: Cluster) -> None:
@@ -59,8 +59,7 @@ async def test_metrics_api_reports_kwok_nodes(
     usage = {item["metadata"]["name"]: item["usage"] for item in body["items"]}
     assert set(usage) == set(kwok_nodes)
     for figures in usage.values():
-        assert figures["cpu"].endswith("n")
-        assert int(figures["cpu"][:-1]) > 0
+        assert nanocores(figures["cpu"]) > 0
         memory = figures["memory"]  # e.g. "384Mi": the nodes' own 256Mi plus their pods'
         assert memory.endswith("Mi")
         assert int(memory[:-2]) * 2**20 >= NODE_BASE_MEMORY_BYTES
