@@ -75,6 +75,7 @@ PACED_SECONDS = 6  # per query and path and round
 # path (so no path is near saturation and latency is not queueing)
 PACED_FRACTION = 0.5
 QUERIES = ("pods_list", "resources_get")
+SDK_CLIENT_SUFFIX = "_mcp_sdk_client"  # the backend path driven by the mcp package's client
 NS = "bench"
 TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
 
@@ -192,6 +193,39 @@ async def _metric(base: str, name: str) -> float:
     )
 
 
+GET_ARGS = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "namespace": NS}
+RPC_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+async def _jsonrpc_path(
+    stack: contextlib.AsyncExitStack, base: str, headers: dict[str, str]
+) -> Call:
+    """A call function posting MCP ``tools/call`` requests to the backend at ``base`` over one
+    pooled aiohttp session, parsing the JSON-RPC answers with orjson: the same client machinery
+    as the direct path, as a gateway in front of the backend sends them (stateless mode)."""
+    http = await stack.enter_async_context(
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=CONCURRENCY), headers={**headers, **RPC_HEADERS}
+        )
+    )
+    url = f"{base}/mcp"
+
+    async def via_backend(i: int) -> None:
+        tool, args = ("pods_list", {}) if i % 2 == 0 else ("resources_get", GET_ARGS)
+        request = {"jsonrpc": "2.0", "id": i, "method": "tools/call"}
+        request["params"] = {"name": tool, "arguments": args}
+        async with http.post(url, data=orjson.dumps(request)) as resp:
+            raw = await resp.read()
+        answer = orjson.loads(raw)
+        result = answer.get("result") or {}
+        ok = resp.status == 200 and not result.get("isError") and bool(result.get("content"))
+        if i % 2 == 0:
+            ok = ok and (result.get("structuredContent") or {}).get("count", 0) >= PODS
+        _check(ok, tool, answer)
+
+    return via_backend
+
+
 async def _mcp_path(stack: contextlib.AsyncExitStack, base: str, headers: dict[str, str]) -> Call:
     """A call function driving CONCURRENCY real MCP clients of the backend at ``base``."""
     clients: list[Client] = []
@@ -215,10 +249,7 @@ async def _mcp_path(stack: contextlib.AsyncExitStack, base: str, headers: dict[s
                 result,
             )
         else:
-            result = await client.call_tool(
-                "resources_get",
-                {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "namespace": NS},
-            )
+            result = await client.call_tool("resources_get", GET_ARGS)
             _check(not result.is_error, "resources_get", result)
 
     return via_backend
@@ -259,7 +290,8 @@ async def _measure(
     try:
         paths_: dict[str, Call] = {"direct": direct}
         for name, base in bases.items():
-            paths_[name] = await _mcp_path(stack, base, headers)
+            make_path = _mcp_path if name.endswith(SDK_CLIENT_SUFFIX) else _jsonrpc_path
+            paths_[name] = await make_path(stack, base, headers)
         # Warm-up: connections, discovery, first-call costs; not measured.
         for call in paths_.values():
             await _closed_loop(call, 64)
@@ -422,9 +454,10 @@ async def run(soak: bool = False) -> dict[str, Any]:
     try:
         cluster = await asyncio.to_thread(start_cluster, "bench-a", ca, run_dir, [])
         token = await _prepare_cluster(cluster)
-        backends["backend"] = _start_backend(cluster, run_dir, "backend")  # defaults: stateless
-        backends["backend_stateful"] = _start_backend(
-            cluster, run_dir, "backend-stateful", stateless=False
+        # two identical backends (default settings: stateless, JSON responses), one per client
+        backends["backend"] = _start_backend(cluster, run_dir, "backend")
+        backends[f"backend{SDK_CLIENT_SUFFIX}"] = _start_backend(
+            cluster, run_dir, "backend-sdk-client"
         )
         rounds = ROUNDS * (10 if soak else 1)
         pids = {n: p.proc.pid for n, (p, _) in backends.items() if p.proc is not None}
