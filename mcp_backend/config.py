@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway_plugins.common.settings import SettingsError as SettingsError
-from gateway_plugins.common.settings import read_yaml
+from gateway_plugins.common.settings import read_yaml, read_yaml_mapping
 
 ENV_PREFIX = "KMG_BACKEND_"
 IN_CLUSTER_TOKEN_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -281,8 +281,9 @@ def load_settings(
 
 
 def clusters_from_kubeconfig(path: Path) -> list[ClusterConfig]:
-    """Server URL + CA of every cluster in a kubeconfig; users and credentials are ignored."""
-    data = read_yaml(path)
+    """Server URL + CA of every cluster in a kubeconfig; users and credentials are ignored (so
+    a kubeconfig holding them is fine: it is not a settings file)."""
+    data = read_yaml_mapping(path)
     current = data.get("current-context")
     contexts = {c.get("name"): (c.get("context") or {}) for c in data.get("contexts") or []}
     default_cluster = contexts.get(current, {}).get("cluster") if current else None

@@ -41,6 +41,13 @@ def env_prefix(service: str) -> str:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    """A settings file: a YAML mapping (see :func:`read_yaml_mapping`) without plain secrets."""
+    data = read_yaml_mapping(path)
+    reject_plain_secrets(data, source=str(path))
+    return data
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Parse a YAML mapping, naming file, line and column on a syntax error."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -56,10 +63,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise SettingsError(
-            f"{path}: the top level must be a mapping of settings, got {type(data).__name__}"
-        )
-    reject_plain_secrets(data, source=str(path))
+        raise SettingsError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return data
 
 

@@ -104,11 +104,15 @@ def test_kubeconfig_import_takes_server_and_ca_only(tmp_path: Path) -> None:
         "- name: two\n  cluster: {server: 'https://2.2.2.2', insecure-skip-tls-verify: true}\n"
         "contexts:\n- name: ctx-b\n  context: {cluster: two, user: u}\n"
         "users:\n- name: u\n  user: {token: super-secret-token}\n"
+        "- name: basic\n  user: {username: admin, password: basic-auth-password}\n"
     )
-    clusters = clusters_from_kubeconfig(path)
+    clusters = clusters_from_kubeconfig(
+        path
+    )  # credentials in a kubeconfig are ignored, not refused
     assert [(c.name, c.default) for c in clusters] == [("one", False), ("two", True)]
     assert clusters[0].ca_file == tmp_path / "ca.pem"
     assert "super-secret-token" not in repr(clusters)
+    assert "basic-auth-password" not in repr(clusters)
 
 
 def test_registry_refuses_duplicates_and_unknown_names() -> None:
