@@ -6,6 +6,7 @@ import base64
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -67,3 +68,32 @@ def tampered(token: str) -> str:
     claims["preferred_username"] = "admin"
     forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
     return f"{head}.{forged}.{sig}"
+
+
+def catalogue_of(gateway_dir: Path, server: str) -> dict[str, dict[str, Any]]:
+    """The backend's real, unfiltered tools/list, saved by the gateway stack when it started."""
+    doc = json.loads((gateway_dir / "catalogue.json").read_text())
+    return {t["name"]: t for t in doc[server]}
+
+
+async def tools_per_user(
+    url: str, tokens: dict[str, str], mode: str = "legacy"
+) -> tuple[set[str], set[str]]:
+    """The tool names ``tools/list`` shows users mcp and viewer through the gateway at ``url``."""
+    async with session(url, tokens["mcp"], mode) as client:
+        mcp_tools = {t.name for t in (await client.list_tools()).tools}
+    async with session(url, tokens["viewer"], mode) as client:
+        viewer_tools = {t.name for t in (await client.list_tools()).tools}
+    return mcp_tools, viewer_tools
+
+
+def assert_filtered_per_user(
+    mcp_tools: set[str], viewer_tools: set[str], catalogue: dict[str, dict[str, Any]]
+) -> None:
+    """User mcp holds a role for every tool of the backend; viewer only for read-only tools."""
+    assert mcp_tools == set(catalogue)
+    assert viewer_tools, "viewer must see its read-only tools"
+    assert viewer_tools < mcp_tools
+    assert {"pods_delete", "pods_exec", "resources_delete"}.isdisjoint(viewer_tools)
+    for name in viewer_tools:
+        assert catalogue[name]["annotations"]["readOnlyHint"] is True, name

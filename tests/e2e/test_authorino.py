@@ -28,13 +28,16 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.e2e.mcp_http import (
     UserTokens,
+    assert_filtered_per_user,
     call,
+    catalogue_of,
     listed_names,
     post,
     rpc,
     session,
     tampered,
     text_of,
+    tools_per_user,
 )
 from tests.testbed.identity_plan import REALM_MCP
 from tests.testbed.mcp_gateway.authorino_stack import (
@@ -55,8 +58,7 @@ async def tokens(authorino_gateway: AuthorinoGateway) -> UserTokens:
 @pytest.fixture(scope="module")
 def catalogue(authorino_gateway: AuthorinoGateway) -> dict[str, dict[str, Any]]:
     """The backend's real, unfiltered tools/list (fetched when the stack started)."""
-    doc = json.loads((authorino_gateway.gateway.gateway_dir / "catalogue.json").read_text())
-    return {t["name"]: t for t in doc[SERVER_NAME]}
+    return catalogue_of(authorino_gateway.gateway.gateway_dir, SERVER_NAME)
 
 
 def deny_with(gateway: AuthorinoGateway, policy: str, kind: str) -> dict[str, Any]:
@@ -230,18 +232,10 @@ async def test_tools_list_is_filtered_per_user_by_the_signed_header(
     tokens: dict[str, str],
     catalogue: dict[str, dict[str, Any]],
 ) -> None:
-    async with session(authorino_gateway.mcp_url, tokens["mcp"]) as client:
-        mcp_tools = {t.name for t in (await client.list_tools()).tools}
-    async with session(authorino_gateway.mcp_url, tokens["viewer"]) as client:
-        viewer_tools = {t.name for t in (await client.list_tools()).tools}
+    mcp_tools, viewer_tools = await tools_per_user(authorino_gateway.mcp_url, tokens)
     # The broker enforces capability filtering: without the signed header Authorino copies from
     # the policy's /v1/decide answer, every list would be empty.
-    assert mcp_tools == set(catalogue)
-    assert viewer_tools, "viewer must see its read-only tools"
-    assert viewer_tools < mcp_tools
-    assert {"pods_delete", "pods_exec", "resources_delete"}.isdisjoint(viewer_tools)
-    for name in viewer_tools:
-        assert catalogue[name]["annotations"]["readOnlyHint"] is True, name
+    assert_filtered_per_user(mcp_tools, viewer_tools, catalogue)
     # The same through a plain JSON-RPC POST.
     plain = listed_names(await post(authorino_gateway.mcp_url, rpc("tools/list"), tokens["viewer"]))
     assert set(plain) == viewer_tools

@@ -16,13 +16,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from gateway_plugins.policy.wristband import WristbandForm, WristbandSigner
 from tests.e2e.mcp_http import (
     UserTokens,
+    assert_filtered_per_user,
     call,
+    catalogue_of,
     listed_names,
     post,
     rpc,
     session,
     tampered,
     text_of,
+    tools_per_user,
 )
 from tests.testbed.identity_plan import REALM_MCP
 from tests.testbed.mcp_gateway.stack import DEMO_NAMESPACE, SERVER_NAME, LocalGateway
@@ -36,8 +39,7 @@ async def tokens(local_gateway: LocalGateway) -> UserTokens:
 @pytest.fixture(scope="module")
 def catalogue(local_gateway: LocalGateway) -> dict[str, dict[str, Any]]:
     """The backend's real, unfiltered tools/list (fetched when the stack started)."""
-    doc = json.loads((local_gateway.run_dir / "gateway" / "catalogue.json").read_text())
-    return {t["name"]: t for t in doc[SERVER_NAME]}
+    return catalogue_of(local_gateway.gateway_dir, SERVER_NAME)
 
 
 # -- tools/list -----------------------------------------------------------------------------------
@@ -48,17 +50,8 @@ async def test_tools_list_is_filtered_per_user(
     catalogue: dict[str, dict[str, Any]],
     mode: str,
 ) -> None:
-    async with session(local_gateway.mcp_url, tokens["mcp"], mode) as client:
-        mcp_tools = {t.name for t in (await client.list_tools()).tools}
-    async with session(local_gateway.mcp_url, tokens["viewer"], mode) as client:
-        viewer_tools = {t.name for t in (await client.list_tools()).tools}
-    # User mcp holds a role for every tool of the backend; viewer only for read-only tools.
-    assert mcp_tools == set(catalogue)
-    assert viewer_tools, "viewer must see its read-only tools"
-    assert viewer_tools < mcp_tools
-    assert {"pods_delete", "pods_exec", "resources_delete"}.isdisjoint(viewer_tools)
-    for name in viewer_tools:
-        assert catalogue[name]["annotations"]["readOnlyHint"] is True, name
+    mcp_tools, viewer_tools = await tools_per_user(local_gateway.mcp_url, tokens, mode)
+    assert_filtered_per_user(mcp_tools, viewer_tools, catalogue)
 
 
 async def test_forged_gateway_headers_from_the_client_are_stripped(

@@ -37,6 +37,7 @@ from tests.testbed.mcp_gateway.stack import (
     HERE,
     LocalGateway,
     Progress,
+    _quiet,
     _run_async,
     start_gateway,
 )
@@ -55,10 +56,6 @@ FACADE_CLIENT_SECRET = "authorino-facade-secret-demo-only"  # test-only credenti
 # sharedSecretRef of the overlay -> what it must hold: base64("authorino:<secret>") (see overlay)
 SHARED_SECRET = ("kmg-token-exchange-client", "authorization")
 SERVED_TIMEOUT = 60.0
-
-
-def _quiet(_: str) -> None:
-    return None
 
 
 @dataclass
