@@ -7,11 +7,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.transport_security import (
+    DEFAULT_MAX_REQUEST_BODY_SIZE,
+    TransportSecuritySettings,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from mcp_backend.access import AccessPolicy
 from mcp_backend.auth import METADATA_PATH, RequireBearer, request_resource_url
@@ -19,6 +23,7 @@ from mcp_backend.clusters import ClusterRegistry
 from mcp_backend.config import Settings, effective_clusters
 from mcp_backend.metrics import Metrics
 from mcp_backend.server import Handlers, build_server
+from mcp_backend.single_exchange import SingleExchange
 from mcp_backend.tools import all_tools
 
 
@@ -51,9 +56,15 @@ def create_backend(settings: Settings) -> Backend:
         json_response=settings.json_response,
         stateless=settings.stateless,
         security_settings=security,
+        max_request_body_size=DEFAULT_MAX_REQUEST_BODY_SIZE,
     )
+    sdk_app: ASGIApp = StreamableHTTPASGIApp(manager)
+    if settings.single_exchange and settings.stateless and settings.json_response:
+        sdk_app = SingleExchange(
+            sdk_app, server, security, metrics, max_body_size=DEFAULT_MAX_REQUEST_BODY_SIZE
+        )
     mcp_endpoint = RequireBearer(
-        StreamableHTTPASGIApp(manager),
+        sdk_app,
         resource_url=settings.resource_url,
         metrics=metrics,
         optional=settings.accept_token_in_arguments,

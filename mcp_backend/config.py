@@ -158,6 +158,12 @@ class Settings(_Model):
     port: int = Field(8080, ge=0, le=65535, description="listen port")
     stateless: bool = Field(True, description="stateless Streamable HTTP (no session ids)")
     json_response: bool = Field(True, description="answer POSTs with JSON instead of SSE")
+    single_exchange: bool = Field(
+        True,
+        description="with stateless + json_response: answer tools/call, tools/list, prompts "
+        "and ping in the request's own task instead of a per-request SDK transport (same "
+        "answers, less CPU); false = every request through the SDK's transport",
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Host header patterns accepted on /mcp (e.g. 'mcp.example.com', 'x:*'); "

@@ -41,6 +41,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.mcp_requests = Counter(
+            "kmg_backend_mcp_requests_total",
+            "POSTs to /mcp by who answered them: 'single_exchange' (in the request's own task) "
+            "or 'transport' (the SDK's Streamable HTTP transport)",
+            ["path"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         """The exposition text for ``/metrics``."""
         return generate_latest(self.registry)

@@ -76,7 +76,13 @@ class Handlers:
         self.metrics = metrics
         self.helm = HelmRunner(settings.helm_binary, settings.helm_timeout_s)
         self._tools = types.ListToolsResult(tools=[tool_definition(s) for s in registry])
+        self._schemas = {t.name: t.input_schema for t in self._tools.tools}
         self.client_log_level: str = "info"
+
+    def tool_input_schema(self, name: str) -> Mapping[str, Any] | None:
+        """A tool's input schema, for the SDK's ``Mcp-Param-*`` header check on the 2026
+        protocol (without it the SDK runs the whole ``tools/list`` on every ``tools/call``)."""
+        return self._schemas.get(name)
 
     async def list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -197,6 +203,7 @@ def build_server(handlers: Handlers, *, otel_spans: bool = False) -> Server[Any]
         version=__version__,
         title="Kubernetes MCP backend",
         instructions=INSTRUCTIONS,
+        get_tool_input_schema=handlers.tool_input_schema,
         on_list_tools=handlers.list_tools,
         on_call_tool=handlers.call_tool,
         on_list_prompts=handlers.list_prompts,

@@ -290,3 +290,29 @@ async def test_protected_resource_metadata_uses_the_configured_values(
     )
     assert meta["resource"] == "https://mcp.example.com/mcp"
     assert meta["authorization_servers"] == ["https://idp.example.com/realms/mcp"]
+
+
+@pytest.mark.parametrize("mode", ["2026-07-28", "auto"])
+async def test_tool_calls_on_the_2026_protocol(backend: Any, tokens: Tokens, mode: str) -> None:
+    """A client on the per-request protocol (no handshake) calls tools with arguments: the SDK
+    checks its ``Mcp-Param-*`` headers against our input schemas (``tool_input_schema``)."""
+    registry = backend.backend.metrics.registry
+    sample = ("kmg_backend_mcp_requests_total", {"path": "single_exchange"})
+    answered_before = registry.get_sample_value(*sample)
+    async with mcp_client(backend.url, tokens.admin, mode=mode) as client:
+        got = await client.call_tool(
+            "resources_get", {"apiVersion": "v1", "kind": "Namespace", "name": NS}
+        )
+        bad = await client.call_tool("resources_get", {"apiVersion": "v1", "kind": "Namespace"})
+        with pytest.raises(MCPError, match="Unknown tool"):
+            await client.call_tool("no_such_tool", {"x": 1})
+    assert not got.is_error, text_of(got)
+    assert f"name: {NS}" in text_of(got)
+    assert bad.is_error
+    assert "name" in text_of(bad)
+    schema = backend.backend.handlers.tool_input_schema("resources_get")
+    assert schema is not None
+    assert schema["required"] == ["apiVersion", "kind", "name"]
+    assert backend.backend.handlers.tool_input_schema("no_such_tool") is None
+    # Served by the SDK's 2026 entry, not by the handshake-era single exchange.
+    assert registry.get_sample_value(*sample) == answered_before
