@@ -4,31 +4,24 @@ Each command gets a private HOME/XDG tree (one per command, or one :meth:`HelmRu
 shared by the commands of one tool call) and an empty kubeconfig, so no local credentials or
 repositories leak in, and a timeout so a stuck chart cannot hold the call.
 
-Also the pure helpers that check what a chart would create: :func:`manifest_kinds` (every
-object of a rendered manifest, the items of ``List`` documents included) and
-:func:`chart_crd_files` (the ``crds/`` files of a chart archive and of its subcharts, which helm
-creates as they are, unrendered).
+Also where a chart may come from (:func:`chart_source`); what it creates is read by
+``chart_contents``, and checked again while helm installs by ``helm_post_render``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import os
-import posixpath
 import re
 import shutil
-import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
-
-import yaml
 
 from mcp_backend.clusters import Api
 from mcp_backend.errors import AccessDenied, InvalidArguments, ToolFailure, Unauthorized
@@ -191,90 +184,3 @@ def chart_source(chart: str, allowed: Sequence[str]) -> ChartSource:
         + (f" outside {', '.join(str(d) for d in local_dirs)}" if local_dirs else "")
         + f"; to allow local charts add their directory to the setting {SOURCES_SETTING}"
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# What a chart creates
-
-MAX_CHART_BYTES = 100 * 1024 * 1024  # helm's own limit on a decompressed chart
-_MANIFEST_EXTENSIONS = (".yaml", ".yml", ".json")
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def manifest_kinds(text: str, source: str = "the rendered chart") -> set[tuple[str, str]]:
-    """(group, kind) of every object in a YAML stream: each document, and the ``items`` of any
-    document holding a list of items (helm flattens ``List``/``*List`` documents and creates
-    the items), at any depth. Unparsable YAML fails closed."""
-    try:
-        docs = list(yaml.load_all(text, Loader=_Loader))
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ToolFailure(
-            f"cannot check the kinds {source} creates ({problem}), so it is not installed"
-        ) from None
-    kinds: set[tuple[str, str]] = set()
-    seen: set[int] = set()
-    stack: list[Any] = list(docs)
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:  # YAML anchors can make shared or recursive nodes
-            continue
-        seen.add(id(node))
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            if node.get("kind"):
-                group = str(node.get("apiVersion") or "").rpartition("/")[0]
-                kinds.add((group, str(node["kind"])))
-            if isinstance(node.get("items"), list):
-                stack.extend(node["items"])
-    return kinds
-
-
-def chart_crd_files(archive: Path) -> list[tuple[str, str]]:
-    """(path, text) of every ``crds/`` manifest of a chart archive and of its subcharts (helm
-    creates those objects unrendered, whatever their kind, before installing the templates)."""
-    budget = [MAX_CHART_BYTES]
-    try:
-        files = _archive_files(archive.read_bytes(), budget)
-    except (OSError, tarfile.TarError, EOFError, ValueError) as exc:
-        raise ToolFailure(f"cannot read the chart archive: {exc}") from None
-    return _crd_files(files, "", budget)
-
-
-def _archive_files(data: bytes, budget: list[int]) -> dict[str, bytes]:
-    """Files of a chart archive by path below its top directory, as helm's loader names them."""
-    files: dict[str, bytes] = {}
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            delimiter = "\\" if "\\" in member.name else "/"
-            name = posixpath.normpath("/".join(member.name.split(delimiter)[1:]))
-            if not name.startswith(("crds/", "charts/")):
-                continue
-            budget[0] -= member.size
-            if budget[0] < 0:
-                raise ValueError(f"the chart is larger than {MAX_CHART_BYTES} bytes")
-            extracted = tar.extractfile(member)
-            if extracted is not None:
-                files[name] = extracted.read()
-    return files
-
-
-def _crd_files(files: dict[str, bytes], where: str, budget: list[int]) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    subcharts: dict[str, dict[str, bytes]] = {}
-    for name, data in sorted(files.items()):
-        if name.startswith("crds/") and name.lower().endswith(_MANIFEST_EXTENSIONS):
-            out.append((where + name, data.decode("utf-8", errors="replace")))
-        elif name.startswith("charts/") and not name.endswith(".prov"):
-            sub, _, inner = name[len("charts/") :].partition("/")
-            if inner:
-                subcharts.setdefault(sub, {})[inner] = data
-            elif sub.endswith(".tgz"):
-                nested = _archive_files(data, budget)
-                out += _crd_files(nested, f"{where}charts/{sub}/", budget)
-    for sub, sub_files in sorted(subcharts.items()):
-        out += _crd_files(sub_files, f"{where}charts/{sub}/", budget)
-    return out

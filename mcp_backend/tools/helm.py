@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mcp_backend.access import plural
+from mcp_backend.chart_contents import chart_crd_files, manifest_kinds
 from mcp_backend.clusters import Api
 from mcp_backend.errors import AccessDenied, ClusterError, InvalidArguments, ToolFailure
-from mcp_backend.helm import ChartSource, chart_crd_files, chart_source, manifest_kinds
+from mcp_backend.helm import ChartSource, chart_source
+from mcp_backend.helm_post_render import REFUSAL_FILE, launcher
 from mcp_backend.output import ToolOutput, align
 from mcp_backend.tools.base import LIST_PROPS, Annotations, R, ToolContext, ToolSpec, prop
 from mcp_backend.tools.pods import DEFAULT_NAMESPACE
@@ -47,7 +51,7 @@ async def helm_install(ctx: ToolContext) -> ToolOutput:
         files["values.yaml"] = yaml.safe_dump(values)
     with ctx.helm.workdir() as home:
         # Fetch the chart once: the checks and the install read the very same archive.
-        archive = await _fetch_chart(ctx, api, source, home)
+        archive = await fetch_chart(ctx, api, source, home)
         args = ["install", *([name] if name else []), str(archive), "--namespace", namespace]
         args += ["-o", "json", *([] if name else ["--generate-name"])]
         if values:
@@ -62,7 +66,7 @@ async def helm_install(ctx: ToolContext) -> ToolOutput:
         refuse_denied_kinds(
             ctx, kinds, "helm_install refused, nothing was installed: the chart creates"
         )
-        release = await ctx.helm.run_json(api, args, files=files, home=home) or {}
+        release = await install_checked(ctx, api, args, kinds, files, home)
     info = release.get("info") or {}
     chart_meta = (release.get("chart") or {}).get("metadata") or {}
     summary = {
@@ -80,7 +84,38 @@ async def helm_install(ctx: ToolContext) -> ToolOutput:
     return ToolOutput(text=text, structured=summary)
 
 
-async def _fetch_chart(ctx: ToolContext, api: Api, source: ChartSource, home: Path) -> Path:
+async def install_checked(
+    ctx: ToolContext,
+    api: Api,
+    args: list[str],
+    approved: set[tuple[str, str]],
+    files: dict[str, str],
+    home: Path,
+) -> dict[str, Any]:
+    """``helm <args>`` with ``helm_post_render`` as post-renderer: helm renders the chart again
+    for the install, and anything but the ``approved`` kinds stops it before it creates a thing."""
+    files = {
+        **files,
+        "post-render.py": launcher(),
+        "approved-kinds.json": json.dumps(sorted(approved)),
+    }
+    args = [*args, "--post-renderer", sys.executable]
+    for arg in ("-I", "{home}/post-render.py", "{home}/approved-kinds.json"):
+        args += ["--post-renderer-args", arg]
+    try:
+        release = await ctx.helm.run_json(api, args, files=files, home=home)
+    except ToolFailure:
+        refused = home / REFUSAL_FILE
+        if refused.exists():
+            raise AccessDenied(
+                "helm_install refused, helm stopped before creating the release: "
+                + refused.read_text(encoding="utf-8")
+            ) from None
+        raise
+    return release if isinstance(release, dict) else {}
+
+
+async def fetch_chart(ctx: ToolContext, api: Api, source: ChartSource, home: Path) -> Path:
     """The chart as one archive in the call's private directory: pulled once from a remote
     source, packaged (directory) or copied (archive) from an allowed local path."""
     dest = home / "chart"

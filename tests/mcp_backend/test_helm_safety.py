@@ -14,9 +14,13 @@ from aiohttp import web
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.rest import ApiException
 
+from mcp_backend.chart_contents import manifest_kinds
 from mcp_backend.config import DEFAULT_CHART_SOURCES
 from mcp_backend.errors import AccessDenied, InvalidArguments, ToolFailure
-from mcp_backend.helm import chart_source, manifest_kinds
+from mcp_backend.helm import ChartSource, chart_source
+from mcp_backend.helm_post_render import refusal
+from mcp_backend.tools.base import ToolContext
+from mcp_backend.tools.helm import fetch_chart, install_checked
 from tests.mcp_backend.conftest import (
     CHART_YAML,
     NS,
@@ -74,6 +78,8 @@ async def _exists(cluster: Cluster, kind: str, name: str) -> bool:
                 await k8s.RbacAuthorizationV1Api(api).read_cluster_role_binding(name)
             elif kind == "ServiceAccount":
                 await k8s.CoreV1Api(api).read_namespaced_service_account(name, NS)
+            elif kind == "Secret":
+                await k8s.CoreV1Api(api).read_namespaced_secret(name, NS)
             else:
                 await k8s.CoreV1Api(api).read_namespaced_config_map(name, NS)
         except ApiException as exc:
@@ -81,6 +87,15 @@ async def _exists(cluster: Cluster, kind: str, name: str) -> bool:
                 return False
             raise
     return True
+
+
+async def _release_records(cluster: Cluster, release: str) -> list[str]:
+    """The Secrets in which helm stores the revisions of ``release`` in NS."""
+    async with cluster.admin_client() as api:
+        found = await k8s.CoreV1Api(api).list_namespaced_secret(
+            NS, label_selector=f"owner=helm,name={release}"
+        )
+    return [s.metadata.name for s in found.items]
 
 
 async def _releases(client: Any) -> list[str]:
@@ -203,6 +218,56 @@ async def test_helm_install_renders_lookups_against_the_real_cluster(
     assert "ServiceAccount" in text_of(result)
     assert "hlookup" not in releases
     assert not await _exists(cluster_a, "ServiceAccount", "hlookup-sa")
+
+
+async def test_the_installs_own_render_is_checked_before_helm_creates_anything(
+    backend: Any,
+    tokens: Tokens,
+    charts_dir: Path,
+    tmp_path: Path,
+    cluster_a: Cluster,
+    workloads: Any,
+) -> None:
+    """helm renders the chart again for the install; ``helm_post_render`` (helm's
+    post-renderer) refuses any kind the dry run did not approve. Played deterministically: only
+    ConfigMap counts as approved here, as if the dry run had rendered the chart without the
+    Secret (a ``rand``/``now`` template)."""
+    release, added = "hrender", "Secret"
+    secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: NAME-s}\nstringData: {a: b}\n"
+    chart = _chart(
+        charts_dir / tmp_path.name,
+        {"templates/secret.yaml": secret.replace("NAME", "{{ .Release.Name }}")},
+    )
+    handlers = backend.backend.handlers
+    ctx = ToolContext(
+        settings=handlers.settings,
+        clusters=handlers.clusters,
+        helm=handlers.helm,
+        token=tokens.admin,
+        args={},
+    )
+    api = await ctx.api()
+    with ctx.helm.workdir() as home:
+        archive = await fetch_chart(ctx, api, ChartSource(str(chart), local=True), home)
+        args = ["install", release, str(archive), "--namespace", NS, "-o", "json"]
+        with pytest.raises(AccessDenied) as refused:
+            await install_checked(ctx, api, args, {("", "ConfigMap")}, {}, home)
+        assert not await _exists(cluster_a, "ConfigMap", f"{release}-cm")
+        assert await _release_records(cluster_a, release) == []
+        # The same install with the kind approved goes through: the renderer hands helm its
+        # manifests back unchanged.
+        installed = await install_checked(
+            ctx, api, args, {("", "ConfigMap"), ("", added)}, {}, home
+        )
+    assert f"{added} (core)" in refused.value.message
+    assert "rendered differently for the install" in refused.value.message
+    assert installed["name"] == release
+    assert await _release_records(cluster_a, release) == [f"sh.helm.release.v1.{release}.v1"]
+    assert await _exists(cluster_a, "ConfigMap", f"{release}-cm")
+    assert await _exists(cluster_a, added, f"{release}-s")
+    async with mcp_client(backend.url, tokens.admin) as client:
+        removed = await client.call_tool("helm_uninstall", {"name": release, "namespace": NS})
+    assert not removed.is_error, text_of(removed)
 
 
 async def test_helm_install_fetches_a_remote_chart_once(
@@ -346,3 +411,14 @@ def test_manifest_kinds_walks_items_at_any_depth_and_fails_closed() -> None:
     }
     with pytest.raises(ToolFailure, match="cannot check the kinds"):
         manifest_kinds("kind: [unclosed\n")
+
+
+def test_post_render_refusal_names_unapproved_kinds_and_fails_closed() -> None:
+    approved = {("", "ConfigMap")}
+    assert refusal(approved, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n") is None
+    reason = refusal(approved, CRB.replace("NAME", "x") + "---\n" + SA.replace("NAME", "x"))
+    assert reason is not None
+    assert "ServiceAccount (core), ClusterRoleBinding (rbac.authorization.k8s.io)," in reason
+    unparsable = refusal(approved, "kind: [unclosed\n")
+    assert unparsable is not None
+    assert "cannot check the kinds the chart as rendered for the install creates" in unparsable
