@@ -125,8 +125,10 @@ class KubeClient:
         accept: str = "application/json",
         timeout_s: float | None = None,
         text: bool = False,
+        tail_bytes: int | None = None,
     ) -> Any:
-        """One API call. Returns parsed JSON (or text when ``text``); raises ClusterError."""
+        """One API call. Returns parsed JSON (or text when ``text``, or a :class:`TextTail` of a
+        body of any size read in bounded memory when ``tail_bytes``); raises ClusterError."""
         _check_path(path)
         parsed = self.access.check_request(method, path)
         headers = {"Authorization": f"Bearer {token}", "Accept": accept}
@@ -140,8 +142,11 @@ class KubeClient:
             async with session.request(
                 method, path.lstrip("/"), params=params, data=data, headers=headers, timeout=timeout
             ) as resp:
-                raw = await resp.read()
                 status = resp.status
+                if tail_bytes is not None and status < 400:
+                    raw, skipped = await _read_tail(resp, tail_bytes)
+                else:
+                    raw, skipped = await resp.read(), 0
         except TimeoutError:
             self.metrics.upstream_requests.labels(self.name, "timeout").inc()
             limit = timeout_s or self.settings.request_timeout_s
@@ -158,6 +163,8 @@ class KubeClient:
         self.metrics.upstream_requests.labels(self.name, f"{status // 100}xx").inc()
         if status >= 400:
             raise await self._error(token, method, path, parsed, status, raw)
+        if tail_bytes is not None:
+            return TextTail(raw.decode("utf-8", errors="replace"), skipped)
         if text:
             return raw.decode("utf-8", errors="replace")
         if not raw:
@@ -296,6 +303,35 @@ class KubeClient:
         return ExecResult(
             out.decode(errors="replace"), err.decode(errors="replace"), exit_code, error
         )
+
+
+@dataclass(frozen=True)
+class TextTail:
+    """The end of a text body: ``skipped`` bytes before it were read and dropped (the text then
+    starts at a line start)."""
+
+    text: str
+    skipped: int
+
+
+async def _read_tail(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, int]:
+    """The last ``limit`` bytes of a body of any length (from its first full line when some
+    were dropped), holding at most twice that, and how many bytes were dropped."""
+    kept = bytearray()
+    skipped = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        kept += chunk
+        if len(kept) > 2 * limit:
+            skipped += len(kept) - limit
+            del kept[: len(kept) - limit]
+    if len(kept) > limit:
+        skipped += len(kept) - limit
+        del kept[: len(kept) - limit]
+    if skipped:
+        cut = kept.find(b"\n") + 1  # a partial first line: drop it (0 when there is no newline)
+        skipped += cut
+        del kept[:cut]
+    return bytes(kept), skipped
 
 
 # Every digit as "0", everything else as " ": a run of 19 digits then shows as b"0" * 19.

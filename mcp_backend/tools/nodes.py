@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from mcp_backend.clusters import Api
 from mcp_backend.discovery import NODE, segment
 from mcp_backend.errors import ClusterError, InvalidArguments, ToolFailure, Unreachable
+from mcp_backend.kube import TextTail
 from mcp_backend.output import ToolOutput, align, truncate
 from mcp_backend.quantities import cpu_text, memory_text
 from mcp_backend.tools.base import R_IDEMPOTENT, R, ToolContext, ToolSpec, prop
 from mcp_backend.tools.pods import METRICS_GROUP, metrics_available, metrics_missing, tail_cap
 
 
-async def _node_proxy(api: Api, node: str, sub: str, **kwargs: object) -> str:
-    """GET the kubelet's ``/<sub>`` through the API server's node proxy, as text."""
+async def _node_proxy(api: Api, node: str, sub: str, **kwargs: object) -> Any:
+    """GET the kubelet's ``/<sub>`` through the API server's node proxy, as text (or the
+    :class:`TextTail` the ``tail_bytes`` keyword asks for)."""
     try:
-        text: str = await api.get(f"{NODE.path(None, node)}/proxy/{sub}", text=True, **kwargs)
+        text = await api.get(f"{NODE.path(None, node)}/proxy/{sub}", text=True, **kwargs)
     except ClusterError as exc:
         if exc.status in (401, 403) or (exc.status == 404 and exc.reason == "NotFound"):
             raise  # the API server's own answer: bad token, RBAC, or no such node
@@ -42,6 +45,16 @@ async def _node_proxy(api: Api, node: str, sub: str, **kwargs: object) -> str:
     return text
 
 
+# The kubelet's node log query honours options (tailLines) for journald services only: a file
+# query with options is refused (406 "cannot specify file with options"), and a service that
+# resolves to a file under /var/log answers 200 with this notice instead of the log
+# (pkg/kubelet/kubelet_server_journal.go). The tool then reads the whole file and tails it itself.
+_OPTIONS_ON_FILE = "options present and query resolved to log files"
+# How much of a log file's end is read at least (4x the output cap when that is more): a file
+# under /var/log may be gigabytes and the kubelet cannot tail it.
+_MIN_TAIL_WINDOW = 256 * 1024
+
+
 async def nodes_log(ctx: ToolContext) -> ToolOutput:
     api = await ctx.api()
     name, query = ctx.req("name"), ctx.req("query")
@@ -50,11 +63,28 @@ async def nodes_log(ctx: ToolContext) -> ToolOutput:
             "query must name a service (e.g. 'kubelet') or a log file under /var/log "
             "(e.g. '/kubelet.log'), without '..'"
         )
-    tail = ctx.integer("tailLines", default=100, minimum=0)
+    tail = ctx.integer("tailLines", default=100, minimum=0) or 0
+    # Files are relative to /var/log: kubelet v1.36 refuses an absolute one ("path escapes from
+    # parent"), and a name without '/' is looked up there as <name>, <name>.log, <name>/<name>.log.
+    query = query.lstrip("/") or query
+    is_file = "/" in query or "\\" in query
     params: dict[str, str | int] = {"query": query}  # the kubelet's NodeLogQuery
-    if tail:
+    if tail and not is_file:
         params["tailLines"] = tail
-    text = await _node_proxy(api, name, "logs/", params=params)
+    # The kubelet's /logs/ route declares no content type: go-restful answers 406 unless the
+    # Accept header allows anything. A file comes whole, whatever its size: only its end is kept.
+    window = max(_MIN_TAIL_WINDOW, 4 * ctx.settings.output_max_chars)
+    kw: dict[str, Any] = {"accept": "text/plain, */*", "tail_bytes": window}
+    got: TextTail = await _node_proxy(api, name, "logs/", params=params, **kw)
+    tailed_by_kubelet = "tailLines" in params
+    if tailed_by_kubelet and got.text.lstrip().startswith(_OPTIONS_ON_FILE):
+        got = await _node_proxy(api, name, "logs/", params={"query": query}, **kw)
+        tailed_by_kubelet = False
+    text = got.text
+    if tail and not tailed_by_kubelet:
+        text = "".join(text.splitlines(keepends=True)[-tail:])
+    if got.skipped:
+        text = f"[only the last {window} bytes of a longer log were read: its end]\n" + text
     return ToolOutput(text=tail_cap(text or "(empty log)\n", ctx.settings.output_max_chars))
 
 

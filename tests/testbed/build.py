@@ -30,6 +30,9 @@ class GoComponent:
     name: str
     version: str
     packages: dict[str, str]  # binary name -> Go package path
+    # Extra ``-X`` settings for the linker (e.g. the version a binary reports); part of the cache
+    # key only when given, so components without any keep their keys.
+    x_ldflags: tuple[str, ...] = ()
 
     @property
     def wrapper(self) -> Path:
@@ -40,6 +43,8 @@ class GoComponent:
         for file in sorted(self.wrapper.iterdir()):
             if file.is_file():
                 digest.update(file.name.encode() + b"\0" + file.read_bytes())
+        for setting in self.x_ldflags:
+            digest.update(b"-X\0" + setting.encode())
         return f"{self.version}-{digest.hexdigest()[:12]}"
 
     def out_dir(self) -> Path:
@@ -70,6 +75,26 @@ GO_COMPONENTS: tuple[GoComponent, ...] = (
         "metrics-server",
         versions.METRICS_SERVER,
         {"metrics-server": "sigs.k8s.io/metrics-server/cmd/metrics-server"},
+    ),
+    # A real kubelet (one real node of cluster B, tests/testbed/kubelet.py): its own wrapper, so
+    # the control plane's cache key does not change; same k8s.io/kubernetes version and pins.
+    # It reports its version to the API server (node status): stamp it as k8s' own build does.
+    GoComponent(
+        "kubelet",
+        versions.KUBERNETES,
+        {"kubelet": "k8s.io/kubernetes/cmd/kubelet"},
+        x_ldflags=(
+            f"k8s.io/component-base/version.gitVersion={versions.KUBERNETES}",
+            f"k8s.io/component-base/version.gitMajor={versions.KUBERNETES[1:].split('.')[0]}",
+            f"k8s.io/component-base/version.gitMinor={versions.KUBERNETES.split('.')[1]}",
+            "k8s.io/component-base/version.gitTreeState=clean",
+        ),
+    ),
+    # Its CRI runtime (kubelet v1.36 needs containerd >= 2.0: the CRI RuntimeConfig call).
+    GoComponent(
+        "containerd",
+        versions.CONTAINERD,
+        {"containerd": "github.com/containerd/containerd/v2/cmd/containerd"},
     ),
 )
 
@@ -116,7 +141,7 @@ def build_go(comp: GoComponent, *, force: bool = False) -> Path:
         "build",
         "-v",
         "-trimpath",
-        "-ldflags=-s -w",
+        "-ldflags=" + " ".join(["-s", "-w", *(f"-X={x}" for x in comp.x_ldflags)]),
         "-o",
         target,
         *comp.packages.values(),

@@ -11,6 +11,10 @@
 * ``metrics_server``: the real metrics-server serving ``metrics.k8s.io`` on cluster A (started only
   by tests that ask for it; ready once it reports the kwok nodes' usage, ~20 s). Cluster B never
   has one: tests of the "metrics API not available" path use B.
+* ``real_kubelet``: a real kubelet (with containerd) registered as node ``kubelet-node-0`` of
+  cluster B (started only by tests that ask for it, ~2 s): the node proxy's ``/logs/`` and
+  ``/stats/summary`` answer as on a real node. Tainted NoSchedule, never Ready (no CNI): no pod
+  runs there. See ``tests/testbed/kubelet.py``.
 
 Keycloak need not be running when a cluster starts (see ``Cluster.wait_token_accepted``).
 """
@@ -32,6 +36,7 @@ from tests.testbed.identity_plan import (
     REALM_MCP,
     IdentityPlan,
 )
+from tests.testbed.kubelet import Kubelet, start_kubelet
 from tests.testbed.metrics_server import MetricsServer, start_metrics_server
 from tests.testbed.pki import CertificateAuthority
 
@@ -133,3 +138,14 @@ def metrics_server(
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_kubelet(cluster_b: Cluster, testbed_ca: CertificateAuthority) -> Iterator[Kubelet]:
+    """A real kubelet + containerd, node ``kubelet-node-0`` of cluster B (not of A: A's
+    metrics-server would scrape it), reachable through B's node proxy."""
+    kubelet = start_kubelet(cluster_b, testbed_ca)
+    try:
+        yield kubelet
+    finally:
+        kubelet.stop()

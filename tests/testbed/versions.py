@@ -15,3 +15,6 @@ GATEWAY_API = "v1.6.3"  # v1.7 needs Go 1.27
 ISTIO_API = "v1.31.1"  # istio.io/api: kubernetes/customresourcedefinitions.gen.yaml
 AUTHORINO = "v0.20.0"  # github.com/kuadrant/authorino: the server binary and the AuthConfig CRD
 KIND = "v0.30.0"
+# github.com/containerd/containerd/v2: the CRI runtime of the testbed's real kubelet (kubelet
+# v1.36 needs containerd >= 2.0, which implements the CRI RuntimeConfig call).
+CONTAINERD = "v2.4.2"
