@@ -3,13 +3,21 @@
 Against a real testbed cluster (etcd + kube-apiserver + controller manager + scheduler, started
 here with ``tests.testbed.cluster``) holding 200 pods, with one real service-account token:
 
-* ``backend`` (default settings: stateless Streamable HTTP, JSON responses) and
-  ``backend_stateful`` (``stateless: false``, MCP sessions): each 16 concurrent MCP clients
-  (the ``mcp`` package's Streamable HTTP client) calling ``pods_list`` (server-side Table of all
-  200 pods, rendered) and ``resources_get`` (one Deployment as YAML) alternately, through
-  ``mcp-backend serve`` running as its own process;
+* ``backend``: ``mcp-backend serve`` (its own process, default settings: stateless Streamable
+  HTTP, JSON answers, so ``single_exchange`` answers the calls) driven the way a gateway drives
+  it: JSON-RPC ``tools/call`` POSTs over one pooled aiohttp session of 16 connections, answers
+  parsed with orjson: the same client machinery as the direct path, so the difference is the
+  hop. This is the path the goals are judged on;
+* ``backend_mcp_sdk_client``: a second, identical backend driven by 16 real MCP clients (the
+  ``mcp`` package's Streamable HTTP client), whose own CPU cost (about 2 ms per call) lands in
+  its figures: shown beside, not judged;
+* ``backend_sdk_transport``: the ``backend`` path with ``single_exchange: false`` (the SDK's
+  stateless transport for every call), for the side-by-side cost of that transport;
 * ``direct``: 16 concurrent workers sending the same two queries straight to the API server with
   the same token over one pooled aiohttp session (Table request for the list, JSON for the get).
+
+The queries: ``pods_list`` (server-side Table of all 200 pods, rendered) and ``resources_get``
+(one Deployment as YAML).
 
 Three phases, every path measured in each, alternating so drift hits all of them:
 
@@ -191,6 +199,18 @@ async def _metric(base: str, name: str) -> float:
         for line in text.splitlines()
         if line.startswith(name) and not line.startswith("#")
     )
+
+
+async def _answered_by(base: str) -> dict[str, int]:
+    """POSTs to /mcp per answering path (``kmg_backend_mcp_requests_total{path}``)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    prefix = 'kmg_backend_mcp_requests_total{path="'
+    return {
+        line[len(prefix) :].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
 
 
 GET_ARGS = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "namespace": NS}
@@ -447,6 +467,7 @@ def _compare(measured: dict[str, Any], path: str) -> dict[str, Any]:
 
 async def run(soak: bool = False) -> dict[str, Any]:
     process.reap_stale()
+    load_at_start = os.getloadavg()[0]
     run_dir = paths.new_run_dir("bench-backend")
     ca = CertificateAuthority(run_dir / "pki")
     cluster: Cluster | None = None
@@ -458,6 +479,10 @@ async def run(soak: bool = False) -> dict[str, Any]:
         backends["backend"] = _start_backend(cluster, run_dir, "backend")
         backends[f"backend{SDK_CLIENT_SUFFIX}"] = _start_backend(
             cluster, run_dir, "backend-sdk-client"
+        )
+        # the goal path's backend with single_exchange off: the SDK's transport for every call
+        backends["backend_sdk_transport"] = _start_backend(
+            cluster, run_dir, "backend-sdk-transport", single_exchange=False
         )
         rounds = ROUNDS * (10 if soak else 1)
         pids = {n: p.proc.pid for n, (p, _) in backends.items() if p.proc is not None}
@@ -474,6 +499,7 @@ async def run(soak: bool = False) -> dict[str, Any]:
                 "rounds": rounds,
                 "calls_per_round": CALLS_PER_ROUND,
                 "cpus": len(os.sched_getaffinity(0)),
+                "load_average_1m_at_start": load_at_start,
                 "load_average_1m_at_end": os.getloadavg()[0],
             },
             **measured,
@@ -488,6 +514,7 @@ async def run(soak: bool = False) -> dict[str, Any]:
                 cpu_used[name] * 1000 / measured["calls_including_warmup"][name], 3
             )
             summary["upstream_connections_opened"] = int(connections)
+            summary["mcp_posts_answered_by"] = await _answered_by(base)
             summary["goals"] = {
                 "added_p50_le_2ms": all(
                     v <= 2.0 for v in summary["added_latency_p50_ms_paced_16_clients"].values()
