@@ -59,7 +59,7 @@ async def install(cluster: Cluster, namespace: str) -> None:
 
 
 @dataclass
-class Authorino:
+class Authorino(process.Supervised):
     """``authorino server`` for one namespace of ``cluster``; log: ``<log_dir>/authorino.log``."""
 
     cluster: Cluster
@@ -106,27 +106,17 @@ class Authorino:
         if self._proc is not None and self._proc.running:
             return self
         env = {"KUBECONFIG": str(self.cluster.admin_kubeconfig), "SSL_CERT_FILE": str(self.ca_file)}
-        started = time.monotonic()
-        self._proc = process.ManagedProcess("authorino", self.argv(), self.log_path, env=env)
-        self._proc.start()
-        self._proc.wait_until(
-            lambda: process.http_ok(self.readyz_url) and _accepts(*self.grpc_address),
-            timeout=timeout,
+        took = self._start_process(
+            "authorino",
+            self.argv(),
+            self.log_path,
+            env=env,
+            ready=lambda: process.http_ok(self.readyz_url) and _accepts(*self.grpc_address),
             what=f"ready ({self.readyz_url}, gRPC on port {self.grpc_port})",
+            timeout=timeout,
         )
-        self.start_seconds.append(time.monotonic() - started)
+        self.start_seconds.append(took)
         return self
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.stop()
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.running
-
-    def tail(self, lines: int = 30) -> str:
-        return self._proc.tail(lines) if self._proc is not None else "(not started)"
 
 
 def _accepts(host: str, port: int) -> bool:

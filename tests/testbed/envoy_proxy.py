@@ -12,7 +12,6 @@ import os
 import shutil
 import string
 import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,7 @@ def render(template: Path | str, values: Mapping[str, object]) -> str:
 
 
 @dataclass
-class EnvoyProxy:
+class EnvoyProxy(process.Supervised):
     run_dir: Path
     config_text: str
     name: str
@@ -81,22 +80,16 @@ class EnvoyProxy:
             "--log-level",
             "info",
         ]
-        started = time.monotonic()
-        self._proc = process.ManagedProcess(self.name, argv, self.run_dir / f"{self.name}.log")
-        self._proc.start()
-        self._proc.wait_until(
-            lambda: process.http_ok(f"{self.admin_url}/ready"), timeout=timeout, what="ready"
+        took = self._start_process(
+            self.name,
+            argv,
+            self.run_dir / f"{self.name}.log",
+            ready=lambda: process.http_ok(f"{self.admin_url}/ready"),
+            what="ready",
+            timeout=timeout,
         )
-        self.start_seconds.append(time.monotonic() - started)
+        self.start_seconds.append(took)
         return self
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.stop()
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.running
 
 
 def start_envoy(

@@ -476,9 +476,11 @@ class StartStats:
 
 
 @dataclass
-class Keycloak:
+class Keycloak(process.Supervised):
     """One Keycloak server of a run. ``start()`` / ``stop()`` may be called again (fault tests):
     the port, hostname, data directory and realm signing keys stay the same."""
+
+    stop_timeout = 20.0  # a class attribute, not a field: the JVM takes its time
 
     run_dir: Path
     plan: IdentityPlan
@@ -609,18 +611,6 @@ class Keycloak:
     def start(self, timeout: float = 240.0) -> Self:
         """Launch (if not running) and wait until ready; again after ``stop()``: same port/data."""
         return self.launch().wait_ready(timeout)
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.stop(timeout=20)
-
-    def kill(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.running
 
     def rss_mib(self) -> float | None:
         """Resident memory of the Keycloak JVM (child of kc.sh), MiB."""

@@ -8,7 +8,6 @@ port stays the same.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ def policy_dirs() -> list[Path]:
 
 
 @dataclass
-class OpaServer:
+class OpaServer(process.Supervised):
     run_dir: Path
     load: Sequence[Path] = field(default_factory=policy_dirs)
     port: int = field(default_factory=free_port)
@@ -61,27 +60,16 @@ class OpaServer:
     def start(self, timeout: float = 30.0) -> OpaServer:
         if self._proc is not None and self._proc.running:
             return self
-        started = time.monotonic()
-        self._proc = process.ManagedProcess(
-            self.name, self.command(), self.run_dir / f"{self.name}.log"
-        ).start()
-        self._proc.wait_until(
-            lambda: process.http_ok(f"{self.url}/health"), timeout=timeout, what="healthy"
+        took = self._start_process(
+            self.name,
+            self.command(),
+            self.run_dir / f"{self.name}.log",
+            ready=lambda: process.http_ok(f"{self.url}/health"),
+            what="healthy",
+            timeout=timeout,
         )
-        self.start_seconds.append(time.monotonic() - started)
+        self.start_seconds.append(took)
         return self
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.stop()
-
-    def kill(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.running
 
     def query(self, path: str, input_doc: Any = None) -> Any:
         """``POST /v1/data/<path>`` with ``input``; returns ``result`` (None when undefined)."""

@@ -131,6 +131,46 @@ class ManagedProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+class Supervised:
+    """What a component wrapper holding one :class:`ManagedProcess` in ``_proc`` offers
+    (Envoy, OPA, Authorino, Keycloak): start-and-wait, stop, kill, ``running``, log tail."""
+
+    _proc: ManagedProcess | None
+    stop_timeout: float = 10.0
+
+    def _start_process(
+        self,
+        name: str,
+        argv: Sequence[str | os.PathLike[str]],
+        log_path: Path,
+        *,
+        ready: Callable[[], bool],
+        what: str,
+        timeout: float,
+        env: dict[str, str] | None = None,
+    ) -> float:
+        """Start ``argv`` as this component's process, wait until ``ready``; seconds it took."""
+        started = time.monotonic()
+        self._proc = ManagedProcess(name, argv, log_path, env=env).start()
+        self._proc.wait_until(ready, timeout=timeout, what=what)
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.stop(timeout=self.stop_timeout)
+
+    def kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.running
+
+    def tail(self, lines: int = 30) -> str:
+        return self._proc.tail(lines) if self._proc is not None else "(not started)"
+
+
 def http_ok(
     url: str,
     *,
