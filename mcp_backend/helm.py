@@ -2,7 +2,9 @@
 
 Each command gets a private HOME/XDG tree (one per command, or one :meth:`HelmRunner.workdir`
 shared by the commands of one tool call) and an empty kubeconfig, so no local credentials or
-repositories leak in, and a timeout so a stuck chart cannot hold the call.
+repositories leak in, and a timeout so a stuck chart cannot hold the call. helm reaches the
+cluster only through an :class:`ApiGuard` of its own (``HELM_KUBEAPISERVER`` and
+``HELM_KUBECAFILE`` name it), which refuses every request on a denied kind.
 
 Also where a chart may come from (:func:`chart_source`); what it creates is read by
 ``chart_contents``, and checked again while helm installs by ``helm_post_render``.
@@ -25,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 from mcp_backend.clusters import Api
 from mcp_backend.errors import AccessDenied, InvalidArguments, ToolFailure, Unauthorized
+from mcp_backend.helm_api_guard import ApiGuard
 from mcp_backend.log import scrub
 
 
@@ -43,9 +46,9 @@ class HelmRunner:
             )
         return found
 
-    def environment(self, api: Api, home: Path) -> dict[str, str]:
-        """The child environment: the caller's token and the cluster's server + CA only."""
-        cluster = api.cluster
+    def environment(self, api: Api, home: Path, guard: ApiGuard) -> dict[str, str]:
+        """The child environment: the caller's token and the address and certificate of the
+        command's :class:`ApiGuard`, which reaches the cluster; nothing else."""
         kubeconfig = home / "kubeconfig"
         kubeconfig.write_text("apiVersion: v1\nkind: Config\n", encoding="utf-8")
         env = {
@@ -55,13 +58,10 @@ class HelmRunner:
             "XDG_CONFIG_HOME": str(home / "config"),
             "XDG_DATA_HOME": str(home / "data"),
             "KUBECONFIG": str(kubeconfig),
-            "HELM_KUBEAPISERVER": cluster.config.server,
+            "HELM_KUBEAPISERVER": guard.url,
+            "HELM_KUBECAFILE": str(guard.ca_file),
             "HELM_KUBETOKEN": api.token,
         }
-        if cluster.ca_file is not None:
-            env["HELM_KUBECAFILE"] = str(cluster.ca_file)
-        if cluster.config.insecure_skip_tls_verify:
-            env["HELM_KUBEINSECURE_SKIP_TLS_VERIFY"] = "true"
         return env
 
     @staticmethod
@@ -88,25 +88,23 @@ class HelmRunner:
         for name, content in (files or {}).items():
             (home / name).write_text(content, encoding="utf-8")
         argv = [a.replace("{home}", str(home)) for a in args]
-        proc = await asyncio.create_subprocess_exec(
-            binary,
-            *argv,
-            cwd=home,
-            env=self.environment(api, home),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            stdout, stderr = await asyncio.wait_for(proc.communicate(), self.timeout_s)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise ToolFailure(
-                f"helm {args[0]} on cluster {api.name!r} did not finish in {self.timeout_s:g}s"
-            ) from None
+        client = api.cluster.client
+        async with ApiGuard(client.session(), client.access) as guard:
+            returncode, stdout, stderr = await self._exec(
+                api, binary, argv, home, self.environment(api, home, guard)
+            )
         err = scrub(stderr.decode(errors="replace").strip()).replace(api.token, "<token>")
-        if proc.returncode != 0:
+        if returncode != 0:
+            if guard.refused:
+                after = (
+                    "nothing was installed"
+                    if "--dry-run=server" in args
+                    else "the release may be left 'failed': helm_list shows it"
+                )
+                raise AccessDenied(
+                    f"helm {args[0]} on cluster {api.name!r} was stopped ({after}): helm asked "
+                    f"the cluster to {guard.refused[0]}"
+                )
             if "Unauthorized" in err or "401" in err:
                 raise Unauthorized(
                     f"helm {args[0]} on cluster {api.name!r}: the API server rejected the token: "
@@ -117,6 +115,28 @@ class HelmRunner:
                 f"helm {args[0]} on cluster {api.name!r} failed: {err or 'no output'}"
             )
         return stdout.decode(errors="replace")
+
+    async def _exec(
+        self, api: Api, binary: str, argv: list[str], home: Path, env: dict[str, str]
+    ) -> tuple[int, bytes, bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            binary,
+            *argv,
+            cwd=home,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            stdout, stderr = await asyncio.wait_for(proc.communicate(), self.timeout_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise ToolFailure(
+                f"helm {argv[0]} on cluster {api.name!r} did not finish in {self.timeout_s:g}s"
+            ) from None
+        return proc.returncode or 0, stdout, stderr
 
     async def run_json(self, api: Api, args: list[str], **kwargs: Any) -> Any:
         out = await self.run(api, args, **kwargs)

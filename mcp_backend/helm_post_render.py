@@ -5,9 +5,9 @@ chart a second time for the install. Templates using ``rand*``, ``now``, ``uuidv
 may render other objects the second time. helm runs this module as the install's post-renderer:
 it reads the manifests helm is about to create on stdin and refuses, with exit status 1, any
 (group, kind) the dry run did not approve; otherwise it writes stdin back unchanged. helm then
-creates nothing of the release. Hooks are not covered: helm 3 does not pass them to a
-post-renderer (``renderResources`` in helm v3.22.0 post-renders the manifests only), so a hook's
-kind is checked on the dry run's render alone.
+creates nothing of the release. Hooks are not covered here: helm 3 does not pass them to a
+post-renderer (``renderResources`` in helm v3.22.0 post-renders the manifests only); a hook of a
+denied kind is stopped on the wire by ``helm_api_guard``.
 
 Run by helm as ``python -I <helm-home>/post-render.py APPROVED.json``, where the script only puts
 this package on ``sys.path`` and calls :func:`main`. The refusal is also written to

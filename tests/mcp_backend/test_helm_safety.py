@@ -5,19 +5,23 @@ from the configured sources. Real helm CLI, real API server, real MCP client."""
 from __future__ import annotations
 
 import io
+import ssl
 import tarfile
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.rest import ApiException
+from yarl import URL
 
 from mcp_backend.chart_contents import manifest_kinds
 from mcp_backend.config import DEFAULT_CHART_SOURCES
 from mcp_backend.errors import AccessDenied, InvalidArguments, ToolFailure
 from mcp_backend.helm import ChartSource, chart_source
+from mcp_backend.helm_api_guard import ApiGuard
 from mcp_backend.helm_post_render import refusal
 from mcp_backend.tools.base import ToolContext
 from mcp_backend.tools.helm import fetch_chart, install_checked
@@ -138,7 +142,8 @@ async def test_helm_install_refuses_denied_kinds_inside_list_documents(
         )
         releases = await _releases(client)
     assert result.is_error, text_of(result)
-    assert denied in text_of(result)
+    # Named by the kinds check (Kind) or by the API guard (resource, e.g. clusterrolebindings).
+    assert denied.lower() in text_of(result).lower()
     assert "denied by this server's policy" in text_of(result)
     assert release not in releases
     suffix = "sa" if denied == "ServiceAccount" else "crb"
@@ -268,6 +273,64 @@ async def test_the_installs_own_render_is_checked_before_helm_creates_anything(
     async with mcp_client(backend.url, tokens.admin) as client:
         removed = await client.call_tool("helm_uninstall", {"name": release, "namespace": NS})
     assert not removed.is_error, text_of(removed)
+
+
+GUARDED = {
+    "a template": SA,
+    "a hook": SA.replace(
+        "metadata: {name: NAME-sa}",
+        'metadata: {name: NAME-sa, annotations: {"helm.sh/hook": pre-install}}',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GUARDED))
+async def test_the_api_guard_stops_helm_on_a_denied_kind_whatever_was_checked(
+    backend: Any,
+    tokens: Tokens,
+    charts_dir: Path,
+    tmp_path: Path,
+    cluster_a: Cluster,
+    workloads: Any,
+    case: str,
+) -> None:
+    """The last line of defence: helm reaches the cluster only through the backend's API guard,
+    which refuses every request on a denied kind. Played with every earlier check passed (the
+    ServiceAccount counted as approved, as a ``rand`` hook could make the dry run believe):
+    the guard still stops helm, and the cluster never sees the ServiceAccount."""
+    release = f"hg{sorted(GUARDED).index(case)}"
+    chart = _chart(
+        charts_dir / tmp_path.name,
+        {"templates/sa.yaml": GUARDED[case].replace("NAME", "{{ .Release.Name }}")},
+    )
+    handlers = backend.backend.handlers
+    ctx = ToolContext(
+        settings=handlers.settings,
+        clusters=handlers.clusters,
+        helm=handlers.helm,
+        token=tokens.admin,
+        args={},
+    )
+    api = await ctx.api()
+    try:
+        with ctx.helm.workdir() as home:
+            archive = await fetch_chart(ctx, api, ChartSource(str(chart), local=True), home)
+            args = ["install", release, str(archive), "--namespace", NS, "-o", "json"]
+            approved = {("", "ConfigMap"), ("", "ServiceAccount")}
+            with pytest.raises(AccessDenied) as refused:
+                await install_checked(ctx, api, args, approved, {}, home)
+        message = refused.value.message
+        assert "helm install on cluster 'cluster-a' was stopped" in message
+        assert "serviceaccounts" in message
+        assert "denied by this server's policy" in message
+        assert not await _exists(cluster_a, "ServiceAccount", f"{release}-sa")
+    finally:  # helm may have recorded a failed release: remove its records and objects
+        async with cluster_a.admin_client() as admin:
+            core = k8s.CoreV1Api(admin)
+            for record in await _release_records(cluster_a, release):
+                await core.delete_namespaced_secret(record, NS)
+            if await _exists(cluster_a, "ConfigMap", f"{release}-cm"):
+                await core.delete_namespaced_config_map(f"{release}-cm", NS)
 
 
 async def test_helm_install_fetches_a_remote_chart_once(
@@ -422,3 +485,39 @@ def test_post_render_refusal_names_unapproved_kinds_and_fails_closed() -> None:
     unparsable = refusal(approved, "kind: [unclosed\n")
     assert unparsable is not None
     assert "cannot check the kinds the chart as rendered for the install creates" in unparsable
+
+
+async def test_api_guard_forwards_allowed_calls_and_refuses_the_rest(
+    backend: Any, tokens: Tokens, workloads: Any
+) -> None:
+    """The guard on its own, with a real client: an allowed call reaches the cluster (the
+    caller's token decides: without one the API server refuses system:anonymous), a denied kind
+    gets the guard's 403 Status, and paths the check could read differently from the API server
+    are refused."""
+    api = await backend.backend.clusters.bind(None, tokens.admin)
+    client = api.cluster.client
+    async with ApiGuard(client.session(), client.access) as guard:
+        tls = ssl.create_default_context(cafile=str(guard.ca_file))
+        auth = {"Authorization": f"Bearer {tokens.admin}"}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as http:
+
+            async def get(path: str, headers: dict[str, str]) -> tuple[int, Any]:
+                url = URL(guard.url + path, encoded=True)  # sent as written, not normalized
+                async with http.get(url, headers=headers) as resp:
+                    return resp.status, await resp.json(content_type=None)
+
+            allowed = await get(f"/api/v1/namespaces/{NS}/configmaps", auth)
+            anonymous = await get(f"/api/v1/namespaces/{NS}/configmaps", {})
+            denied = await get("/apis/rbac.authorization.k8s.io/v1/clusterroles", auth)
+            dotted = await get(f"/api/v1/namespaces/{NS}/pods/../../serviceaccounts", auth)
+            encoded = await get("/apis/rbac.authorization.k8s.io/v1/cluster%72oles", auth)
+    assert allowed[0] == 200
+    assert allowed[1]["kind"] == "ConfigMapList"
+    assert anonymous[0] == 403  # the API server's own answer to no token
+    assert "system:anonymous" in anonymous[1]["message"]
+    assert denied[0] == 403
+    assert denied[1]["reason"] == "Forbidden"
+    assert "refused by the MCP backend" in denied[1]["message"]
+    assert "denied by this server's policy" in denied[1]["message"]
+    assert guard.refused == [denied[1]["message"].split(": ", 1)[1]]
+    assert dotted[0] == encoded[0] == 400
