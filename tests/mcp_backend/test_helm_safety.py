@@ -4,9 +4,11 @@ from the configured sources. Real helm CLI, real API server, real MCP client."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ssl
 import tarfile
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +227,31 @@ async def test_helm_install_renders_lookups_against_the_real_cluster(
     assert not await _exists(cluster_a, "ServiceAccount", "hlookup-sa")
 
 
+@contextlib.asynccontextmanager
+async def _install_of(
+    backend: Any, token: str, chart: Path, release: str
+) -> AsyncIterator[Callable[[set[tuple[str, str]]], Awaitable[dict[str, Any]]]]:
+    """``install(approved)``: helm_install's last step (``install_checked``) for ``chart``, as
+    if the earlier checks had approved exactly the kinds ``approved``."""
+    handlers = backend.backend.handlers
+    ctx = ToolContext(
+        settings=handlers.settings,
+        clusters=handlers.clusters,
+        helm=handlers.helm,
+        token=token,
+        args={},
+    )
+    api = await ctx.api()
+    with ctx.helm.workdir() as home:
+        archive = await fetch_chart(ctx, api, ChartSource(str(chart), local=True), home)
+        args = ["install", release, str(archive), "--namespace", NS, "-o", "json"]
+
+        async def install(approved: set[tuple[str, str]]) -> dict[str, Any]:
+            return await install_checked(ctx, api, args, approved, {}, home)
+
+        yield install
+
+
 async def test_the_installs_own_render_is_checked_before_helm_creates_anything(
     backend: Any,
     tokens: Tokens,
@@ -243,27 +270,14 @@ async def test_the_installs_own_render_is_checked_before_helm_creates_anything(
         charts_dir / tmp_path.name,
         {"templates/secret.yaml": secret.replace("NAME", "{{ .Release.Name }}")},
     )
-    handlers = backend.backend.handlers
-    ctx = ToolContext(
-        settings=handlers.settings,
-        clusters=handlers.clusters,
-        helm=handlers.helm,
-        token=tokens.admin,
-        args={},
-    )
-    api = await ctx.api()
-    with ctx.helm.workdir() as home:
-        archive = await fetch_chart(ctx, api, ChartSource(str(chart), local=True), home)
-        args = ["install", release, str(archive), "--namespace", NS, "-o", "json"]
+    async with _install_of(backend, tokens.admin, chart, release) as install:
         with pytest.raises(AccessDenied) as refused:
-            await install_checked(ctx, api, args, {("", "ConfigMap")}, {}, home)
+            await install({("", "ConfigMap")})
         assert not await _exists(cluster_a, "ConfigMap", f"{release}-cm")
         assert await _release_records(cluster_a, release) == []
         # The same install with the kind approved goes through: the renderer hands helm its
         # manifests back unchanged.
-        installed = await install_checked(
-            ctx, api, args, {("", "ConfigMap"), ("", added)}, {}, home
-        )
+        installed = await install({("", "ConfigMap"), ("", added)})
     assert f"{added} (core)" in refused.value.message
     assert "rendered differently for the install" in refused.value.message
     assert installed["name"] == release
@@ -303,22 +317,10 @@ async def test_the_api_guard_stops_helm_on_a_denied_kind_whatever_was_checked(
         charts_dir / tmp_path.name,
         {"templates/sa.yaml": GUARDED[case].replace("NAME", "{{ .Release.Name }}")},
     )
-    handlers = backend.backend.handlers
-    ctx = ToolContext(
-        settings=handlers.settings,
-        clusters=handlers.clusters,
-        helm=handlers.helm,
-        token=tokens.admin,
-        args={},
-    )
-    api = await ctx.api()
     try:
-        with ctx.helm.workdir() as home:
-            archive = await fetch_chart(ctx, api, ChartSource(str(chart), local=True), home)
-            args = ["install", release, str(archive), "--namespace", NS, "-o", "json"]
-            approved = {("", "ConfigMap"), ("", "ServiceAccount")}
+        async with _install_of(backend, tokens.admin, chart, release) as install:
             with pytest.raises(AccessDenied) as refused:
-                await install_checked(ctx, api, args, approved, {}, home)
+                await install({("", "ConfigMap"), ("", "ServiceAccount")})
         message = refused.value.message
         assert "helm install on cluster 'cluster-a' was stopped" in message
         assert "serviceaccounts" in message
