@@ -158,6 +158,27 @@ class Cluster:
         """An ApiClient sending ``token`` as bearer token; the caller closes it."""
         return k8s.ApiClient(self.configuration(token))
 
+    def admin_request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        content_type: str = "application/json",
+        accept: str | None = None,
+    ) -> tuple[int, str]:
+        """One synchronous API call as ``admin`` (for code outside an event loop):
+        (status, text), (0, error) when the server cannot be reached."""
+        return https_request(
+            method,
+            f"{self.server}{path}",
+            self.ca_file,
+            self.admin_cert,
+            body=body,
+            content_type=content_type,
+            accept=accept,
+        )
+
     # -- helpers built on the admin client -------------------------------------------------------
     async def ensure_fake_nodes(self, count: int = 2, *, prefix: str = "kwok-node") -> list[str]:
         """Register ``count`` kwok-managed nodes (idempotent) and wait until all are Ready."""
@@ -1043,6 +1064,36 @@ spec:
 
 
 # -- small helpers ---------------------------------------------------------------------------------
+def https_request(
+    method: str,
+    url: str,
+    ca_file: Path,
+    client_cert: CertPair | None = None,
+    *,
+    body: dict[str, Any] | None = None,
+    content_type: str = "application/json",
+    accept: str | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, str]:
+    """A synchronous HTTPS request to a local test component, JSON ``body`` if any:
+    (status, text), or (0, the error) when it cannot be reached."""
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    if client_cert is not None:
+        ctx.load_cert_chain(str(client_cert.cert), str(client_cert.key))
+    headers = {"Content-Type": content_type, **({"Accept": accept} if accept else {})}
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(  # noqa: S310 - https URL of a local test component
+        url, data=data, method=method, headers=headers
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310
+            return int(resp.status), resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return int(err.code), err.read().decode(errors="replace")
+    except OSError as exc:
+        return 0, str(exc)
+
+
 def _https_status(url: str, ca_file: Path, client_cert: CertPair | None = None) -> int:
     ctx = ssl.create_default_context(cafile=str(ca_file))
     if client_cert is not None:

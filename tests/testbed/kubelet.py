@@ -61,7 +61,6 @@ import json
 import os
 import shlex
 import shutil
-import ssl
 import tempfile
 import time
 import urllib.error
@@ -78,7 +77,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.testbed import build, egress_proxy, process
-from tests.testbed.cluster import HOST, Cluster
+from tests.testbed.cluster import HOST, Cluster, https_request
 from tests.testbed.pki import CertificateAuthority, CertPair
 from tests.testbed.ports import free_port
 
@@ -129,7 +128,9 @@ class Kubelet:
         """GET ``path`` from the kubelet itself (not through the API server), as the cluster's
         admin (x509, authorized by the kubelet's webhook)."""
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        return _get(f"{self.url}{path}{query}", self.cluster.ca_file, self.client_cert)
+        return https_request(
+            "GET", f"{self.url}{path}{query}", self.cluster.ca_file, self.client_cert
+        )
 
     def stop(self) -> None:
         for proc in reversed(list(self.processes.values())):
@@ -527,45 +528,13 @@ def _write_kubeconfig(path: Path, cluster: Cluster, pair: CertPair) -> Path:
 
 
 # -- HTTP helpers ----------------------------------------------------------------------------------
-def _get(url: str, ca_file: Path, client: CertPair) -> tuple[int, str]:
-    return _request("GET", url, ca_file, client)
-
-
-def _request(
-    method: str,
-    url: str,
-    ca_file: Path,
-    client: CertPair,
-    body: dict[str, Any] | None = None,
-    content_type: str = "application/json",
-) -> tuple[int, str]:
-    ctx = ssl.create_default_context(cafile=str(ca_file))
-    ctx.load_cert_chain(str(client.cert), str(client.key))
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(  # noqa: S310 - https URL of a local test component
-        url, data=data, method=method, headers={"Content-Type": content_type}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10.0, context=ctx) as resp:  # noqa: S310
-            return int(resp.status), resp.read().decode(errors="replace")
-    except urllib.error.HTTPError as err:
-        return int(err.code), err.read().decode(errors="replace")
-    except OSError as exc:
-        return 0, str(exc)
-
-
 def _admin_get(cluster: Cluster, path: str) -> tuple[int, str]:
-    return _get(f"{cluster.server}{path}", cluster.ca_file, cluster.admin_cert)
+    return cluster.admin_request("GET", path)
 
 
 def _admin_patch(cluster: Cluster, path: str, patch: dict[str, Any]) -> None:
-    status, body = _request(
-        "PATCH",
-        f"{cluster.server}{path}",
-        cluster.ca_file,
-        cluster.admin_cert,
-        patch,
-        "application/merge-patch+json",
+    status, body = cluster.admin_request(
+        "PATCH", path, patch, content_type="application/merge-patch+json"
     )
     if status != 200:
         raise process.ComponentError(f"{cluster.name}: PATCH {path}: HTTP {status}: {body[:500]}")
@@ -573,9 +542,7 @@ def _admin_patch(cluster: Cluster, path: str, patch: dict[str, Any]) -> None:
 
 def _admin_apply(cluster: Cluster, collection: str, obj: dict[str, Any]) -> None:
     """Create ``obj`` in ``collection``; an existing one (HTTP 409) is left as it is."""
-    status, body = _request(
-        "POST", f"{cluster.server}{collection}", cluster.ca_file, cluster.admin_cert, obj
-    )
+    status, body = cluster.admin_request("POST", collection, obj)
     if status not in (200, 201, 409):
         raise process.ComponentError(
             f"{cluster.name}: creating {collection}/{obj['metadata']['name']}: HTTP {status}: "

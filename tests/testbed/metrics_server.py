@@ -209,22 +209,7 @@ def _context(cluster: Cluster, *, client_cert: bool) -> ssl.SSLContext:
 def _admin_request(
     cluster: Cluster, method: str, path: str, obj: dict[str, Any] | None = None
 ) -> tuple[int, str]:
-    data = json.dumps(obj).encode() if obj is not None else None
-    req = urllib.request.Request(  # noqa: S310 - https URL of the local test API server
-        f"{cluster.server}{path}",
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json", "Accept": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(  # noqa: S310
-            req, timeout=10.0, context=_context(cluster, client_cert=True)
-        ) as resp:
-            return int(resp.status), resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return int(err.code), err.read().decode(errors="replace")
-    except OSError as exc:
-        return 0, str(exc)
+    return cluster.admin_request(method, path, obj, accept="application/json")
 
 
 def _admin_get(cluster: Cluster, path: str) -> tuple[int, str]:
