@@ -1,20 +1,17 @@
 """A token endpoint answering a redirect never gets the form re-sent elsewhere.
 
-Two real aiohttp servers on 127.0.0.1: the configured token endpoint answers 307/308 to the
-other one, which records every request it receives. A followed redirect would re-send the form
-(subject token, client secret or client assertion) there.
+The configured token endpoint answers 307/308/302 to another real server that records every
+request it receives (``tests/testbed/redirecting_endpoint.py``). A followed redirect would
+re-send the form (subject token, client secret or client assertion) there.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from gateway_plugins.common.http_client import make_client_session
@@ -22,47 +19,18 @@ from gateway_plugins.token_exchange.config import BreakerConfig, ClientAuth, STS
 from gateway_plugins.token_exchange.metrics import ExchangeMetrics
 from gateway_plugins.token_exchange.sts_client import STSClient, STSUnavailable
 from tests.gateway_plugins.common.issuer import new_rsa
+from tests.testbed.redirecting_endpoint import RedirectingEndpoint, redirecting_endpoint
 
 SUBJECT = "subject-token-that-must-stay-home"
 SECRET = "client-secret-that-must-stay-home"
 
 
-@dataclass
-class Redirecting:
-    """``token_url`` answers ``status`` with Location = ``elsewhere``; ``received`` records what
-    reached ``elsewhere``."""
-
-    token_url: str
-    elsewhere: str
-    received: list[str] = field(default_factory=list)
-    status: int = 307
-
-
 @pytest.fixture
-async def redirecting() -> AsyncIterator[Redirecting]:
-    state = Redirecting("", "")
-
-    async def elsewhere(request: web.Request) -> web.Response:
-        state.received.append(await request.text())
-        return web.json_response({"access_token": "stolen", "expires_in": 60})
-
-    async def token(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(status=state.status, headers={"Location": state.elsewhere})
-
-    other_app = web.Application()
-    other_app.router.add_route("*", "/collect", elsewhere)
-    other = TestServer(other_app, host="127.0.0.1")
-    await other.start_server()
-    app = web.Application()
-    app.router.add_post("/realms/mcp/protocol/openid-connect/token", token)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    state.token_url = str(server.make_url("/realms/mcp/protocol/openid-connect/token"))
-    state.elsewhere = str(other.make_url("/collect?code=abc"))
-    yield state
-    await server.close()
-    await other.close()
+async def redirecting() -> AsyncIterator[RedirectingEndpoint]:
+    async with redirecting_endpoint(
+        "/realms/mcp/protocol/openid-connect/token", elsewhere="/collect?code=abc"
+    ) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
@@ -73,12 +41,12 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def _client(
-    redirecting: Redirecting, session: aiohttp.ClientSession, auth: ClientAuth
+    redirecting: RedirectingEndpoint, session: aiohttp.ClientSession, auth: ClientAuth
 ) -> tuple[STSClient, ExchangeMetrics]:
     metrics = ExchangeMetrics(CollectorRegistry())
     if auth is ClientAuth.PRIVATE_KEY_JWT:
         cfg = STSConfig(
-            token_url=redirecting.token_url,
+            token_url=redirecting.url,
             client_id="mcp-gateway",
             client_auth=auth,
             private_key_file=Path("/unused/in/this/test.pem"),
@@ -86,7 +54,7 @@ def _client(
         client = STSClient("mcp", cfg, session, private_key=new_rsa(), metrics=metrics)
     else:
         cfg = STSConfig(
-            token_url=redirecting.token_url,
+            token_url=redirecting.url,
             client_id="mcp-gateway",
             client_auth=auth,
             client_secret_env="UNUSED",
@@ -105,7 +73,7 @@ def _client(
 @pytest.mark.parametrize("status", [307, 308, 302])
 @pytest.mark.parametrize("auth", [ClientAuth.CLIENT_SECRET_POST, ClientAuth.PRIVATE_KEY_JWT])
 async def test_token_exchange_redirect_is_an_error_and_nothing_is_resent(
-    redirecting: Redirecting, session: aiohttp.ClientSession, status: int, auth: ClientAuth
+    redirecting: RedirectingEndpoint, session: aiohttp.ClientSession, status: int, auth: ClientAuth
 ) -> None:
     redirecting.status = status
     client, metrics = _client(redirecting, session, auth)
@@ -124,7 +92,7 @@ async def test_token_exchange_redirect_is_an_error_and_nothing_is_resent(
 
 
 async def test_jwt_bearer_redirect_is_an_error(
-    redirecting: Redirecting, session: aiohttp.ClientSession
+    redirecting: RedirectingEndpoint, session: aiohttp.ClientSession
 ) -> None:
     client, _ = _client(redirecting, session, ClientAuth.CLIENT_SECRET_BASIC)
     with pytest.raises(STSUnavailable, match="answered HTTP 307 redirecting"):
