@@ -137,6 +137,7 @@ def _string(value: str) -> str | None:
         return None if _literal_ok(value) else _quoted(value)
     if (
         _PLAIN.fullmatch(value)
+        and not value.startswith("...")  # at a line start: the document end marker
         and not value.endswith((" ", ":"))
         and ": " not in value
         and _RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) == _STR_TAG  # type: ignore[no-untyped-call]

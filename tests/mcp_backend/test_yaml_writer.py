@@ -18,6 +18,8 @@ from mcp_backend.output import to_yaml
 # Strings that YAML would read as something else, or that need care in some style.
 TRICKY = [
     "",
+    "...",  # found by the property test: a plain "..." at a line start ends the document
+    "... x",
     " ",
     "true",
     "False",
