@@ -15,12 +15,26 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.testbed import paths, versions
+
+
+@dataclass(frozen=True)
+class SourceArchive:
+    """Where a module comes from when the Go module proxy refuses it: a source archive (the tag's
+    tarball) named by an environment variable and checked against a pinned sha256. Only the module
+    itself comes from the archive; its dependencies still come from the proxy (the wrapper's
+    ``go.sum`` pins them)."""
+
+    module: str
+    env_var: str
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -33,6 +47,14 @@ class GoComponent:
     # Extra ``-X`` settings for the linker (e.g. the version a binary reports); part of the cache
     # key only when given, so components without any keep their keys.
     x_ldflags: tuple[str, ...] = ()
+    # Fallback for a module the proxy refuses (see SourceArchive).
+    archive: SourceArchive | None = None
+    # Folders of that module's source tree copied into ``<out>/share/`` (CRDs, sample configs).
+    share: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.share and self.archive is None:
+            raise ValueError(f"{self.name}: 'share' names folders of the archive's module")
 
     @property
     def wrapper(self) -> Path:
@@ -96,6 +118,23 @@ GO_COMPONENTS: tuple[GoComponent, ...] = (
         versions.CONTAINERD,
         {"containerd": "github.com/containerd/containerd/v2/cmd/containerd"},
     ),
+    # The MCP Gateway (Kuadrant): the broker/router (Envoy ext_proc router + MCP broker in one
+    # binary) and the controller that turns MCPServerRegistrations into the broker's config.
+    GoComponent(
+        "mcp-gateway",
+        versions.MCP_GATEWAY,
+        {
+            "mcp-broker-router": "github.com/Kuadrant/mcp-gateway/cmd/mcp-broker-router",
+            "mcp-gateway-controller": "github.com/Kuadrant/mcp-gateway/cmd",
+        },
+        x_ldflags=(f"main.version={versions.MCP_GATEWAY}",),
+        archive=SourceArchive(
+            "github.com/Kuadrant/mcp-gateway",
+            "KMG_MCP_GATEWAY_SRC",
+            versions.MCP_GATEWAY_ARCHIVE_SHA256,
+        ),
+        share=("config", "charts/mcp-gateway"),
+    ),
 )
 
 _MARKER = ".complete"
@@ -114,8 +153,90 @@ def binary(name: str) -> Path:
     raise KeyError(f"unknown testbed binary {name!r}")
 
 
+def share_dir(component: str) -> Path:
+    """``<out>/share/`` of a built component: the source folders it copies (``GoComponent.share``),
+    e.g. ``share_dir("mcp-gateway") / "config" / "crd"``."""
+    for comp in GO_COMPONENTS:
+        if comp.name == component:
+            out = comp.out_dir()
+            if not (out / _MARKER).exists():
+                raise FileNotFoundError(
+                    f"{comp.name} {comp.version} is not built: run `make testbed`"
+                )
+            return out / "share"
+    raise KeyError(f"unknown testbed component {component!r}")
+
+
 def _log(msg: str) -> None:
     print(f"[testbed] {msg}", flush=True)
+
+
+def _module_from_proxy(comp: GoComponent, module: str, env: dict[str, str]) -> Path | None:
+    """The module's folder in the Go module cache, or None when it cannot be downloaded."""
+    proc = subprocess.run(
+        ["go", "mod", "download", "-json", f"{module}@{comp.version}"],
+        cwd=comp.wrapper,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    try:
+        info = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    except json.JSONDecodeError:
+        info = {}
+    if proc.returncode != 0 or info.get("Error") or not info.get("Dir"):
+        detail = info.get("Error") or proc.stderr.strip() or f"exit {proc.returncode}"
+        _log(f"{comp.name}: the Go module proxy does not serve {module}@{comp.version}: {detail}")
+        return None
+    return Path(info["Dir"])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _module_from_archive(comp: GoComponent, archive: SourceArchive) -> Path:
+    """The archive named by ``archive.env_var``, checked and unpacked into the cache."""
+    value = os.environ.get(archive.env_var)
+    if not value:
+        raise SystemExit(
+            f"testbed: {archive.module}@{comp.version} cannot be fetched from the Go module proxy "
+            f"and {archive.env_var} is not set: point it at that tag's source archive (.tar.gz, "
+            f"sha256 {archive.sha256})"
+        )
+    src = Path(value).expanduser()
+    dest = paths.cache_dir() / "src" / f"{comp.name}-{comp.version}"
+    if (dest / _MARKER).exists():
+        return dest
+    if not src.is_file():
+        raise SystemExit(f"testbed: {archive.env_var}={src} is not a file")
+    actual = _sha256(src)
+    if actual != archive.sha256:
+        raise SystemExit(
+            f"testbed: {src} has sha256 {actual}, not the pinned {archive.sha256} of "
+            f"{archive.module}@{comp.version}; refusing it"
+        )
+    _log(f"{comp.name}: unpacking {src} (sha256 checked)")
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with tarfile.open(src) as tar:
+        tar.extractall(tmp, filter="data")
+    tops = [p for p in tmp.iterdir() if p.is_dir()]
+    root = tops[0] if len(tops) == 1 and not (tmp / "go.mod").exists() else tmp
+    if not (root / "go.mod").is_file():
+        raise SystemExit(f"testbed: {src} holds no go.mod at its top")
+    (root / _MARKER).write_text(json.dumps({"archive": str(src), "sha256": actual}))
+    shutil.rmtree(dest, ignore_errors=True)
+    root.rename(dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def build_go(comp: GoComponent, *, force: bool = False) -> Path:
@@ -134,6 +255,22 @@ def build_go(comp: GoComponent, *, force: bool = False) -> Path:
     _log(f"{comp.name} {comp.version}: building {', '.join(comp.packages)} (cold: minutes)")
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly -buildvcs=false")
     started = time.monotonic()
+    modfile: list[str] = []
+    source_root: Path | None = None
+    scratch = tempfile.TemporaryDirectory(prefix=f"kmg-{comp.name}-")
+    if comp.archive is not None:
+        source_root = _module_from_proxy(comp, comp.archive.module, env)
+        if source_root is None:
+            source_root = _module_from_archive(comp, comp.archive)
+            # Build against the unpacked tree: a copy of the wrapper's go.mod with a replace
+            # (the wrapper itself stays untouched; go.sum beside the copy pins the dependencies).
+            mod = Path(scratch.name) / "go.mod"
+            mod.write_text(
+                (comp.wrapper / "go.mod").read_text()
+                + f"\nreplace {comp.archive.module} => {source_root}\n"
+            )
+            shutil.copyfile(comp.wrapper / "go.sum", mod.with_suffix(".sum"))
+            modfile = [f"-modfile={mod}"]
     # One package: name the binary explicitly (Go would call go.etcd.io/etcd/server/v3 "server").
     target = f"{tmp}/{next(iter(comp.packages))}" if len(comp.packages) == 1 else f"{tmp}/"
     cmd = [
@@ -142,6 +279,7 @@ def build_go(comp: GoComponent, *, force: bool = False) -> Path:
         "-v",
         "-trimpath",
         "-ldflags=" + " ".join(["-s", "-w", *(f"-X={x}" for x in comp.x_ldflags)]),
+        *modfile,
         "-o",
         target,
         *comp.packages.values(),
@@ -166,6 +304,18 @@ def build_go(comp: GoComponent, *, force: bool = False) -> Path:
             f"testbed: building {comp.name} {comp.version} failed (exit {proc.returncode}):\n"
             + "\n".join(tail)
         )
+    scratch.cleanup()
+    for rel in comp.share:
+        assert source_root is not None
+        # plain copies: the module cache's files and folders are read-only
+        shutil.copytree(
+            source_root / rel,
+            tmp / "share" / rel,
+            copy_function=shutil.copyfile,
+            ignore_dangling_symlinks=True,
+        )
+    for folder, _, _ in os.walk(tmp / "share"):
+        Path(folder).chmod(Path(folder).stat().st_mode | 0o200)  # copytree copied r-x
     (tmp / _MARKER).write_text(
         json.dumps({"version": comp.version, "seconds": time.monotonic() - started})
     )

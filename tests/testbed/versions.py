@@ -18,3 +18,8 @@ KIND = "v0.30.0"
 # github.com/containerd/containerd/v2: the CRI runtime of the testbed's real kubelet (kubelet
 # v1.36 needs containerd >= 2.0, which implements the CRI RuntimeConfig call).
 CONTAINERD = "v2.4.2"
+# github.com/Kuadrant/mcp-gateway: the MCP Gateway's broker/router and controller. Fetched from the
+# Go module proxy; where the proxy refuses it, from a source archive named by $KMG_MCP_GATEWAY_SRC
+# (GitHub's tag tarball, checked against this sha256; see tests/testbed/build.py).
+MCP_GATEWAY = "v0.9.0"
+MCP_GATEWAY_ARCHIVE_SHA256 = "93a54c08d9b42475c0ccab3cf3f0cb6a43a014bb37679b849d91e2c7e7c6e233"
