@@ -89,13 +89,16 @@ async def big_namespace(cluster_a: Cluster) -> dict[str, int]:
 
 
 async def test_exec_stops_reading_a_flood_of_output_at_the_bound(
-    backend: RunningBackend, tokens: Tokens, workloads: dict[str, Any], tmp_path: Path
+    backend: RunningBackend, tokens: Tokens, workloads: dict[str, Any]
 ) -> None:
-    """The attack: a command printing 50 MB (600 MB in the bench). The backend reads at most
-    4 x output_max_chars bytes of it, then closes the exec stream: the command cannot print the
-    rest, so it never reaches the ``touch`` after it (with the whole output read, it would)."""
-    marker = tmp_path / "printed-everything"
-    command = ["sh", "-c", f"yes {'x' * 69} | head -c 50000000 && touch {marker}"]
+    """The attack: a command printing 50 MB (600 MB in the bench). Before the fix the backend
+    read and held all of it; now it reads at most 4 x output_max_chars bytes, then closes the
+    exec stream and answers with the beginning of the output and why it stopped.
+
+    What happens to the command itself is up to the cluster: here (kwok) the rest of its output
+    is drained and dropped upstream and the command runs to its end; it costs the backend
+    nothing more."""
+    command = ["sh", "-c", f"yes {'x' * 69} | head -c 50000000"]
     before = _upstream_bytes(backend)
     async with mcp_client(backend.url, tokens.admin) as client:
         result = await client.call_tool(
@@ -103,8 +106,6 @@ async def test_exec_stops_reading_a_flood_of_output_at_the_bound(
         )
     read = _upstream_bytes(backend) - before
     text = text_of(result)
-    await asyncio.sleep(3)  # time for the command to finish, had it been able to
-    assert not marker.exists()
     assert read <= BOUND + 1024 * 1024  # the output plus, at most, one more frame
     assert not result.is_error, text
     assert result.structured_content["truncated"] is True
