@@ -48,6 +48,10 @@ from tests.testbed.ports import free_port
 HERE = Path(__file__).resolve().parent
 ENVOY_TEMPLATE = HERE / "envoy.yaml.tmpl"
 SERVER_NAME = BACKEND_AUDIENCE  # x-mcp-servername of the backend = its Keycloak client id
+# The backend's routing hostname, as the HTTPRoute's in manifests/gateway/httproute.yaml: the MCP
+# Gateway's router sets it as :authority on tools/call, so the backend accepts it as a Host
+# (allowed_hosts; its own loopback address and resource_url's host it accepts anyway).
+BACKEND_HOSTNAME = "kubernetes-mcp.mcp.local"
 CLUSTER_B_TARGET = "cluster-b"  # audience the backend asks the token service for (cluster B)
 DEMO_NAMESPACE = "demo"
 FACADE_CLIENT_ID = "mcp-backend"
@@ -399,6 +403,7 @@ def start_gateway(
                 "host": "127.0.0.1",
                 "port": ports["backend"],
                 "resource_url": f"{gateway_url}/mcp",
+                "allowed_hosts": [BACKEND_HOSTNAME],
                 "authorization_servers": [keycloak.issuer(REALM_MCP)],
                 "helm_binary": str(build.binary("helm")),
                 "clusters": [
