@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway_plugins.common.host_origin import HostPatterns, OriginPatterns
+from gateway_plugins.common.host_origin import HostPatterns, OriginPatterns, PublicUrl
 from gateway_plugins.common.settings import SettingsError as SettingsError
 from gateway_plugins.common.settings import read_yaml, read_yaml_mapping
 
@@ -179,7 +179,7 @@ class Settings(_Model):
         "listening on loopback); any other Origin gets 403, requests without Origin are "
         "unaffected",
     )
-    resource_url: str | None = Field(
+    resource_url: PublicUrl | None = Field(
         None, description="this server's public URL, for RFC 9728 metadata and WWW-Authenticate"
     )
     authorization_servers: list[str] = Field(

@@ -16,14 +16,11 @@ import logging
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway_plugins.common.host_origin import HostOriginRule, service_rule
+from gateway_plugins.common.host_origin import PROBE_PATHS, HostOriginRule, service_rule
 from mcp_backend.config import Settings
 from mcp_backend.metrics import Metrics
 
 log = logging.getLogger("mcp_backend.host_origin")
-
-# Probes and scrapers reach a pod by its IP: they are not checked (they serve nothing private).
-UNCHECKED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def host_origin_rule(settings: Settings) -> HostOriginRule:
@@ -49,7 +46,7 @@ class HostOriginGuard:
         self.refused = metrics.host_origin_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNCHECKED_PATHS:
+        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
             await self.app(scope, receive, send)
             return
         host = origin = None

@@ -33,6 +33,9 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+# Probes and scrapers reach a pod by its IP under any name; they serve nothing private.
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 ALLOWED_HOSTS_DOC = (
     "Host header values accepted ('name', or 'name:*' for any port) besides the loopback names "
     "and a specific listen address, e.g. the Service name callers use; any other Host gets 421 "
@@ -49,7 +52,8 @@ _ORIGIN = re.compile(r"([a-z][a-z0-9+.-]*)://(.+)")
 
 
 class PatternError(ValueError):
-    """An ``allowed_hosts`` / ``allowed_origins`` entry that can never match what it means to."""
+    """A setting (an ``allowed_hosts`` / ``allowed_origins`` entry, a public URL) that cannot mean
+    what it is meant to."""
 
 
 def host_pattern(value: str) -> str:
@@ -81,6 +85,23 @@ def origin_pattern(value: str) -> str:
     return pattern
 
 
+def public_url(value: str) -> str:
+    """A validated public URL (``resource_url``): http(s), a host, a numeric port if any."""
+    parts = urlsplit(value.strip())
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        valid_port = False
+    else:
+        valid_port = True
+    if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname or not valid_port:
+        raise PatternError(
+            f"{value!r} is not a public URL such as 'https://mcp.example.com/mcp' "
+            "(http or https, a host name, an optional numeric port)"
+        )
+    return value.strip()
+
+
 def _host_patterns(values: list[str]) -> list[str]:
     return [host_pattern(v) for v in values]
 
@@ -92,6 +113,7 @@ def _origin_patterns(values: list[str]) -> list[str]:
 # Settings field types: the entries validated (and lower-cased) when the settings load.
 HostPatterns = Annotated[list[str], AfterValidator(_host_patterns)]
 OriginPatterns = Annotated[list[str], AfterValidator(_origin_patterns)]
+PublicUrl = Annotated[str, AfterValidator(public_url)]
 
 
 def listens_on_loopback(listen_host: str) -> bool:
@@ -113,6 +135,21 @@ def _specific_address(listen_host: str) -> str | None:
     if address.is_unspecified:
         return None
     return f"[{address.compressed}]" if address.version == 6 else address.compressed
+
+
+def _public_host_and_origin(url: str) -> tuple[str, str] | None:
+    """The Host name and the Origin a browser sends for pages of ``url`` (no user info; the
+    scheme's default port left out, as browsers serialize origins), or None without a host."""
+    parts = urlsplit(url.strip())
+    if not parts.hostname:
+        return None
+    name = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    scheme = parts.scheme.lower()
+    port = parts.port
+    origin = f"{scheme}://{name}"
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        origin += f":{port}"
+    return name, origin
 
 
 def _any_port(names: Iterable[str]) -> list[str]:
@@ -168,13 +205,10 @@ class HostOriginRule:
         if listens_on_loopback(listen_host):
             origins += _any_port(f"http://{name}" for name in LOOPBACK_NAMES)
         for url in public_urls:
-            if not url:
-                continue
-            parts = urlsplit(url)
-            if parts.hostname:
-                name = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-                hosts += _any_port([name])
-                origins.append(f"{parts.scheme}://{parts.netloc.lower()}")
+            public = _public_host_and_origin(url) if url else None
+            if public is not None:
+                hosts += _any_port([public[0]])
+                origins.append(public[1])
         hosts += [host_pattern(h) for h in allowed_hosts]
         origins += [origin_pattern(o) for o in allowed_origins]
         return cls(_unique(hosts), _unique(origins))

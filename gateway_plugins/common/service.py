@@ -25,7 +25,7 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
-from gateway_plugins.common.host_origin import HostOriginRule
+from gateway_plugins.common.host_origin import PROBE_PATHS, HostOriginRule
 from gateway_plugins.common.logging import redact, request_id_var
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,19 @@ def _metrics_middleware(metrics: ServiceMetrics) -> Middleware:
     return middleware
 
 
-PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+def _unchecked_route(request: web.Request, unchecked_prefixes: tuple[str, ...]) -> bool:
+    """Whether the handler about to run is a probe or an ext_authz check route: decided on the
+    pattern of the route that matched (``/check``, ``/check/{tail}``, ``/check{tail}``), not on
+    the raw path, so neither a path nor a later route such as ``/checkout`` gets through an
+    exempt prefix."""
+    resource = request.match_info.route.resource
+    if resource is None:  # nothing matched: the 404/405 answer is checked like any other
+        return False
+    pattern = resource.canonical
+    return pattern in PROBE_PATHS or any(
+        pattern == prefix or pattern.startswith((prefix + "/", prefix + "{"))
+        for prefix in unchecked_prefixes
+    )
 
 
 def _host_origin_middleware(
@@ -209,9 +221,9 @@ def _host_origin_middleware(
     async def middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        path = request.path
-        if path in PROBE_PATHS or path.startswith(unchecked_prefixes):
+        if _unchecked_route(request, unchecked_prefixes):
             return await handler(request)
+        path = request.path
         refusal = rule.refusal(request.headers.get("Host"), request.headers.get("Origin"))
         if refusal is None:
             return await handler(request)

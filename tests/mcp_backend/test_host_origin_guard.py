@@ -247,6 +247,14 @@ def test_entries_that_cannot_match_are_refused_at_start(key: str, value: str, sa
     assert key in str(caught.value)
 
 
+def test_a_resource_url_without_a_host_is_refused_at_start() -> None:
+    """Its host and origin are allowed: a URL naming none (or an unusable port) is an error."""
+    for value in ("mcp.example.com/mcp", "https://mcp.example.com:https/mcp"):
+        with pytest.raises(SettingsError, match="is not a public URL") as caught:
+            load_settings(environ={"KMG_BACKEND_RESOURCE_URL": value})
+        assert "resource_url" in str(caught.value)
+
+
 # -- the SDK's transport sees the same rule ------------------------------------------------------
 RULE = HostOriginRule.derive(
     "127.0.0.1",

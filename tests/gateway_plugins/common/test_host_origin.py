@@ -10,6 +10,7 @@ from gateway_plugins.common.host_origin import (
     host_pattern,
     listens_on_loopback,
     origin_pattern,
+    public_url,
 )
 
 
@@ -112,3 +113,23 @@ def test_host_entries_that_cannot_mean_a_host_are_refused(entry: str, hint: str)
 def test_origin_entries_that_cannot_mean_an_origin_are_refused(entry: str) -> None:
     with pytest.raises(PatternError, match=r"allowed_origins entry .* is not an origin"):
         origin_pattern(entry)
+
+
+def test_the_public_urls_origin_is_the_one_browsers_send() -> None:
+    """Browsers leave the scheme's default port and any user info out of ``Origin``."""
+    rule = HostOriginRule.derive(
+        "0.0.0.0",  # noqa: S104
+        public_urls=["https://user:secret@MCP.example.com:443/mcp", "http://[fd00::1]:8888/"],
+    )
+    assert rule.refusal("mcp.example.com", "https://mcp.example.com") is None
+    assert rule.refusal("[fd00::1]:8888", "http://[fd00::1]:8888") is None
+    assert not any("secret" in value for value in rule.hosts + rule.origins)
+    assert "https://mcp.example.com:443" not in rule.origins
+
+
+@pytest.mark.parametrize(
+    "value", ["mcp.example.com/mcp", "ftp://mcp.example.com", "https:///mcp", "http://h:port/"]
+)
+def test_a_public_url_that_names_no_reachable_host_is_refused(value: str) -> None:
+    with pytest.raises(PatternError, match="is not a public URL"):
+        public_url(value)

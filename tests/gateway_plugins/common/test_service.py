@@ -138,13 +138,15 @@ async def test_metric_labels_stay_bounded(base_url: tuple[str, type[Flag]]) -> N
 # -- Host and Origin checks ---------------------------------------------------------------------
 @pytest.fixture
 async def guarded_url() -> AsyncIterator[str]:
-    """The scaffold with the rule of a service on loopback that also answers to svc.ns, and an
-    ext_authz-like route under the unchecked prefix /check."""
+    """The scaffold with the rule of a service on loopback that also answers to svc.ns, an
+    ext_authz-like route under the unchecked prefix /check, and a checked route /checkout that
+    shares the prefix's letters (registered first, so it wins over ``/check{tail}``)."""
     rule = HostOriginRule.derive(
         "127.0.0.1", allowed_hosts=["svc.ns:*"], allowed_origins=["https://app.example.com"]
     )
     app = create_base_app("demo", host_origin=rule, unchecked_prefixes=("/check",))
     app.router.add_get("/teapot", _teapot)
+    app.router.add_get("/checkout", _teapot)
     app.router.add_route("*", "/check{tail:.*}", _teapot)
     port = free_port()
     stop = asyncio.Event()
@@ -202,3 +204,6 @@ async def test_probes_and_unchecked_routes_answer_any_host(guarded_url: str) -> 
         client.get(f"{guarded_url}/metrics", headers=foreign) as resp,
     ):
         assert resp.status == 200
+    # Exempt is what the route is, not what the path starts with.
+    status, body, _ = await _get(f"{guarded_url}/checkout", **foreign)
+    assert (status, body["error"]) == (421, "host_not_allowed")
