@@ -22,6 +22,7 @@ off in that release (one replica).
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,7 @@ class GatewayController(process.Supervised):
     health_port: int = field(default_factory=free_port)
     pod: pod_process.PodProcess | None = None
     kubeconfig: Path | None = None
+    socket_dir: Path | None = None
     _proc: process.ManagedProcess | None = None
 
     @property
@@ -149,9 +151,9 @@ class GatewayController(process.Supervised):
         api_port = urlsplit(self.cluster.server).port
         assert api_port is not None
         # short: Unix socket paths are limited to 108 bytes, the run folder may be deep
-        socket_dir = Path(tempfile.mkdtemp(prefix="kmg-ctl-"))
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="kmg-ctl-"))
         argv = netns.command(
-            socket_dir,
+            self.socket_dir,
             self.pod.argv,
             imports=[api_port],
             exports=[(HEALTH_PORT, self.health_port)],
@@ -171,3 +173,8 @@ class GatewayController(process.Supervised):
             timeout=timeout,
         )
         return self
+
+    def stop(self) -> None:
+        super().stop()
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
