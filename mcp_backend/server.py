@@ -15,6 +15,7 @@ from typing import Any
 
 import mcp_types as types
 from mcp.server import Server, ServerRequestContext
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
 
 from mcp_backend import __version__
@@ -209,6 +210,10 @@ def build_server(handlers: Handlers, *, otel_spans: bool = False) -> Server[Any]
         on_list_prompts=handlers.list_prompts,
         on_get_prompt=handlers.get_prompt,
         on_ping=handlers.ping,
+        # 2026-07-28 clients (the MCP Gateway's broker: go-sdk) open subscriptions/listen when
+        # they watch list changes, and drop the connection when it is refused. The lists never
+        # change here, so the stream only carries its acknowledgement.
+        on_subscriptions_listen=ListenHandler(InMemorySubscriptionBus()),
     )
     # Registered directly: the constructor argument warns that the capability is deprecated
     # in the 2026 protocol, but clients on the 2025 protocol still send it.
