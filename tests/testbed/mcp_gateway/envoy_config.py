@@ -55,6 +55,7 @@ UNAVAILABLE_BODY = (
     '{"allow":false,"error":"authorization_unavailable","reason":"an authorization service of '
     'the gateway (%s) cannot be reached; the gateway fails closed. Retry shortly."}'
 )
+MAX_REQUEST_HEADERS_KB = 96
 ROUTE_TIMEOUT = "310s"  # helm install/upgrade may take helm_timeout_s (300 s)
 # A path with an escaped slash or backslash anywhere (routes match the path without the query).
 ESCAPED_SLASH = ".*%(?i:2f|5c).*"
@@ -396,6 +397,10 @@ def bootstrap(
         "@type": _HCM,
         "stat_prefix": "mcp_gateway",
         "stream_idle_timeout": "300s",
+        # Above Envoy's default 60 KiB, so that an oversized bearer token reaches the token check
+        # and gets its 401: a request Envoy refuses itself (431) also passes the router's response
+        # phase, which has seen no request, and the client gets an empty reply instead.
+        "max_request_headers_kb": MAX_REQUEST_HEADERS_KB,
         "normalize_path": True,
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "KEEP_UNCHANGED",  # refused by a route, see above
