@@ -83,11 +83,12 @@ _method := input.method if is_string(input.method)
 # METADATA
 # title: Decision for one request
 # description: |
-#   {"allow": bool, "reason": string}. tools/call (and the router's initialize on behalf of a
-#   tool call, which names a backend tool) is decided per tool, prompts/get per prompt; methods
-#   that name neither are allowed. Order: a malformed request denies; then the deny list and
-#   namespace rules deny; then the first grant allows (a role naming the tool, the read-only
-#   role, a group grant); else deny.
+#   {"allow": bool, "reason": string}. tools/call (and any other method that names a backend
+#   tool) is decided per tool, prompts/get per prompt; methods that name neither are allowed, and
+#   so is the session setup (initialize, notifications/initialized) the MCP Gateway's router sends
+#   a server on behalf of a call: it calls no tool, and the call that follows is decided on its
+#   own. Order: a malformed request denies; then the deny list and namespace rules deny; then the
+#   first grant allows (a role naming the tool, the read-only role, a group grant); else deny.
 # entrypoint: true
 decision := _tool_decision if {
 	input.method == "tools/call"
@@ -95,7 +96,15 @@ decision := _tool_decision if {
 	input.method == "prompts/get"
 } else := _tool_decision if {
 	_names_backend_tool
+	not _session_setup
 } else := {"allow": true, "reason": _no_tool_reason}
+
+# The router's hairpin initialize carries the call's x-mcp-toolname. Deciding it like the call
+# would make a denial the router's own opaque "failed to create session" error (403 text), which
+# hides the policy's reason from the client; the call itself is denied with its reason instead.
+_session_setup if input.method == "initialize"
+
+_session_setup if input.method == "notifications/initialized"
 
 _no_tool_reason := sprintf("method %s names no tool: no tool decision needed", [_method])
 
@@ -319,8 +328,8 @@ _applies_to(entry, claims) if {
 
 # --- namespace rules on arguments --------------------------------------------------------------
 
-# Namespace rules look at tools/call arguments only: the router's initialize on behalf of a call
-# carries no arguments, and the call itself is checked when it comes.
+# Namespace rules look at tools/call arguments only: other methods naming a tool carry no
+# arguments, and the call itself is checked when it comes.
 _namespace_rules := [rule |
 	input.method == "tools/call"
 	some rule in _namespace_rule_config

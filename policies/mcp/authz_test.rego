@@ -121,8 +121,20 @@ test_missing_method_is_allowed_without_tool if {
 	d.reason == "method (none) names no tool: no tool decision needed"
 }
 
-test_router_initialize_for_tool_is_decided if {
-	inp := object.union(_call("pods_delete", _rw, _claims(["pods_list"])), {"method": "initialize"})
+test_router_session_setup_for_a_tool_is_not_a_tool_decision if {
+	# The hairpin names the call's tool; the call is decided on its own (with its reason).
+	for_delete := _call("pods_delete", _rw, _claims(["pods_list"]))
+	init := authz.decision with input as object.union(for_delete, {"method": "initialize"})
+	init.allow == true
+	init.reason == "method initialize names no tool: no tool decision needed"
+	done := authz.decision with input as object.union(for_delete, {"method": "notifications/initialized"})
+	done.allow == true
+	call := authz.decision with input as for_delete
+	call.allow == false
+}
+
+test_other_methods_naming_a_backend_tool_are_decided if {
+	inp := object.union(_call("pods_delete", _rw, _claims(["pods_list"])), {"method": "x/custom"})
 	d := authz.decision with input as inp
 	d.allow == false
 }
@@ -497,7 +509,7 @@ _if(flag, values) := values if flag
 else := set()
 
 test_broker_name_switchable_by_data if {
-	inp := {"method": "initialize", "server": "broker", "tool": {"name": "pods_delete"}, "claims": _claims([])}
+	inp := {"method": "x/custom", "server": "broker", "tool": {"name": "pods_delete"}, "claims": _claims([])}
 	default_name := authz.decision with input as inp
 	renamed := authz.decision with input as inp with data.mcp.config as {"broker_server_name": "broker"}
 	default_name.allow == false

@@ -756,9 +756,19 @@ async def test_headers_that_match_the_body_behave_as_before(
     )
     assert (status, payload["allow"]) == (200, True)
     assert payload["reason"] == "method initialize names no tool: no tool decision needed"
-    # The router's initialize on behalf of a call: the tool is in the header only.
+    # The router's hairpin initialize on behalf of a call names the tool in the header only: it
+    # calls no tool and is allowed; the call that follows is denied with its reason. (Denying the
+    # hairpin would turn that denial into the router's opaque "failed to create session".)
     status, payload, _ = await _check(
         http, service, _headers(viewer_token, "initialize", "pods_delete"), initialize
+    )
+    assert (status, payload["allow"]) == (200, True)
+    assert payload["reason"] == "method initialize names no tool: no tool decision needed"
+    status, payload, _ = await _check(
+        http,
+        service,
+        _headers(viewer_token, "tools/call", "pods_delete"),
+        _call_body("pods_delete", {}),
     )
     assert (status, payload["allow"]) == (403, False)
     assert payload["reason"] == f"viewer holds no role of {SERVER} that grants tool pods_delete"
