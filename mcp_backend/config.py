@@ -164,6 +164,13 @@ class Settings(_Model):
         "and ping in the request's own task instead of a per-request SDK transport (same "
         "answers, less CPU); false = every request through the SDK's transport",
     )
+    modern_protocol: bool = Field(
+        True,
+        description="serve the 2026-07-28 protocol (server/discover, per-request metadata) "
+        "besides the initialize handshake; false: 2026 requests get the protocol's "
+        "unsupported-version error and clients fall back to initialize (needed behind the MCP "
+        "Gateway v0.9.0 broker, which shows a server speaking 2026 to 2026 clients only)",
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Host header patterns accepted on /mcp (e.g. 'mcp.example.com', 'x:*'); "

@@ -425,6 +425,64 @@ def test_authpolicy_fails_closed(rendered: dict[str, list[Obj]]) -> None:
         signed = broker["spec"]["rules"]["response"]["success"]["headers"][name]
         assert signed["plain"]["expression"] == f"auth.metadata.policy.headers['{name}']"
         assert "tools/list" in signed["when"][0]["predicate"]
+    # prompts/list is filtered by the current form too (its claim carries the prompts)
+    current = broker["spec"]["rules"]["response"]["success"]["headers"]["x-mcp-authorized"]
+    assert "prompts/list" in current["when"][0]["predicate"]
+
+
+METADATA_PATHS = {
+    "/.well-known/oauth-protected-resource",
+    "/.well-known/oauth-protected-resource/mcp",
+}
+
+
+def test_only_the_exact_metadata_paths_skip_auth(rendered: dict[str, list[Obj]]) -> None:
+    """Found in review: a path prefix or ``startsWith('/.well-known/')`` made any path below the
+    metadata documents public, and ``/.well-known/oauth-protected-resource/../../mcp`` climbed
+    out of it. Every route and auth rule matches exact paths; the gateway normalizes first."""
+    routes = [o for o in rendered["gateway"] if o["kind"] == "HTTPRoute"]
+    assert routes
+    for route in routes:
+        for rule in route["spec"]["rules"]:
+            for match in rule["matches"]:
+                assert match["path"] == {"type": "Exact", "value": "/mcp"}, route["metadata"]
+    broker = next(
+        o
+        for o in rendered["overlays/kuadrant"]
+        if o["kind"] == "AuthPolicy" and o["spec"]["targetRef"]["name"] == "mcp-route"
+    )
+    (when,) = broker["spec"]["when"]
+    predicate = when["predicate"]
+    assert "startsWith" not in predicate
+    assert "request.url_path in" in predicate
+    listed = set(re.findall(r"'([^']+)'", predicate))
+    assert listed == METADATA_PATHS
+    for obj in rendered["overlays/kuadrant"]:
+        assert "startsWith('/.well-known" not in json.dumps(obj)
+    (policy,) = [
+        o for o in rendered["overlays/istio-ext-authz"] if o["kind"] == "AuthorizationPolicy"
+    ]
+    (rule,) = policy["spec"]["rules"]
+    (to,) = rule["to"]
+    assert set(to["operation"]) == {"notPaths"}, "auth applies to every path but the two"
+    assert set(to["operation"]["notPaths"]) == METADATA_PATHS
+
+
+def test_backend_authpolicy_denial_is_a_json_rpc_error(rendered: dict[str, list[Obj]]) -> None:
+    """A denied tools/call reaches MCP clients as a JSON-RPC error carrying the policy's reason
+    (run through the real Authorino by tests/e2e/test_authorino.py)."""
+    backend = next(
+        o
+        for o in rendered["overlays/kuadrant"]
+        if o["kind"] == "AuthPolicy" and o["spec"]["targetRef"]["name"] == "kubernetes-mcp"
+    )
+    denied = backend["spec"]["rules"]["response"]["unauthorized"]
+    assert denied["headers"]["content-type"]["value"] == "application/json"
+    body = denied["body"]["expression"]
+    assert body.startswith("""'{"jsonrpc":"2.0","id":null,"error":{"code":-32003,""")
+    assert "auth.metadata.policy.reason" in body
+    decide = backend["spec"]["rules"]["metadata"]["policy"]["http"]["bodyParameters"]
+    assert "x-mcp-promptname" in decide["prompt"]["expression"]
 
 
 def test_istio_uses_one_combined_provider(rendered: dict[str, list[Obj]], tmp_path: Path) -> None:
