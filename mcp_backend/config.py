@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway_plugins.common.host_origin import HostPatterns, OriginPatterns, PublicUrl
+from gateway_plugins.common.host_origin import HostPatterns, OriginPatterns, public_url
 from gateway_plugins.common.settings import SettingsError as SettingsError
 from gateway_plugins.common.settings import read_yaml, read_yaml_mapping
 
@@ -165,6 +165,13 @@ class Settings(_Model):
         "and ping in the request's own task instead of a per-request SDK transport (same "
         "answers, less CPU); false = every request through the SDK's transport",
     )
+    modern_protocol: bool = Field(
+        True,
+        description="serve the 2026-07-28 protocol (server/discover, per-request metadata) "
+        "besides the initialize handshake; false: 2026 requests get the protocol's "
+        "unsupported-version error and clients fall back to initialize (needed behind the MCP "
+        "Gateway v0.9.0 broker, which shows a server speaking 2026 to 2026 clients only)",
+    )
     allowed_hosts: HostPatterns = Field(
         default_factory=list,
         description="Host header values accepted ('name', or 'name:*' for any port) besides the "
@@ -179,7 +186,7 @@ class Settings(_Model):
         "listening on loopback); any other Origin gets 403, requests without Origin are "
         "unaffected",
     )
-    resource_url: PublicUrl | None = Field(
+    resource_url: str | None = Field(
         None, description="this server's public URL, for RFC 9728 metadata and WWW-Authenticate"
     )
     authorization_servers: list[str] = Field(
@@ -231,6 +238,12 @@ class Settings(_Model):
     )
     in_cluster: bool = Field(False, description="add the cluster the backend runs in")
     clusters: list[ClusterConfig] = Field(default_factory=list, description="cluster registry")
+
+    @field_validator("resource_url")
+    @classmethod
+    def _resource_url_ok(cls, value: str | None) -> str | None:
+        # Its host and origin are accepted by the Host and Origin checks: it must name a host.
+        return None if value is None else public_url(value)
 
     @field_validator("helm_chart_sources")
     @classmethod

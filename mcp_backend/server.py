@@ -15,6 +15,7 @@ from typing import Any
 
 import mcp_types as types
 from mcp.server import Server, ServerRequestContext
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
 
 from mcp_backend import __version__
@@ -196,6 +197,9 @@ class Handlers:
         return types.EmptyResult()
 
 
+LISTEN_STREAMS_MAX = 64  # concurrent subscriptions/listen streams (each one open request)
+
+
 def build_server(handlers: Handlers, *, otel_spans: bool = False) -> Server[Any]:
     """The low-level MCP server wired to ``handlers``."""
     server: Server[Any] = Server(
@@ -209,6 +213,12 @@ def build_server(handlers: Handlers, *, otel_spans: bool = False) -> Server[Any]
         on_list_prompts=handlers.list_prompts,
         on_get_prompt=handlers.get_prompt,
         on_ping=handlers.ping,
+        # 2026-07-28 clients (the MCP Gateway's broker among them) open a subscriptions/listen
+        # stream right after server/discover and drop the connection when it is refused. Our
+        # lists never change, so a stream carries only its acknowledgement; bounded in number.
+        on_subscriptions_listen=ListenHandler(
+            InMemorySubscriptionBus(), max_subscriptions=LISTEN_STREAMS_MAX
+        ),
     )
     # Registered directly: the constructor argument warns that the capability is deprecated
     # in the 2026 protocol, but clients on the 2025 protocol still send it.

@@ -113,7 +113,6 @@ def _origin_patterns(values: list[str]) -> list[str]:
 # Settings field types: the entries validated (and lower-cased) when the settings load.
 HostPatterns = Annotated[list[str], AfterValidator(_host_patterns)]
 OriginPatterns = Annotated[list[str], AfterValidator(_origin_patterns)]
-PublicUrl = Annotated[str, AfterValidator(public_url)]
 
 
 def listens_on_loopback(listen_host: str) -> bool:

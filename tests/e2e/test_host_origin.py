@@ -11,7 +11,9 @@ import httpx2
 import pytest
 
 from tests.e2e.mcp_http import UserTokens, call, post, rpc, session, text_of
-from tests.testbed.mcp_gateway.stack import BACKEND_HOSTNAME, DEMO_NAMESPACE, LocalGateway
+from tests.testbed.mcp_gateway.stack import DEMO_NAMESPACE, SERVER_PLANS, LocalGateway
+
+BACKEND_HOSTNAME = SERVER_PLANS[0].hostname
 
 EVIL = "evil.example"
 
