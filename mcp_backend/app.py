@@ -7,11 +7,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
-from mcp.server.transport_security import (
-    DEFAULT_MAX_REQUEST_BODY_SIZE,
-    TransportSecuritySettings,
-)
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -21,6 +19,7 @@ from mcp_backend.access import AccessPolicy
 from mcp_backend.auth import METADATA_PATH, RequireBearer, request_resource_url
 from mcp_backend.clusters import ClusterRegistry
 from mcp_backend.config import Settings, effective_clusters
+from mcp_backend.host_origin_guard import HostOriginGuard, host_origin_rule, transport_security
 from mcp_backend.metrics import Metrics
 from mcp_backend.protocol_eras import HandshakeOnly
 from mcp_backend.server import Handlers, build_server
@@ -47,11 +46,8 @@ def create_backend(settings: Settings) -> Backend:
     registry = all_tools().select(settings)
     handlers = Handlers(settings, registry, clusters, metrics)
     server = build_server(handlers, otel_spans=settings.otel_spans)
-    security = TransportSecuritySettings(
-        enable_dns_rebinding_protection=bool(settings.allowed_hosts or settings.allowed_origins),
-        allowed_hosts=settings.allowed_hosts,
-        allowed_origins=settings.allowed_origins,
-    )
+    rule = host_origin_rule(settings)
+    security = transport_security(rule)
     manager = StreamableHTTPSessionManager(
         app=server,
         json_response=settings.json_response,
@@ -114,6 +110,7 @@ def create_backend(settings: Settings) -> Backend:
             Route(METADATA_PATH, resource_metadata),
             Route(METADATA_PATH + "/mcp", resource_metadata),
         ],
+        middleware=[Middleware(HostOriginGuard, rule=rule, metrics=metrics)],
         lifespan=lifespan,
     )
     return Backend(

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway_plugins.common.host_origin import HostPatterns, OriginPatterns, public_url
 from gateway_plugins.common.settings import SettingsError as SettingsError
 from gateway_plugins.common.settings import read_yaml, read_yaml_mapping
 
@@ -171,12 +172,20 @@ class Settings(_Model):
         "unsupported-version error and clients fall back to initialize (needed behind the MCP "
         "Gateway v0.9.0 broker, which shows a server speaking 2026 to 2026 clients only)",
     )
-    allowed_hosts: list[str] = Field(
+    allowed_hosts: HostPatterns = Field(
         default_factory=list,
-        description="Host header patterns accepted on /mcp (e.g. 'mcp.example.com', 'x:*'); "
-        "empty = no Host/Origin check (behind a gateway the Host is the route's)",
+        description="Host header values accepted ('name', or 'name:*' for any port) besides the "
+        "loopback names, a specific listen address and resource_url's host; behind the MCP "
+        "Gateway: the HTTPRoute hostname (the router's :authority on tools/call) and the Service "
+        "name the broker calls. Any other Host gets 421 (DNS rebinding protection)",
     )
-    allowed_origins: list[str] = Field(default_factory=list, description="Origin patterns")
+    allowed_origins: OriginPatterns = Field(
+        default_factory=list,
+        description="Origin header values of browser apps allowed to call, besides "
+        "resource_url's origin (and http://localhost:*, http://127.0.0.1:*, http://[::1]:* when "
+        "listening on loopback); any other Origin gets 403, requests without Origin are "
+        "unaffected",
+    )
     resource_url: str | None = Field(
         None, description="this server's public URL, for RFC 9728 metadata and WWW-Authenticate"
     )
@@ -229,6 +238,12 @@ class Settings(_Model):
     )
     in_cluster: bool = Field(False, description="add the cluster the backend runs in")
     clusters: list[ClusterConfig] = Field(default_factory=list, description="cluster registry")
+
+    @field_validator("resource_url")
+    @classmethod
+    def _resource_url_ok(cls, value: str | None) -> str | None:
+        # Its host and origin are accepted by the Host and Origin checks: it must name a host.
+        return None if value is None else public_url(value)
 
     @field_validator("helm_chart_sources")
     @classmethod

@@ -40,6 +40,13 @@ class Metrics:
             "Requests refused with 401 because no bearer token came",
             registry=self.registry,
         )
+        self.host_origin_refused = Counter(
+            "kmg_backend_host_origin_refused_total",
+            "Requests refused for a Host (host_not_allowed) or Origin (origin_not_allowed) "
+            "header the backend does not accept",
+            ["reason"],
+            registry=self.registry,
+        )
 
         self.mcp_requests = Counter(
             "kmg_backend_mcp_requests_total",

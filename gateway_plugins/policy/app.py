@@ -11,6 +11,9 @@ Routes (besides ``/healthz``, ``/readyz``, ``/metrics`` from the shared scaffold
 * ``POST /v1/filter``: a tools/list result plus a token → the allowed subset.
 * ``GET /.well-known/jwks.json`` and ``GET /v1/wristband/public-key``: the header's public key.
 
+Every route but ``/check`` and the probes refuses a foreign ``Host`` (421) or ``Origin`` (403)
+first (``common/host_origin.py``: DNS rebinding protection).
+
 Every answer, allow or deny, is JSON with an explicit ``allow`` and a ``reason``: Authorino does not
 look at the HTTP status of metadata calls, so a missing field must never read as "allow".
 """
@@ -30,6 +33,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
+from gateway_plugins.common.host_origin import service_rule
 from gateway_plugins.common.http_client import make_client_session
 from gateway_plugins.common.jwks import JWKSCache
 from gateway_plugins.common.jwt_validation import InvalidToken, JWTValidator, ValidationUnavailable
@@ -722,7 +726,13 @@ def create_app(
         )
     owns_engine = engine is None
     the_engine = engine if engine is not None else build_engine(settings, source)
-    app = create_base_app(SERVICE, client_max_size=settings.max_body_bytes)
+    # The ext_authz check carries the original request's Host (Envoy's); the rest is checked.
+    app = create_base_app(
+        SERVICE,
+        client_max_size=settings.max_body_bytes,
+        host_origin=service_rule(settings),
+        unchecked_prefixes=("/check",),
+    )
     registry = app[SERVICE_METRICS].registry
     metrics = _Metrics(
         Counter(

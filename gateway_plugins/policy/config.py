@@ -10,6 +10,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway_plugins.common.host_origin import (
+    ALLOWED_HOSTS_DOC,
+    ALLOWED_ORIGINS_DOC,
+    HostPatterns,
+    OriginPatterns,
+)
 from gateway_plugins.common.jwt_validation import DEFAULT_ALGORITHMS, IssuerConfig
 from gateway_plugins.policy.wristband import WristbandForm
 
@@ -87,6 +93,8 @@ class PolicySettings(_Strict):
 
     host: str = Field(default="127.0.0.1", description="Listen address.")
     port: int = Field(default=8282, ge=0, le=65535, description="Listen port.")
+    allowed_hosts: HostPatterns = Field(default_factory=list, description=ALLOWED_HOSTS_DOC)
+    allowed_origins: OriginPatterns = Field(default_factory=list, description=ALLOWED_ORIGINS_DOC)
     engine: Literal["embedded", "opa"] = Field(
         default="embedded", description="embedded (in-process Rego) or opa (an OPA server)."
     )

@@ -9,7 +9,8 @@
   signed tool-list headers; 401/403/503 as ``/check``; the policy's 403; 503 when the policy
   service cannot answer or ``policy_url`` is unset (fail closed).
 - ``POST /token``: RFC 8693 token endpoint facade (form-encoded, HTTP Basic client auth), the
-  request shape Keycloak takes, answered from the cache when possible.
+  request shape Keycloak takes, answered from the cache when possible. A foreign ``Host`` (421)
+  or ``Origin`` (403) is refused first (``common/host_origin.py``: DNS rebinding protection).
 - ``/healthz``, ``/readyz`` (JWKS loaded, token services reachable), ``/metrics``.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway_plugins.common.host_origin import service_rule
 from gateway_plugins.common.http_client import make_client_session
 from gateway_plugins.common.jwks import JWKSCache
 from gateway_plugins.common.jwt_validation import InvalidToken, JWTValidator, ValidationUnavailable
@@ -143,7 +145,10 @@ def build_exchanger(runtime: Runtime, session: Any) -> Exchanger:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = create_base_app(SERVICE)
+    # The ext_authz checks carry the original request's Host (Envoy's); /token is checked.
+    app = create_base_app(
+        SERVICE, host_origin=service_rule(settings), unchecked_prefixes=("/check", COMBINED_PREFIX)
+    )
     secrets, keys, facade = load_credentials(settings)
     runtime = Runtime(
         settings=settings,

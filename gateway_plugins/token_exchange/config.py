@@ -13,6 +13,12 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway_plugins.common.host_origin import (
+    ALLOWED_HOSTS_DOC,
+    ALLOWED_ORIGINS_DOC,
+    HostPatterns,
+    OriginPatterns,
+)
 from gateway_plugins.common.jwt_validation import DEFAULT_ALGORITHMS, IssuerConfig
 
 SERVICE = "token-exchange"
@@ -246,6 +252,8 @@ class BreakerConfig(_Strict):
 class Settings(_Strict):
     host: str = Field(default="127.0.0.1", description="Listen address.")
     port: int = Field(default=8081, ge=0, le=65535, description="Listen port.")
+    allowed_hosts: HostPatterns = Field(default_factory=list, description=ALLOWED_HOSTS_DOC)
+    allowed_origins: OriginPatterns = Field(default_factory=list, description=ALLOWED_ORIGINS_DOC)
     log_level: str = Field(default="info", description="debug, info, warning or error.")
     ca_file: Path | None = Field(
         default=None, description="Extra CA bundle for Keycloak's TLS certificate (PEM)."

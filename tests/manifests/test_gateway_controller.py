@@ -15,7 +15,9 @@ Service) are applied for real, and:
   name = the backend's Keycloak client id (the ``x-mcp-servername`` our token exchange and policy
   key on), URL of the route's backend Service and the registration's path, the route's hostname,
   the prefix, the discovery credential; the MCPGatewayExtension is Ready, the EnvoyFilter and the
-  broker Deployment exist;
+  broker Deployment exist; the backend's Host check (the base config) accepts the two Hosts
+  that configuration makes the gateway send (the URL's host:port for the broker's discovery,
+  the hostname for the router's calls);
 * the real ``mcp-broker-router`` runs as that broker Deployment's pod would (its command line,
   environment and mounted config, ``tests/testbed/pod_process.py``), with ONE documented change to
   the config: the in-cluster Service URL (cluster DNS does not resolve here) maps to the testbed's
@@ -35,6 +37,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -43,6 +46,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.rest import ApiException
 
+from mcp_backend import config as backend_config
+from mcp_backend.host_origin_guard import host_origin_rule
 from tests.e2e.mcp_http import session
 from tests.manifests import mcp_gateway_install, render
 from tests.manifests.kube_apply import KubeApplier
@@ -253,6 +258,31 @@ async def test_controller_accepts_our_registration_and_writes_the_broker_config(
             if c["type"] == "Programmed"
         ]
         assert [c["reason"] for c in programmed] == ["InUseByMCPServerRegistration"]
+
+
+async def test_backend_accepts_the_hosts_the_controller_configured(
+    registered: dict[str, Any], tmp_path: Path
+) -> None:
+    """The backend's Host check (DNS rebinding protection) with the base config accepts what the
+    gateway sends under the configuration the real controller wrote: the broker's discovery comes
+    with the server URL's host and port, the router's calls (and their hairpin initialize) with
+    the server's hostname as :authority. Anything else is refused."""
+    base = await asyncio.to_thread(render.render, "base")
+    config = next(
+        o
+        for o in base
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("mcp-backend-config")
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(config["data"]["config.yaml"])
+    rule = host_origin_rule(backend_config.load_settings(path, environ={}))
+    server = servers_by_name(registered)[BACKEND_AUDIENCE]
+    discovery_host = urlsplit(server["url"]).netloc
+    assert discovery_host == "mcp-backend.kmg-system.svc.cluster.local:8080"
+    for host in (discovery_host, server["hostname"]):
+        assert rule.refusal(host, None) is None, f"the backend refuses the gateway's Host {host}"
+    for host in ("evil.example", "mcp-backend.evil.example:8080", "10.244.0.7:8080"):
+        assert rule.refusal(host, None) is not None, host
 
 
 async def test_controller_refuses_a_registration_without_its_route(

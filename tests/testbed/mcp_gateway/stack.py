@@ -346,6 +346,10 @@ def _backend_config(
         # The v0.9.0 broker serves a server that speaks the 2026 protocol to 2026 clients only.
         "modern_protocol": False,
         "resource_url": f"{gateway_url}/mcp",
+        # Host checks (DNS rebinding protection): the router sends calls (and its hairpin
+        # initialize) with :authority = the server's hostname; the broker's discovery comes
+        # straight to 127.0.0.1:<port>, a loopback name the backend accepts anyway.
+        "allowed_hosts": [plan.hostname],
         "authorization_servers": [issuer],
         "helm_binary": str(build.binary("helm")),
         "clusters": [entry],
