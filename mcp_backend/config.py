@@ -179,6 +179,24 @@ class Settings(_Model):
     accept_token_in_arguments: bool = Field(
         False, description="accept `access_token` inside tool arguments (clients without headers)"
     )
+    # -- token binding: refuse tokens addressed to someone else (checked on every /mcp request)
+    accepted_audiences: list[str] = Field(
+        default_factory=list,
+        description="a JWT bearer's `aud` must contain one of these (e.g. the server name the "
+        "gateway exchanges tokens for); empty = no audience check. The signature is the API "
+        "server's to verify: this only refuses genuine tokens meant for another party",
+    )
+    authorized_parties: list[str] = Field(
+        default_factory=list,
+        description="a JWT bearer's `azp` must be one of these (e.g. the gateway's client "
+        "mcp-gateway, so a user's own token sent around the gateway is refused); empty = no check",
+    )
+    opaque_tokens: Literal["accept", "reject"] = Field(
+        "accept",
+        description="non-JWT bearers when accepted_audiences or authorized_parties is set: "
+        "accept (no audience to check; the API server authenticates them, and the MCP Gateway's "
+        "discovery credential is one) or reject",
+    )
     read_only: bool = Field(False, description="expose only tools annotated readOnly")
     disable_destructive: bool = Field(False, description="hide tools annotated destructive")
     enabled_tools: list[str] = Field(default_factory=list, description="allow-list of tools")

@@ -18,7 +18,7 @@ from mcp.server import Server, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
 from mcp_backend import __version__
-from mcp_backend.auth import extract_token
+from mcp_backend.auth import TokenBinding, extract_token
 from mcp_backend.clusters import ClusterRegistry
 from mcp_backend.config import Settings
 from mcp_backend.errors import AccessDenied, ToolFailure
@@ -75,6 +75,9 @@ class Handlers:
         self.clusters = clusters
         self.metrics = metrics
         self.helm = HelmRunner(settings.helm_binary, settings.helm_timeout_s)
+        self.binding = TokenBinding.from_lists(
+            settings.accepted_audiences, settings.authorized_parties, settings.opaque_tokens
+        )
         self._tools = types.ListToolsResult(tools=[tool_definition(s) for s in registry])
         self._schemas = {t.name: t.input_schema for t in self._tools.tools}
         self.client_log_level: str = "info"
@@ -118,6 +121,9 @@ class Handlers:
                         else ""
                     )
                 )
+            refused = self.binding.problem(token)
+            if refused is not None:  # an argument's token (header tokens were checked already)
+                raise ToolFailure(f"token refused: {refused}")
             ctx_tool = ToolContext(
                 settings=self.settings,
                 clusters=self.clusters,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import secrets as token_secrets
 import sys
 import time
 import urllib.request
@@ -29,7 +30,7 @@ from typing import Any, TypeVar
 import yaml
 from kubernetes_asyncio import client as k8s
 
-from tests.testbed import build, envoy_proxy, paths, process
+from tests.testbed import build, envoy_proxy, leak_scan, paths, process
 from tests.testbed import keycloak as kc
 from tests.testbed.cluster import Cluster, JWTIssuer, start_clusters_parallel
 from tests.testbed.identity_plan import (
@@ -56,6 +57,11 @@ FACADE_CLIENT_SECRET = "mcp-backend-facade-secret-demo-only"
 DEMO_USERS = {"mcp": "mcp", "viewer": "viewer"}
 USER_GROUP_ROLES = {"mcp-users": "edit", "viewers": "view"}  # RBAC in `demo` on A and B
 SERVICES = ("backend", "token-exchange", "policy", "mcp-gateway")
+# -- issue 14: who may ask the checks, and which tokens each service accepts ---------------------
+# The gateway presents CALLER_HEADER (a secret made per stack) on every check request; both
+# plugins' caller_auth require it. User tokens (client mcp-cli) are addressed to GATEWAY_AUDIENCE.
+CALLER_HEADER = "x-kmg-caller-secret"
+GATEWAY_AUDIENCE = "mcp-gateway"
 
 Progress = Callable[[str], None]
 T = TypeVar("T")
@@ -135,6 +141,7 @@ class LocalGateway:
     ca_file: Path
     owns_testbed: bool = False
     subdir: str = "gateway"
+    caller_secret: str = ""  # the gateway's credential at the plugins' checks (CALLER_HEADER)
 
     @property
     def gateway_dir(self) -> Path:
@@ -144,6 +151,11 @@ class LocalGateway:
     @property
     def mcp_url(self) -> str:
         return f"{self.envoy.url}/mcp"
+
+    @property
+    def caller_headers(self) -> dict[str, str]:
+        """The header the gateway adds to every check request (tests that play the gateway)."""
+        return {CALLER_HEADER: self.caller_secret}
 
     def user_token(self, username: str, password: str | None = None) -> str:
         """A real access token of a demo user (realm ``mcp``, public client ``mcp-cli``)."""
@@ -386,6 +398,13 @@ def start_gateway(
     opa = OpaServer(gw_dir, load=[], name="opa-policy")
     services: dict[str, Service] = {}
     started: list[Service] = []
+    caller_secret = token_secrets.token_urlsafe(32)
+    leak_scan.register_secret(caller_secret, "gateway caller secret")
+    caller_auth = {
+        "mode": "secret",
+        "header": CALLER_HEADER,
+        "secret_file": str(_write_secret(secrets, "caller.secret", caller_secret)),
+    }
     try:
         if policy_engine == "opa":
             progress("starting OPA (policy engine)")
@@ -431,7 +450,14 @@ def start_gateway(
                 "host": "127.0.0.1",
                 "port": ports["token-exchange"],
                 "ca_file": str(ca_file),
-                "validation": {"issuers": [{"issuer": keycloak.issuer(REALM_MCP)}]},
+                "validation": {
+                    "issuers": [
+                        {
+                            "issuer": keycloak.issuer(REALM_MCP),
+                            "audiences": [GATEWAY_AUDIENCE, SERVER_NAME],
+                        }
+                    ]
+                },
                 "sts": {
                     "mcp": {
                         "token_url": keycloak.token_url(REALM_MCP),
@@ -451,9 +477,15 @@ def start_gateway(
                     },
                 },
                 "targets": [
-                    {"audience": SERVER_NAME, "steps": [{"sts": "mcp"}], "skip_when": "aud_exact"},
+                    {
+                        "audience": SERVER_NAME,
+                        "steps": [{"sts": "mcp"}],
+                        "skip_when": "aud_exact",
+                        "subject_audiences": [GATEWAY_AUDIENCE],
+                    },
                     {
                         "audience": CLUSTER_B_TARGET,
+                        "subject_audiences": [SERVER_NAME],
                         "steps": [
                             {"sts": "mcp", "audience": [keycloak.issuer(REALM_CLUSTER_B)]},
                             {"sts": "cluster-b", "grant": "jwt_bearer"},
@@ -474,7 +506,12 @@ def start_gateway(
                         ),
                     ]
                 },
-                "ext_authz": {"resource_metadata_url": metadata_url},
+                "ext_authz": {
+                    "resource_metadata_url": metadata_url,
+                    "targets": [SERVER_NAME],
+                    "audiences": [GATEWAY_AUDIENCE],
+                },
+                "caller_auth": caller_auth,
             },
         )
         services["token-exchange"] = Service(
@@ -507,10 +544,16 @@ def start_gateway(
                 "catalogue_file": str(catalogue_file),
                 "opa": {"url": opa.url, "load_policies": True},
                 "auth": {
-                    "issuers": [{"issuer": keycloak.issuer(REALM_MCP)}],
+                    "issuers": [
+                        {
+                            "issuer": keycloak.issuer(REALM_MCP),
+                            "audiences": [GATEWAY_AUDIENCE, SERVER_NAME],
+                        }
+                    ],
                     "ca_file": str(ca_file),
                     "resource_metadata_url": metadata_url,
                 },
+                "caller_auth": caller_auth,
                 "wristband": {"signing_key_file": str(signing_key), "form": wristband_form},
                 "decision_log": str(gw_dir / "policy-decisions.jsonl"),
             },
@@ -565,6 +608,8 @@ def start_gateway(
             TOKEN_EXCHANGE_PORT=ports["token-exchange"],
             POLICY_PORT=ports["policy"],
             SERVER_NAME=SERVER_NAME,
+            CALLER_HEADER=CALLER_HEADER,
+            CALLER_SECRET=caller_secret,
         )
     except BaseException:
         for svc in reversed(started):
@@ -581,6 +626,7 @@ def start_gateway(
         envoy=envoy,
         ca_file=ca_file,
         subdir=subdir,
+        caller_secret=caller_secret,
     )
 
 
