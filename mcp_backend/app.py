@@ -22,6 +22,7 @@ from mcp_backend.auth import METADATA_PATH, RequireBearer, request_resource_url
 from mcp_backend.clusters import ClusterRegistry
 from mcp_backend.config import Settings, effective_clusters
 from mcp_backend.metrics import Metrics
+from mcp_backend.protocol_eras import HandshakeOnly
 from mcp_backend.server import Handlers, build_server
 from mcp_backend.single_exchange import SingleExchange
 from mcp_backend.tools import all_tools
@@ -63,6 +64,8 @@ def create_backend(settings: Settings) -> Backend:
         sdk_app = SingleExchange(
             sdk_app, server, security, metrics, max_body_size=DEFAULT_MAX_REQUEST_BODY_SIZE
         )
+    if not settings.modern_protocol:
+        sdk_app = HandshakeOnly(sdk_app)
     mcp_endpoint = RequireBearer(
         sdk_app,
         resource_url=settings.resource_url,

@@ -7,21 +7,29 @@ ever sees tokens the gateway exchanged for it (``aud`` = its server name, ``azp`
 client), so a user's own token, or another service's, sent to the backend around the gateway is
 refused with 401 before any tool runs. A forged JWT that passes this check gains nothing: the API
 server refuses its signature.
+
+The MCP Gateway broker discovers tools itself, straight at the backend, with a bearer of its own
+(``discovery_credential_file``): that one exact value is accepted on ``/mcp`` whatever the
+binding, and refused by ``tools/call`` (:mod:`mcp_backend.server`): it lists, never acts.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_backend.metrics import Metrics
+
+if TYPE_CHECKING:
+    from mcp_backend.config import Settings
 
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 ALT_HEADER = "kubernetes-authorization"
@@ -64,25 +72,36 @@ def _jwt_claims(token: str) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class TokenBinding:
-    """Which bearer tokens are addressed to this backend (``aud`` / ``azp`` of a JWT)."""
+    """Which bearer tokens are addressed to this backend (``aud`` / ``azp`` of a JWT), and the
+    MCP Gateway broker's discovery credential (accepted on ``/mcp`` for listing only)."""
 
     audiences: frozenset[str] = frozenset()
     parties: frozenset[str] = frozenset()
     reject_opaque: bool = False
+    discovery: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_lists(
-        cls, audiences: list[str], parties: list[str], opaque_tokens: str
-    ) -> TokenBinding:
-        return cls(frozenset(audiences), frozenset(parties), opaque_tokens == "reject")
+    def from_settings(cls, settings: Settings) -> TokenBinding:
+        return cls(
+            frozenset(settings.accepted_audiences),
+            frozenset(settings.authorized_parties),
+            settings.opaque_tokens == "reject",
+            settings.discovery_credential(),
+        )
 
     @property
     def active(self) -> bool:
         return bool(self.audiences or self.parties)
 
+    def is_discovery(self, token: str) -> bool:
+        """Whether ``token`` is the broker's discovery credential (constant-time compare)."""
+        return self.discovery is not None and hmac.compare_digest(
+            token.encode(), self.discovery.encode()
+        )
+
     def problem(self, token: str) -> str | None:
         """Why this token is not addressed to this backend (safe to show), or None."""
-        if not self.active:
+        if not self.active or self.is_discovery(token):
             return None
         try:
             claims = _jwt_claims(token)

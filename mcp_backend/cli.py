@@ -32,6 +32,7 @@ FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--stateless", "stateless", {"action": argparse.BooleanOptionalAction}),
     ("--json-response", "json_response", {"action": argparse.BooleanOptionalAction}),
     ("--single-exchange", "single_exchange", {"action": argparse.BooleanOptionalAction}),
+    ("--modern-protocol", "modern_protocol", {"action": argparse.BooleanOptionalAction}),
     ("--allowed-hosts", "allowed_hosts", {"type": _csv, "metavar": "H1,H2"}),
     ("--allowed-origins", "allowed_origins", {"type": _csv, "metavar": "O1,O2"}),
     ("--resource-url", "resource_url", {}),

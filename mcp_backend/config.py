@@ -164,6 +164,13 @@ class Settings(_Model):
         "and ping in the request's own task instead of a per-request SDK transport (same "
         "answers, less CPU); false = every request through the SDK's transport",
     )
+    modern_protocol: bool = Field(
+        True,
+        description="serve the 2026-07-28 protocol (server/discover, per-request metadata) "
+        "besides the initialize handshake; false: 2026 requests get the protocol's "
+        "unsupported-version error and clients fall back to initialize (needed behind the MCP "
+        "Gateway v0.9.0 broker, which shows a server speaking 2026 to 2026 clients only)",
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Host header patterns accepted on /mcp (e.g. 'mcp.example.com', 'x:*'); "
@@ -192,10 +199,20 @@ class Settings(_Model):
         "mcp-gateway, so a user's own token sent around the gateway is refused); empty = no check",
     )
     opaque_tokens: Literal["accept", "reject"] = Field(
-        "accept",
-        description="non-JWT bearers when accepted_audiences or authorized_parties is set: "
-        "accept (no audience to check; the API server authenticates them, and the MCP Gateway's "
-        "discovery credential is one) or reject",
+        "reject",
+        description="non-JWT bearers when accepted_audiences or authorized_parties is set: reject "
+        "(they carry no audience to check) or accept (the API server authenticates them). The "
+        "MCP Gateway's discovery credential is accepted by discovery_credential_file instead",
+    )
+    discovery_credential_file: Path | None = Field(
+        None,
+        description="file holding the MCP Gateway broker's discovery bearer (`credential` of its "
+        "server entry; a leading 'Bearer ' is ignored): accepted on /mcp whatever the token "
+        "binding, for listing only (tools/call with it is refused; it never reaches an API "
+        "server)",
+    )
+    discovery_credential_env: str | None = Field(
+        None, description="env var holding that discovery bearer (instead of the file)"
     )
     read_only: bool = Field(False, description="expose only tools annotated readOnly")
     disable_destructive: bool = Field(False, description="hide tools annotated destructive")
@@ -248,6 +265,31 @@ class Settings(_Model):
             if not source.strip():
                 raise ValueError("an empty chart source would allow every chart: remove it")
         return [s.strip() for s in value]
+
+    def discovery_credential(self) -> str | None:
+        """The broker's discovery bearer (file or env var; without a 'Bearer ' prefix)."""
+        value: str | None = None
+        if self.discovery_credential_file is not None:
+            try:
+                value = self.discovery_credential_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise SettingsError(
+                    "cannot read discovery_credential_file "
+                    f"{self.discovery_credential_file}: {exc.strerror}"
+                ) from None
+        elif self.discovery_credential_env is not None:
+            value = os.environ.get(self.discovery_credential_env)
+        if value is None:
+            return None
+        value = value.strip()
+        if value[:7].lower() == "bearer ":
+            value = value[7:].strip()
+        if len(value) < 16:
+            raise SettingsError(
+                "the discovery credential is empty or shorter than 16 characters: use a long "
+                "random value (the same as the credential of the MCP Gateway's server entry)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_default(self) -> Settings:

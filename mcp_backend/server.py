@@ -15,6 +15,7 @@ from typing import Any
 
 import mcp_types as types
 from mcp.server import Server, ServerRequestContext
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
 
 from mcp_backend import __version__
@@ -75,9 +76,7 @@ class Handlers:
         self.clusters = clusters
         self.metrics = metrics
         self.helm = HelmRunner(settings.helm_binary, settings.helm_timeout_s)
-        self.binding = TokenBinding.from_lists(
-            settings.accepted_audiences, settings.authorized_parties, settings.opaque_tokens
-        )
+        self.binding = TokenBinding.from_settings(settings)
         self._tools = types.ListToolsResult(tools=[tool_definition(s) for s in registry])
         self._schemas = {t.name: t.input_schema for t in self._tools.tools}
         self.client_log_level: str = "info"
@@ -120,6 +119,11 @@ class Handlers:
                         if self.settings.accept_token_in_arguments
                         else ""
                     )
+                )
+            if self.binding.is_discovery(token):
+                raise ToolFailure(
+                    "token refused: the MCP Gateway's discovery credential lists tools, it "
+                    "cannot call them; call through the gateway with your own token"
                 )
             refused = self.binding.problem(token)
             if refused is not None:  # an argument's token (header tokens were checked already)
@@ -202,6 +206,9 @@ class Handlers:
         return types.EmptyResult()
 
 
+LISTEN_STREAMS_MAX = 64  # concurrent subscriptions/listen streams (each one open request)
+
+
 def build_server(handlers: Handlers, *, otel_spans: bool = False) -> Server[Any]:
     """The low-level MCP server wired to ``handlers``."""
     server: Server[Any] = Server(
@@ -215,6 +222,12 @@ def build_server(handlers: Handlers, *, otel_spans: bool = False) -> Server[Any]
         on_list_prompts=handlers.list_prompts,
         on_get_prompt=handlers.get_prompt,
         on_ping=handlers.ping,
+        # 2026-07-28 clients (the MCP Gateway's broker among them) open a subscriptions/listen
+        # stream right after server/discover and drop the connection when it is refused. Our
+        # lists never change, so a stream carries only its acknowledgement; bounded in number.
+        on_subscriptions_listen=ListenHandler(
+            InMemorySubscriptionBus(), max_subscriptions=LISTEN_STREAMS_MAX
+        ),
     )
     # Registered directly: the constructor argument warns that the capability is deprecated
     # in the 2026 protocol, but clients on the 2025 protocol still send it.

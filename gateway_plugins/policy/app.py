@@ -3,8 +3,10 @@
 Routes (besides ``/healthz``, ``/readyz``, ``/metrics`` from the shared scaffold):
 
 * ``/check`` and ``/check/<anything>`` (any method): the Envoy / Istio ext_authz HTTP check.
-  ``tools/call`` → 200 allow or 403 deny; ``tools/list`` → 200 with the signed tool-list header(s);
-  other methods → 200 (they name no tool). Token problems → 401, engine down → 503.
+  ``tools/call`` and ``prompts/get`` → 200 allow or 403 deny (a JSON-RPC error naming the reason
+  and the request's id, so MCP clients show it to the model); ``tools/list`` and
+  ``prompts/list`` → 200 with the signed header(s); other methods → 200 (they name no tool).
+  Token problems → 401, engine down → 503.
 * ``POST /v1/decide``: one decision as JSON (for Authorino metadata calls and scripts).
 * ``POST /v1/filter``: a tools/list result plus a token → the allowed subset.
 * ``GET /.well-known/jwks.json`` and ``GET /v1/wristband/public-key``: the header's public key.
@@ -70,9 +72,14 @@ H_METHOD = "x-mcp-method"
 H_SERVER = "x-mcp-servername"
 H_TOOL = "x-mcp-toolname"
 H_HINTS = "x-mcp-annotation-hints"
+H_PROMPT = "x-mcp-promptname"
 H_PARTIAL_BODY = "x-envoy-auth-partial-body"
 
 _WRISTBAND_CACHE_SIZE = 10_000
+LIST_METHODS = frozenset({"tools/list", "prompts/list"})  # answered with the signed header(s)
+NAMED_METHODS = frozenset({"tools/call", "prompts/get"})  # decided per tool / per prompt
+# JSON-RPC error code of a request the gateway's policy refused (implementation-defined range).
+POLICY_DENIED_CODE = -32003
 
 
 class Refusal(Exception):
@@ -138,6 +145,7 @@ class PolicyService:
         annotations: policy_input.Annotations,
         claims: Mapping[str, Any],
         arguments: Mapping[str, Any] | None,
+        prompt: str = "",
     ) -> tuple[bool, str]:
         # The catalogue (the servers' own tools/list) wins over what the request says about the
         # tool: a hint is only used for a tool the catalogue does not know.
@@ -151,6 +159,7 @@ class PolicyService:
             annotations=annotations,
             claims=claims,
             arguments=arguments,
+            prompt=prompt,
         )
         started = time.perf_counter()
         try:
@@ -183,6 +192,22 @@ class PolicyService:
                 time.perf_counter() - started
             )
 
+    async def allowed_prompts(self, claims: Mapping[str, Any]) -> dict[str, list[str]]:
+        doc = policy_input.list_input(claims, None)
+        started = time.perf_counter()
+        try:
+            return await self.engine.allowed_prompts(doc)
+        except EngineUnavailable as exc:
+            raise Refusal(
+                503, f"policy engine unavailable, denying: {exc}", error="engine_unavailable"
+            ) from None
+        except PolicyError as exc:
+            raise Refusal(500, f"policy error, denying: {exc}", error="policy_error") from None
+        finally:
+            self.metrics.engine_seconds.labels("allowed_prompts").observe(
+                time.perf_counter() - started
+            )
+
     async def wristband(self, claims: Mapping[str, Any]) -> SignedList:
         """The signed list for these claims, reused while fresh (same claims ⇒ same list)."""
         assert self.signer is not None
@@ -195,7 +220,8 @@ class PolicyService:
             return cached[1]
         # The engine uses data.mcp.catalogue (loaded at start), not a per-request copy.
         allowed = await self.allowed_tools(claims, None)
-        signed = self.signer.sign(allowed, subject=_subject(claims))
+        prompts = await self.allowed_prompts(claims)
+        signed = self.signer.sign(allowed, prompts=prompts, subject=_subject(claims))
         if ttl > 0:
             self._wristbands[key] = (now, signed)
             while len(self._wristbands) > _WRISTBAND_CACHE_SIZE:
@@ -214,8 +240,10 @@ class PolicyService:
         status: int,
         started: float,
         endpoint: str,
+        prompt: str | None = None,
     ) -> None:
         self.metrics.decisions.labels(endpoint, "allow" if allow else "deny").inc()
+        extra = {"endpoint": endpoint, **({"prompt": prompt} if prompt else {})}
         self.decisions.record(
             user=policy_input.display_name(claims or {}),
             subject=_subject(claims or {}),
@@ -227,7 +255,7 @@ class PolicyService:
             engine=self.engine.name,
             status=status,
             duration_ms=(time.perf_counter() - started) * 1000,
-            extra={"endpoint": endpoint},
+            extra=extra,
         )
 
 
@@ -299,14 +327,17 @@ async def check(request: web.Request) -> web.Response:
     method = request.headers.get(H_METHOD, "").strip()
     server = request.headers.get(H_SERVER, "").strip()
     tool = request.headers.get(H_TOOL, "").strip()
+    prompt = request.headers.get(H_PROMPT, "").strip()
     claims: dict[str, Any] | None = None
+    body: policy_input.RequestBody | None = None
     try:
         claims = await service.claims_of(request.headers.get("Authorization"))
-        body, method, tool = await _read_body(request, method, tool)
-        if method == "tools/list":
-            return await _check_list(service, claims, started, server)
+        body = await _read_body(request, method)
+        method, tool, prompt = _reconcile(method, tool, prompt, body)
+        if method in LIST_METHODS:
+            return await _check_list(service, claims, started, server, method)
         names_tool = bool(tool) and server != policy_input.BROKER_SERVER
-        if method != "tools/call" and not names_tool:
+        if method not in NAMED_METHODS and not names_tool:
             reason = f"method {method or '(none)'} names no tool: no tool decision needed"
             service.record(
                 claims=claims,
@@ -322,16 +353,29 @@ async def check(request: web.Request) -> web.Response:
             return _answer(200, True, reason)
         if server:
             policy_input.check_server_name(server)
-        if tool:
-            policy_input.check_tool_name(tool)
-        allow, reason = await service.decide(
-            method=method or "tools/call",
-            server=server,
-            tool=tool,
-            annotations=policy_input.parse_annotation_hints(request.headers.get(H_HINTS)),
-            claims=claims,
-            arguments=body.arguments if body is not None else None,
-        )
+        if method == "prompts/get":
+            if prompt:
+                policy_input.check_prompt_name(prompt)
+            allow, reason = await service.decide(
+                method=method,
+                server=server,
+                tool="",
+                annotations={},
+                claims=claims,
+                arguments=None,
+                prompt=prompt,
+            )
+        else:
+            if tool:
+                policy_input.check_tool_name(tool)
+            allow, reason = await service.decide(
+                method=method or "tools/call",
+                server=server,
+                tool=tool,
+                annotations=policy_input.parse_annotation_hints(request.headers.get(H_HINTS)),
+                claims=claims,
+                arguments=body.arguments if body is not None else None,
+            )
         status = 200 if allow else 403
     except (Refusal, HeaderMismatch, InputError) as exc:
         allow, (status, reason) = False, _refusal(exc)
@@ -345,54 +389,92 @@ async def check(request: web.Request) -> web.Response:
         status=status,
         started=started,
         endpoint="check",
+        prompt=prompt or None,
     )
-    return _answer(status, allow, reason, _unauthenticated_headers(service.settings, status))
+    headers = _unauthenticated_headers(service.settings, status)
+    if status == 403 and body is not None and body.request_id is not None:
+        return _jsonrpc_denial(reason, body.request_id, headers)
+    return _answer(status, allow, reason, headers)
 
 
-async def _read_body(
-    request: web.Request, method: str, tool: str
-) -> tuple[policy_input.RequestBody | None, str, str]:
-    """The JSON-RPC body Envoy forwarded (``with_request_body``), checked against the headers.
+def _jsonrpc_denial(reason: str, request_id: str | int, headers: Mapping[str, str]) -> web.Response:
+    """A denied JSON-RPC request answered as a JSON-RPC error carrying the request's id.
 
-    No body: the headers decide, as they always did. A whole body: its method (and, for
-    ``tools/call``, its tool name) must match ``x-mcp-method`` / ``x-mcp-toolname``; a missing
-    header takes the body's value. A body Envoy cut at ``max_request_bytes`` cannot be read: for
-    ``tools/call`` its arguments count as unavailable (namespace rules then deny), and for any
-    other method the request is refused, since the body could be a tools/call the headers hide.
+    MCP clients turn an error body at a non-2xx status into the request's error (the ``mcp``
+    SDK's ``MCPError``; the TypeScript SDK quotes the body), so an agent sees why. The body also
+    keeps ``allow: false`` and ``reason`` at the top, like every other answer of this service.
+    """
+    message = f"the gateway's policy denied this request: {reason}"
+    payload = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "error": {
+            "code": POLICY_DENIED_CODE,
+            "message": message,
+            "data": {"allow": False, "reason": reason},
+        },
+        "allow": False,
+        "reason": reason,
+    }
+    return web.json_response(payload, status=403, headers=dict(headers))
+
+
+async def _read_body(request: web.Request, method: str) -> policy_input.RequestBody | None:
+    """The JSON-RPC body Envoy forwarded (``with_request_body``), parsed; None when absent.
+
+    A body Envoy cut at ``max_request_bytes`` cannot be read: for ``tools/call`` its arguments
+    count as unavailable (namespace rules then deny), and for any other method the request is
+    refused, since the body could be a tools/call the headers hide.
     """
     raw = await request.read() if request.can_read_body else b""
     if not raw.strip():
-        return None, method, tool
+        return None
     if request.headers.get(H_PARTIAL_BODY, "").lower() == "true":
         if method == "tools/call":
-            return None, method, tool
+            return None
         raise HeaderMismatch(
             f"x-mcp-method says {policy_input.safe_text(method or '(none)', 64)} but the body "
             "was cut short by the proxy (x-envoy-auth-partial-body), so it cannot be checked; "
             "raise the proxy's max_request_bytes or send a smaller request"
         )
-    body = policy_input.parse_request_body(raw)
+    return policy_input.parse_request_body(raw)
+
+
+def _reconcile(
+    method: str, tool: str, prompt: str, body: policy_input.RequestBody | None
+) -> tuple[str, str, str]:
+    """The method, tool and prompt to decide on: the headers, which must describe the body.
+
+    No body: the headers decide, as they always did. A whole body: its method (and, for
+    ``tools/call`` / ``prompts/get``, its ``params.name``) must match ``x-mcp-method`` /
+    ``x-mcp-toolname`` / ``x-mcp-promptname``; a missing header takes the body's value.
+    """
+    if body is None:
+        return method, tool, prompt
     method, tool = policy_input.reconcile(method, tool, body)
-    return body, method, tool
+    return method, tool, policy_input.reconcile_prompt(prompt, body)
 
 
 async def _check_list(
-    service: PolicyService, claims: dict[str, Any], started: float, server: str
+    service: PolicyService, claims: dict[str, Any], started: float, server: str, method: str
 ) -> web.Response:
     headers: Mapping[str, str] = {}
     extra: dict[str, Any] = {}
     if service.signer is None:
-        reason = "tools/list allowed; no signed tool list (wristband.signing_key_file is not set)"
+        reason = f"{method} allowed; no signed list (wristband.signing_key_file is not set)"
     else:
         signed = await service.wristband(claims)
         count = sum(len(v) for v in signed.allowed.values())
+        prompts = sum(len(v) for v in signed.prompts.values())
         reason = (
-            f"tools/list allowed; signed list of {count} tool(s) on {len(signed.allowed)} server(s)"
+            f"{method} allowed; signed list of {count} tool(s) and {prompts} prompt(s) on "
+            f"{len(signed.allowed)} server(s)"
         )
-        headers, extra = signed.headers, {"allowed_tools": signed.allowed}
+        headers = signed.headers
+        extra = {"allowed_tools": signed.allowed, "allowed_prompts": signed.prompts}
     service.record(
         claims=claims,
-        method="tools/list",
+        method=method,
         server=server or None,
         tool=None,
         allow=True,
@@ -436,32 +518,51 @@ def _str_field(body: Mapping[str, Any], name: str) -> str:
 
 
 async def decide(request: web.Request) -> web.Response:
-    """``POST /v1/decide`` {method, server, tool, annotations or hints, arguments, token?}."""
+    """``POST /v1/decide`` {method, server, tool or prompt, annotations or hints, arguments,
+    token?}."""
     service = service_of(request.app)
     started = time.perf_counter()
     claims: dict[str, Any] | None = None
-    method = server = tool = ""
+    method = server = tool = prompt = ""
     extra: dict[str, Any] = {}
     try:
         body = await _json_body(request)
         method = _str_field(body, "method") or "tools/call"
         server = _str_field(body, "server")
         tool = _str_field(body, "tool")
+        prompt = _str_field(body, "prompt")
         claims = await service.claims_of(_authorization(request, body))
-        if method == "tools/list":
+        if method in LIST_METHODS:
             if service.signer is not None:
                 # Authorino reads metadata bodies, not response headers: the signed list travels
                 # in the body as "headers" so an AuthPolicy can copy it onto the request.
                 signed = await service.wristband(claims)
-                allowed = signed.allowed
+                allowed, prompts = signed.allowed, signed.prompts
                 extra["headers"] = dict(signed.headers)
             else:
                 allowed = await service.allowed_tools(claims, None)
+                prompts = await service.allowed_prompts(claims)
             allow, reason = (
                 True,
-                f"tools/list allowed; {sum(len(v) for v in allowed.values())} tool(s) listed",
+                f"{method} allowed; {sum(len(v) for v in allowed.values())} tool(s) and "
+                f"{sum(len(v) for v in prompts.values())} prompt(s) listed",
             )
             extra["allowed_tools"] = allowed
+            extra["allowed_prompts"] = prompts
+        elif method == "prompts/get":
+            if server:
+                policy_input.check_server_name(server)
+            if prompt:
+                policy_input.check_prompt_name(prompt)
+            allow, reason = await service.decide(
+                method=method,
+                server=server,
+                tool="",
+                annotations={},
+                claims=claims,
+                arguments=None,
+                prompt=prompt,
+            )
         else:
             if server:
                 policy_input.check_server_name(server)
@@ -500,6 +601,7 @@ async def decide(request: web.Request) -> web.Response:
         status=status,
         started=started,
         endpoint="decide",
+        prompt=prompt or None,
     )
     return _answer(
         status, allow, reason, _unauthenticated_headers(service.settings, status), **extra

@@ -42,6 +42,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway_plugins.policy.engines import (
+    ALLOWED_PROMPTS,
     ALLOWED_TOOLS,
     DECISION,
     EmbeddedEngine,
@@ -55,6 +56,7 @@ from gateway_plugins.policy.input import normalize_allowed
 log = logging.getLogger(__name__)
 
 RECORD_NAME = "embedded-verified.json"
+ENTRYPOINTS = (DECISION, ALLOWED_TOOLS, ALLOWED_PROMPTS)
 CORPUS_GLOB = "**/testdata/corpus.json"
 _OPA_TIMEOUT_S = 120.0
 # One OPA query answers every case: each with its own input and data.mcp.config (as opa test's
@@ -72,6 +74,11 @@ _answer(c) := v if {
 _answer(c) := v if {
 	c.entrypoint == "allowed_tools"
 	v := data.mcp.authz.allowed_tools with input as c.input with data.mcp.config as c.config
+}
+
+_answer(c) := v if {
+	c.entrypoint == "allowed_prompts"
+	v := data.mcp.authz.allowed_prompts with input as c.input with data.mcp.config as c.config
 }
 
 answers[k] := v if {
@@ -117,7 +124,7 @@ class EmbeddedVerifySettings(BaseModel):
 @dataclass(frozen=True)
 class Case:
     name: str
-    entrypoint: str  # decision | allowed_tools
+    entrypoint: str  # decision | allowed_tools | allowed_prompts
     input: dict[str, Any]
     config: dict[str, Any]
     expect: Any = None  # corpus expectation; None for generated variants
@@ -185,8 +192,10 @@ def load_corpus(paths: Iterable[Path], default_config: Mapping[str, Any]) -> lis
 
 
 def _case(item: Any, default_config: Mapping[str, Any], where: str) -> Case:
-    if not isinstance(item, dict) or item.get("entrypoint") not in (DECISION, ALLOWED_TOOLS):
-        raise PolicySourceError(f"{where}: a case needs entrypoint decision or allowed_tools")
+    if not isinstance(item, dict) or item.get("entrypoint") not in ENTRYPOINTS:
+        raise PolicySourceError(
+            f"{where}: a case needs entrypoint decision, allowed_tools or allowed_prompts"
+        )
     if not isinstance(item.get("input"), dict):
         raise PolicySourceError(f"{where}: a case needs an input object")
     config = item.get("config", {})
@@ -230,12 +239,15 @@ def variants(cases: Sequence[Case], count: int, seed: int = 20261205) -> list[Ca
     for n in range(count):
         base = rng.choice(cases)
         doc = copy.deepcopy(base.input)
-        if base.entrypoint == DECISION:
+        entrypoint = base.entrypoint
+        if entrypoint == DECISION:
             _vary_call(doc, pool, rng)
+        elif rng.random() < 0.5:  # the prompts a list request's user may see
+            entrypoint = ALLOWED_PROMPTS if entrypoint == ALLOWED_TOOLS else ALLOWED_TOOLS
         claims = doc.get("claims")
         if isinstance(claims, dict) and pool["groups"] and rng.random() < 0.4:
             claims["groups"] = rng.sample(pool["groups"], k=rng.randint(0, len(pool["groups"])))
-        out.append(Case(f"generated #{n} (from {base.name})", base.entrypoint, doc, base.config))
+        out.append(Case(f"generated #{n} (from {base.name})", entrypoint, doc, base.config))
     return out
 
 
@@ -244,8 +256,12 @@ def _pools(cases: Sequence[Case]) -> dict[str, list[Any]]:
     namespaces: set[str] = {"kube-system", "default"}
     groups: set[str] = set()
     methods: set[str] = {"tools/call", "initialize"}
+    prompts: set[str] = {"cluster-health-check"}
     for case in cases:
         doc = case.input
+        prompt = doc.get("prompt")
+        if isinstance(prompt, dict) and isinstance(prompt.get("name"), str):
+            prompts.add(prompt["name"])
         tool = doc.get("tool")
         if isinstance(tool, dict) and isinstance(tool.get("name"), str):
             tools.add(tool["name"])
@@ -262,6 +278,7 @@ def _pools(cases: Sequence[Case]) -> dict[str, list[Any]]:
         "namespaces": sorted(namespaces),
         "groups": sorted(groups),
         "methods": sorted(methods),
+        "prompts": sorted(prompts),
     }
 
 
@@ -274,6 +291,9 @@ def _vary_call(doc: dict[str, Any], pool: Mapping[str, list[Any]], rng: random.R
             tool["annotations"] = rng.choice([{}, {"readOnly": True}, {"readOnly": False}])
     if rng.random() < 0.2:
         doc["method"] = rng.choice(pool["methods"])
+    if rng.random() < 0.15:  # the same request as a prompts/get
+        doc["method"] = "prompts/get"
+        doc["prompt"] = {"name": rng.choice(pool["prompts"])}
     if rng.random() < 0.5:
         args: dict[str, Any] = {}
         if rng.random() < 0.8:
@@ -313,6 +333,8 @@ def _embedded_answer(engine: EmbeddedEngine, case: Case) -> Any:
     try:
         if case.entrypoint == DECISION:
             return engine.decide_sync(case.input).as_json()
+        if case.entrypoint == ALLOWED_PROMPTS:
+            return engine.allowed_prompts_sync(case.input)
         return engine.allowed_tools_sync(case.input)
     except PolicyError as exc:
         return {"error": str(exc)}

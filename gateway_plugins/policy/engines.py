@@ -1,7 +1,8 @@
 """Decision engines behind one interface: the embedded Rego engine and an OPA server.
 
 Both evaluate the same modules and data (:class:`PolicySource`) and give the same answers for
-``data.mcp.authz.decision`` and the tool lists of ``data.mcp.authz.allowed_tools`` (the embedded
+``data.mcp.authz.decision``, the prompt lists of ``data.mcp.authz.allowed_prompts`` and the tool
+lists of ``data.mcp.authz.allowed_tools`` (the embedded
 engine computes those from the policy's ``allowed_tools_parts``; the differential test proves
 the two agree):
 
@@ -43,6 +44,7 @@ PACKAGE = "mcp/authz"
 DECISION = "decision"
 ALLOWED_TOOLS = "allowed_tools"
 ALLOWED_TOOLS_PARTS = "allowed_tools_parts"
+ALLOWED_PROMPTS = "allowed_prompts"
 CONFIG_PATH = "mcp/config"
 CATALOGUE_PATH = "mcp/catalogue"
 POLICY_ID_PREFIX = "kube-mcp-gateway"
@@ -195,6 +197,8 @@ class DecisionEngine(Protocol):
 
     async def allowed_tools(self, doc: Mapping[str, Any]) -> dict[str, list[str]]: ...
 
+    async def allowed_prompts(self, doc: Mapping[str, Any]) -> dict[str, list[str]]: ...
+
     async def check_ready(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -210,9 +214,11 @@ def _decision_from(value: Any) -> Decision:
     return Decision(value["allow"], value["reason"])
 
 
-def _allowed_from(value: Any, catalogue: Catalogue | None) -> dict[str, list[str]]:
+def _allowed_from(
+    value: Any, catalogue: Catalogue | None, what: str = ALLOWED_TOOLS
+) -> dict[str, list[str]]:
     if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
-        raise PolicyError("the policy's allowed_tools is not {server: [tool, ...]}")
+        raise PolicyError(f"the policy's {what} is not {{server: [name, ...]}}")
     return normalize_allowed(value, (catalogue or {}).keys())
 
 
@@ -234,7 +240,7 @@ class _Compiled:
             for name, text in source.modules.items():
                 self._interp.add_module(name, text)
             self._interp.add_data(source.data())
-            entrypoints = (DECISION, ALLOWED_TOOLS, ALLOWED_TOOLS_PARTS)
+            entrypoints = (DECISION, ALLOWED_TOOLS, ALLOWED_TOOLS_PARTS, ALLOWED_PROMPTS)
             self._bundle = self._interp.build(None, [f"{PACKAGE}/{e}" for e in entrypoints])
         except RegoError as exc:
             raise PolicySourceError(
@@ -370,6 +376,17 @@ class EmbeddedEngine:
             return _allowed_from(self._worker.query(ALLOWED_TOOLS, doc), None)
         return allowed_from_parts(self._worker.query(ALLOWED_TOOLS_PARTS, doc), index)
 
+    async def allowed_prompts(self, doc: Mapping[str, Any]) -> dict[str, list[str]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.allowed_prompts_sync, doc)
+
+    def allowed_prompts_sync(self, doc: Mapping[str, Any]) -> dict[str, list[str]]:
+        """Prompts per server: few names per user, evaluated by the policy itself."""
+        given = doc.get("catalogue")
+        catalogue = given if isinstance(given, dict) else self._source.catalogue
+        value = self._worker.query(ALLOWED_PROMPTS, doc)
+        return _allowed_from(value, catalogue, ALLOWED_PROMPTS)
+
     async def check_ready(self) -> None:
         return None
 
@@ -501,6 +518,10 @@ class OpaServerEngine:
     async def allowed_tools(self, doc: Mapping[str, Any]) -> dict[str, list[str]]:
         value = await self._query(ALLOWED_TOOLS, doc)
         return _allowed_from(value, doc.get("catalogue") or self._source.catalogue)
+
+    async def allowed_prompts(self, doc: Mapping[str, Any]) -> dict[str, list[str]]:
+        value = await self._query(ALLOWED_PROMPTS, doc)
+        return _allowed_from(value, doc.get("catalogue") or self._source.catalogue, ALLOWED_PROMPTS)
 
     async def check_ready(self) -> None:
         await self.decide(_PROBE_INPUT)

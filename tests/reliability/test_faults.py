@@ -425,7 +425,9 @@ async def test_token_service_graceful_shutdown_finishes_in_flight_and_refuses_ne
                 "port": port,
                 "ca_file": str(keycloak.ca_file),
                 "validation": {
-                    "issuers": [{"issuer": keycloak.issuer(REALM_MCP), "audiences": ["mcp-gateway"]}]
+                    "issuers": [
+                        {"issuer": keycloak.issuer(REALM_MCP), "audiences": ["mcp-gateway"]}
+                    ]
                 },
                 "ext_authz": {"targets": [BACKEND_AUDIENCE]},
                 "caller_auth": {"secret_file": str(caller)},

@@ -11,8 +11,8 @@ import time
 import aiohttp
 import jwt
 import pytest
-from pydantic import ValidationError
 from cryptography.hazmat.primitives import serialization
+from pydantic import ValidationError
 
 from gateway_plugins.common.jwks import JWKSCache
 from gateway_plugins.common.jwt_validation import (

@@ -40,7 +40,8 @@ GATEWAY_AUDIENCE = "mcp-gateway"  # what user tokens (client mcp-cli) are addres
 # The gateway's credential at /check, /v1/decide, /v1/filter (caller_auth); tests playing the
 # gateway send CALLER_HEADERS.
 CALLER_HEADER = "x-kmg-caller-secret"
-CALLER_SECRET = "caller-secret-test-only"  # test-only; the same as the token exchange tests (one shared secret, as deployed)
+# test-only; the same as the token exchange tests' (one shared secret, as deployed)
+CALLER_SECRET = "caller-secret-test-only"
 CALLER_HEADERS = {CALLER_HEADER: CALLER_SECRET}
 
 # The tools of the testbed's backend (names and annotations as in the tool catalogue).
@@ -90,9 +91,7 @@ def policy_settings(
     caller = work / "caller.secret"
     caller.write_text(CALLER_SECRET + "\n")
     caller.chmod(0o600)
-    overrides.setdefault(
-        "caller_auth", CallerAuthConfig(header=CALLER_HEADER, secret_file=caller)
-    )
+    overrides.setdefault("caller_auth", CallerAuthConfig(header=CALLER_HEADER, secret_file=caller))
     return PolicySettings(
         port=free_port(),
         engine=engine,  # type: ignore[arg-type]

@@ -83,7 +83,10 @@ async def test_a_token_whose_key_was_withdrawn_is_refused_after_the_recheck_inte
         jwks_min_refetch_interval_s=0.0,
     )
     old = local.sign(_claims(local, "rotating-user"))  # kid rsa-1, valid for 5 minutes
-    async with running_policy(settings) as svc, aiohttp.ClientSession(headers=CALLER_HEADERS) as http:
+    async with (
+        running_policy(settings) as svc,
+        aiohttp.ClientSession(headers=CALLER_HEADERS) as http,
+    ):
         status, payload = await _call(http, svc.url, old)
         assert (status, payload["allow"]) == (200, True), payload
         # The issuer rotates: rsa-1 is withdrawn. A token of the new key makes the service
@@ -110,7 +113,10 @@ async def test_two_issuers_with_the_same_subject_never_share_a_cached_answer(
     sub = f"same-{uuid.uuid4().hex[:8]}"
     token_a = first.token(sub, resource_access={SERVER: {"roles": ["pods_list"]}})
     token_b = second.token(sub, resource_access={SERVER: {"roles": ["pods_list"]}})
-    async with running_policy(settings) as svc, aiohttp.ClientSession(headers=CALLER_HEADERS) as http:
+    async with (
+        running_policy(settings) as svc,
+        aiohttp.ClientSession(headers=CALLER_HEADERS) as http,
+    ):
         engine = service_of(svc.app).engine
         assert isinstance(engine, EmbeddedEngine)
         assert (await _call(http, svc.url, token_a))[0] == 200

@@ -41,9 +41,7 @@ async def test_serve_logs_json_and_stops_gracefully(issuer: LocalIssuer, tmp_pat
     )
     port = free_port()
     caller = "cli-caller-secret-test-only"  # test-only credential
-    env = dict(
-        os.environ, KMG_TOKEN_EXCHANGE_LOG_LEVEL="info", KMG_TEST_CALLER_SECRET=caller
-    )
+    env = dict(os.environ, KMG_TOKEN_EXCHANGE_LOG_LEVEL="info", KMG_TEST_CALLER_SECRET=caller)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway_plugins.token_exchange", "serve",
         "--config", str(config), "--port", str(port),
