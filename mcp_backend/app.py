@@ -67,6 +67,7 @@ def create_backend(settings: Settings) -> Backend:
         resource_url=settings.resource_url,
         metrics=metrics,
         optional=settings.accept_token_in_arguments,
+        binding=handlers.binding,
     )
 
     async def healthz(_: Request) -> Response:

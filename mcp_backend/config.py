@@ -195,6 +195,34 @@ class Settings(_Model):
     accept_token_in_arguments: bool = Field(
         False, description="accept `access_token` inside tool arguments (clients without headers)"
     )
+    # -- token binding: refuse tokens addressed to someone else (checked on every /mcp request)
+    accepted_audiences: list[str] = Field(
+        default_factory=list,
+        description="a JWT bearer's `aud` must contain one of these (e.g. the server name the "
+        "gateway exchanges tokens for); empty = no audience check. The signature is the API "
+        "server's to verify: this only refuses genuine tokens meant for another party",
+    )
+    authorized_parties: list[str] = Field(
+        default_factory=list,
+        description="a JWT bearer's `azp` must be one of these (e.g. the gateway's client "
+        "mcp-gateway, so a user's own token sent around the gateway is refused); empty = no check",
+    )
+    opaque_tokens: Literal["accept", "reject"] = Field(
+        "reject",
+        description="non-JWT bearers when accepted_audiences or authorized_parties is set: reject "
+        "(they carry no audience to check) or accept (the API server authenticates them). The "
+        "MCP Gateway's discovery credential is accepted by discovery_credential_file instead",
+    )
+    discovery_credential_file: Path | None = Field(
+        None,
+        description="file holding the MCP Gateway broker's discovery bearer (`credential` of its "
+        "server entry; a leading 'Bearer ' is ignored): accepted on /mcp whatever the token "
+        "binding, for listing only (tools/call with it is refused; it never reaches an API "
+        "server)",
+    )
+    discovery_credential_env: str | None = Field(
+        None, description="env var holding that discovery bearer (instead of the file)"
+    )
     read_only: bool = Field(False, description="expose only tools annotated readOnly")
     disable_destructive: bool = Field(False, description="hide tools annotated destructive")
     enabled_tools: list[str] = Field(default_factory=list, description="allow-list of tools")
@@ -252,6 +280,31 @@ class Settings(_Model):
             if not source.strip():
                 raise ValueError("an empty chart source would allow every chart: remove it")
         return [s.strip() for s in value]
+
+    def discovery_credential(self) -> str | None:
+        """The broker's discovery bearer (file or env var; without a 'Bearer ' prefix)."""
+        value: str | None = None
+        if self.discovery_credential_file is not None:
+            try:
+                value = self.discovery_credential_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise SettingsError(
+                    "cannot read discovery_credential_file "
+                    f"{self.discovery_credential_file}: {exc.strerror}"
+                ) from None
+        elif self.discovery_credential_env is not None:
+            value = os.environ.get(self.discovery_credential_env)
+        if value is None:
+            return None
+        value = value.strip()
+        if value[:7].lower() == "bearer ":
+            value = value[7:].strip()
+        if len(value) < 16:
+            raise SettingsError(
+                "the discovery credential is empty or shorter than 16 characters: use a long "
+                "random value (the same as the credential of the MCP Gateway's server entry)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_default(self) -> Settings:

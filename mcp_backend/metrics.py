@@ -37,7 +37,7 @@ class Metrics:
         )
         self.unauthenticated = Counter(
             "kmg_backend_unauthenticated_requests_total",
-            "Requests refused with 401 because no bearer token came",
+            "Requests refused with 401: no bearer token, or one addressed to someone else",
             registry=self.registry,
         )
         self.host_origin_refused = Counter(

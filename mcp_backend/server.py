@@ -19,7 +19,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
 
 from mcp_backend import __version__
-from mcp_backend.auth import extract_token
+from mcp_backend.auth import TokenBinding, extract_token
 from mcp_backend.clusters import ClusterRegistry
 from mcp_backend.config import Settings
 from mcp_backend.errors import AccessDenied, ToolFailure
@@ -76,6 +76,7 @@ class Handlers:
         self.clusters = clusters
         self.metrics = metrics
         self.helm = HelmRunner(settings.helm_binary, settings.helm_timeout_s)
+        self.binding = TokenBinding.from_settings(settings)
         self._tools = types.ListToolsResult(tools=[tool_definition(s) for s in registry])
         self._schemas = {t.name: t.input_schema for t in self._tools.tools}
         self.client_log_level: str = "info"
@@ -119,6 +120,14 @@ class Handlers:
                         else ""
                     )
                 )
+            if self.binding.is_discovery(token):
+                raise ToolFailure(
+                    "token refused: the MCP Gateway's discovery credential lists tools, it "
+                    "cannot call them; call through the gateway with your own token"
+                )
+            refused = self.binding.problem(token)
+            if refused is not None:  # an argument's token (header tokens were checked already)
+                raise ToolFailure(f"token refused: {refused}")
             ctx_tool = ToolContext(
                 settings=self.settings,
                 clusters=self.clusters,

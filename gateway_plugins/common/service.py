@@ -14,6 +14,7 @@ import asyncio
 import logging
 import re
 import signal
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 ReadyCheck = Callable[[], Awaitable[None]]
 """A readiness check: returns when ready, raises (with a short, secret-free message) when not."""
@@ -94,6 +95,8 @@ SERVICE_METRICS = web.AppKey("kmg_metrics", ServiceMetrics)
 READINESS = web.AppKey("kmg_readiness", ReadinessChecks)
 SERVICE_NAME = web.AppKey("kmg_service", str)
 REQUEST_ID = web.RequestKey("kmg_request_id", str)
+# Set by an app that serves HTTPS (caller_auth mode mtls); :func:`serve` then listens with it.
+SERVER_SSL = web.AppKey("kmg_server_ssl", ssl.SSLContext)
 
 
 def json_error(
@@ -127,7 +130,7 @@ async def request_id_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id
     token = request_id_var.set(request_id)
     try:
@@ -312,9 +315,11 @@ async def serve(
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        context = app.get(SERVER_SSL)
+        site = web.TCPSite(runner, host, port, ssl_context=context)
         await site.start()
-        log.info("%s listening on http://%s:%d", app[SERVICE_NAME], host, port)
+        scheme = "https" if context is not None else "http"
+        log.info("%s listening on %s://%s:%d", app[SERVICE_NAME], scheme, host, port)
         await stop.wait()
         log.info("%s shutting down", app[SERVICE_NAME])
     finally:
@@ -322,7 +327,8 @@ async def serve(
 
 
 def run_app(app: web.Application, host: str, port: int, shutdown_timeout: float = 10.0) -> None:
-    """Blocking entry point for CLIs: serve until SIGTERM/SIGINT, then shut down gracefully."""
+    """Blocking entry point for CLIs: serve until SIGTERM/SIGINT, then shut down gracefully
+    (over HTTPS when the app set :data:`SERVER_SSL`)."""
 
     async def main() -> None:
         stop = asyncio.Event()

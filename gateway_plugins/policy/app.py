@@ -16,6 +16,11 @@ first (``common/host_origin.py``: DNS rebinding protection).
 
 Every answer, allow or deny, is JSON with an explicit ``allow`` and a ``reason``: Authorino does not
 look at the HTTP status of metadata calls, so a missing field must never read as "allow".
+
+``/check``, ``/v1/decide`` and ``/v1/filter`` answer only the gateway (``caller_auth``: a shared
+secret header or an mTLS client certificate; 403 ``caller_unauthenticated`` otherwise). A tool's
+annotations come from the catalogue when it knows the tool; the gateway's
+``x-mcp-annotation-hints`` (or the request's ``annotations``) only for tools it does not know.
 """
 
 from __future__ import annotations
@@ -33,14 +38,21 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
+from gateway_plugins.common.caller_auth import CallerAuthenticator, protect
 from gateway_plugins.common.host_origin import service_rule
 from gateway_plugins.common.http_client import make_client_session
 from gateway_plugins.common.jwks import JWKSCache
 from gateway_plugins.common.jwt_validation import InvalidToken, JWTValidator, ValidationUnavailable
-from gateway_plugins.common.service import SERVICE_METRICS, add_ready_check, create_base_app
+from gateway_plugins.common.service import (
+    SERVER_SSL,
+    SERVICE_METRICS,
+    add_ready_check,
+    create_base_app,
+)
 from gateway_plugins.policy import input as policy_input
 from gateway_plugins.policy.config import SERVICE, PolicySettings
 from gateway_plugins.policy.decision_log import DecisionLog
+from gateway_plugins.policy.engine_guard import verify_embedded
 from gateway_plugins.policy.engines import (
     DecisionEngine,
     EngineUnavailable,
@@ -139,8 +151,11 @@ class PolicyService:
         arguments: Mapping[str, Any] | None,
         prompt: str = "",
     ) -> tuple[bool, str]:
-        if not annotations and self.catalogue and tool:
-            annotations = policy_input.annotations_in(self.catalogue, server, tool)
+        # The catalogue (the servers' own tools/list) wins over what the request says about the
+        # tool: a hint is only used for a tool the catalogue does not know.
+        known = policy_input.catalogue_annotations(self.catalogue, server, tool)
+        if known is not None:
+            annotations = known
         doc = policy_input.call_input(
             method=method,
             server=server,
@@ -694,6 +709,11 @@ def build_source(settings: PolicySettings) -> PolicySource:
 
 
 def build_engine(settings: PolicySettings, source: PolicySource) -> DecisionEngine:
+    """The configured engine; the embedded one only after it proved to decide like OPA
+    (:mod:`gateway_plugins.policy.engine_guard`), else :class:`PolicySourceError`."""
+    if settings.engine == "embedded":
+        checked = verify_embedded(source, settings.policies_dir, settings.embedded_verify)
+        log.info("embedded engine verified: %s", checked.summary())
     token = None
     if settings.opa.token_file is not None:
         token = settings.opa.token_file.read_text(encoding="utf-8").strip()
@@ -724,6 +744,7 @@ def create_app(
             form=settings.wristband.form,
             key_id=settings.wristband.key_id,
         )
+    caller = CallerAuthenticator(settings.caller_auth)
     owns_engine = engine is None
     the_engine = engine if engine is not None else build_engine(settings, source)
     # The ext_authz check carries the original request's Host (Envoy's); the rest is checked.
@@ -733,6 +754,9 @@ def create_app(
         host_origin=service_rule(settings),
         unchecked_prefixes=("/check",),
     )
+    server_ssl = caller.server_ssl_context()
+    if server_ssl is not None:
+        app[SERVER_SSL] = server_ssl
     registry = app[SERVICE_METRICS].registry
     metrics = _Metrics(
         Counter(
@@ -795,10 +819,10 @@ def create_app(
 
     app[_SLOT] = _Slot()
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_route("*", "/check", check)
-    app.router.add_route("*", "/check/{tail:.*}", check)
-    app.router.add_post("/v1/decide", decide)
-    app.router.add_post("/v1/filter", filter_tools)
+    app.router.add_route("*", "/check", protect(check, caller))
+    app.router.add_route("*", "/check/{tail:.*}", protect(check, caller))
+    app.router.add_post("/v1/decide", protect(decide, caller))
+    app.router.add_post("/v1/filter", protect(filter_tools, caller))
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_get("/v1/wristband/public-key", public_key)
     return app

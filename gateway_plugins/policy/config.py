@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway_plugins.common.caller_auth import CallerAuthConfig
 from gateway_plugins.common.host_origin import (
     ALLOWED_HOSTS_DOC,
     ALLOWED_ORIGINS_DOC,
@@ -17,6 +18,7 @@ from gateway_plugins.common.host_origin import (
     OriginPatterns,
 )
 from gateway_plugins.common.jwt_validation import DEFAULT_ALGORITHMS, IssuerConfig
+from gateway_plugins.policy.engine_guard import EmbeddedVerifySettings
 from gateway_plugins.policy.wristband import WristbandForm
 
 SERVICE = "policy"
@@ -115,6 +117,12 @@ class PolicySettings(_Strict):
         description="Embedded engine: remember this many decisions (exact: same input, same "
         "policy); 0 turns the cache off.",
     )
+    embedded_verify: EmbeddedVerifySettings = Field(
+        default_factory=EmbeddedVerifySettings,
+        description="Embedded engine: before serving, its answers are checked against the "
+        "policy's test corpus and OPA (or a verification record); a policy rego-cpp evaluates "
+        "differently from OPA is refused at start.",
+    )
     opa: OpaSettings = Field(default_factory=OpaSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     wristband: WristbandSettings = Field(default_factory=WristbandSettings)
@@ -123,9 +131,17 @@ class PolicySettings(_Strict):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(default=1024 * 1024, gt=0, description="Largest request body.")
+    caller_auth: CallerAuthConfig = Field(
+        default_factory=CallerAuthConfig,
+        description="The credential the gateway (Envoy, Authorino, the combined check) presents "
+        "on /check, /v1/decide and /v1/filter.",
+    )
 
     @model_validator(mode="after")
     def _need_issuers(self) -> PolicySettings:
         if not self.auth.issuers:
             raise ValueError("auth.issuers: configure at least one trusted token issuer")
+        problem = self.caller_auth.problem()
+        if problem is not None:
+            raise ValueError(problem)
         return self

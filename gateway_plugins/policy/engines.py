@@ -327,13 +327,17 @@ class EmbeddedEngine:
 
     name = "embedded"
 
-    def __init__(self, source: PolicySource, *, cache_size: int = 4096) -> None:
+    def __init__(
+        self, source: PolicySource, *, cache_size: int = 4096, worker: bool = True
+    ) -> None:
+        """``worker`` False: one compiled policy for decisions and lists (it has its own lock),
+        e.g. for checking the policy at start, where compiling twice is wasted time."""
         self._source = source
         self._cache: OrderedDict[str, Decision] = OrderedDict()
         self._cache_size = cache_size
         self.cache_hits = 0
         self._inline = _Compiled(source)
-        self._worker = _Compiled(source)
+        self._worker = _Compiled(source) if worker else self._inline
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rego-list")
         self._index = _index(source.catalogue) if source.catalogue is not None else None
 
@@ -387,6 +391,10 @@ class EmbeddedEngine:
         return None
 
     async def close(self) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop the tool-list worker thread (the synchronous form of :meth:`close`)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 

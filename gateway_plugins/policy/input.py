@@ -31,12 +31,11 @@ from typing import Any
 BROKER_SERVER = "mcpBroker"
 
 # MCP tool names: 1-128 of [A-Za-z0-9_.-] (the spec's recommendation); servers are
-# "namespace/name" (Kubernetes names) or the broker's own name.
-_TOOL_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
-_SERVER_NAME = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,252}(/[A-Za-z0-9][A-Za-z0-9_.\-]{0,252})?$"
-)
-_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# "namespace/name" (Kubernetes names) or the broker's own name. Always used with fullmatch: with
+# re.match, "$" also matches before a final newline, so "kube-system\n" would pass as a name.
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+_SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,252}(/[A-Za-z0-9][A-Za-z0-9_.\-]{0,252})?")
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _UNSAFE_TEXT = re.compile(r"[\x00-\x1f\x7f\"\\]")
 
 # Hint spellings of x-mcp-annotation-hints and of MCP ToolAnnotations, to the policy's keys.
@@ -123,7 +122,7 @@ def normalize_annotations(raw: Mapping[str, Any] | None) -> Annotations:
 
 
 def check_tool_name(name: str) -> str:
-    if not _TOOL_NAME.match(name):
+    if not _TOOL_NAME.fullmatch(name):
         raise InputError(
             "x-mcp-toolname is not a valid MCP tool name (1-128 characters of A-Z a-z 0-9 _ . -)"
         )
@@ -131,7 +130,7 @@ def check_tool_name(name: str) -> str:
 
 
 def check_prompt_name(name: str) -> str:
-    if not _TOOL_NAME.match(name):
+    if not _TOOL_NAME.fullmatch(name):
         raise InputError(
             "x-mcp-promptname is not a valid MCP prompt name (1-128 characters of "
             "A-Z a-z 0-9 _ . -)"
@@ -140,7 +139,7 @@ def check_prompt_name(name: str) -> str:
 
 
 def check_server_name(name: str) -> str:
-    if not _SERVER_NAME.match(name):
+    if not _SERVER_NAME.fullmatch(name):
         raise InputError(
             "x-mcp-servername is not a valid server name (expected namespace/name or mcpBroker)"
         )
@@ -169,7 +168,7 @@ def check_arguments(arguments: Any) -> dict[str, Any]:
     if (
         namespace is not None
         and namespace != ""
-        and (not isinstance(namespace, str) or not _NAMESPACE.match(namespace))
+        and (not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace))
     ):
         raise InputError("argument 'namespace' is not a valid Kubernetes namespace name")
     return arguments
@@ -261,7 +260,7 @@ def parse_request_body(body: bytes) -> RequestBody:
     if not isinstance(params, dict):
         raise InputError("the request body is not a JSON-RPC request with params")
     name = params.get("name")
-    if not isinstance(name, str) or not _TOOL_NAME.match(name):
+    if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
         what = "tool" if method == "tools/call" else "prompt"
         raise InputError(
             f"params.name of the {method} body is not a valid MCP {what} name "
@@ -373,7 +372,7 @@ def catalogue_from_tools(tools: Iterable[Mapping[str, Any]]) -> list[dict[str, A
     seen: dict[str, dict[str, Any]] = {}
     for tool in tools:
         name = tool.get("name")
-        if not isinstance(name, str) or not _TOOL_NAME.match(name):
+        if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
             continue
         annotations = tool.get("annotations")
         seen[name] = ToolInfo(
@@ -400,13 +399,20 @@ def load_catalogue(doc: Mapping[str, Any]) -> Catalogue:
     return catalogue
 
 
-def annotations_in(catalogue: Catalogue | None, server: str, tool: str) -> Annotations:
-    """A tool's annotations from the catalogue, empty when unknown."""
+def catalogue_annotations(
+    catalogue: Catalogue | None, server: str, tool: str
+) -> Annotations | None:
+    """A tool's annotations from the catalogue; None when the catalogue does not know the tool."""
     for entry in (catalogue or {}).get(server, []):
         if entry.get("name") == tool:
-            found: Annotations = entry.get("annotations", {})
+            found: Annotations = dict(entry.get("annotations", {}))
             return found
-    return {}
+    return None
+
+
+def annotations_in(catalogue: Catalogue | None, server: str, tool: str) -> Annotations:
+    """A tool's annotations from the catalogue, empty when unknown."""
+    return catalogue_annotations(catalogue, server, tool) or {}
 
 
 def normalize_allowed(

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway_plugins.common.caller_auth import CallerAuthConfig
 from gateway_plugins.common.host_origin import (
     ALLOWED_HOSTS_DOC,
     ALLOWED_ORIGINS_DOC,
@@ -120,9 +121,16 @@ class TargetConfig(_Strict):
         description="'aud' the final token must carry (default: audience), checked at the end.",
     )
     skip_when: Literal["aud_contains", "aud_exact", "never"] = Field(
-        default="aud_contains",
-        description="Forward the caller's token unchanged when its 'aud' already contains the "
-        "target (aud_contains), is exactly the target (aud_exact), or always exchange (never).",
+        default="aud_exact",
+        description="Forward the caller's token unchanged when its 'aud' is exactly the target "
+        "(aud_exact), already contains it among others (aud_contains: the token then reaches "
+        "the target with every other audience it carries), or always exchange (never).",
+    )
+    subject_audiences: list[str] = Field(
+        default_factory=list,
+        description="The caller's token must carry one of these in 'aud' to get a token for this "
+        "target (e.g. the gateway's client id for an MCP server, the backend's for a "
+        "cross-domain cluster); empty: any token the validation accepts.",
     )
     allowed_scopes: list[str] = Field(
         default_factory=list,
@@ -180,6 +188,19 @@ class ExtAuthzConfig(_Strict):
         default_factory=lambda: ["mcpBroker"],
         description="Targets (or a missing header) that get the caller's validated token as is.",
     )
+    targets: list[str] = Field(
+        default_factory=list,
+        description="Targets /check and /ext-authz/combined issue tokens for: the MCP servers "
+        "the gateway routes (x-mcp-servername values). Other configured targets (e.g. a "
+        "cross-domain cluster) are issued only by POST /token to its authenticated clients; a "
+        "check naming one is refused (403 target_not_routable).",
+    )
+    audiences: list[str] = Field(
+        default_factory=list,
+        description="The caller's token at /check and /ext-authz/combined must carry one of these "
+        "in 'aud' (the gateway's client id, e.g. mcp-gateway), so a token issued for a server "
+        "behind the gateway cannot be replayed at it; empty: the validation audiences.",
+    )
     resource_metadata_url: str | None = Field(
         default=None,
         description="For WWW-Authenticate; default "
@@ -200,6 +221,18 @@ class ExtAuthzConfig(_Strict):
     policy_upstream_headers: list[str] = Field(
         default_factory=lambda: list(POLICY_UPSTREAM_HEADERS),
         description="Headers of the policy's 200 answer passed on (the signed tool list).",
+    )
+    policy_caller_secret_file: Path | None = Field(
+        default=None,
+        description="File holding the caller secret the policy service's check requires (sent "
+        "in policy_caller_header); unset: this service's own caller_auth secret.",
+    )
+    policy_caller_secret_env: str | None = Field(
+        default=None, description="Env var holding that secret (instead of the file)."
+    )
+    policy_caller_header: str = Field(
+        default="x-kmg-caller-secret",
+        description="Header the policy service reads the caller secret from.",
     )
 
     @field_validator("policy_url")
@@ -269,9 +302,28 @@ class Settings(_Strict):
     ext_authz: ExtAuthzConfig = Field(default_factory=ExtAuthzConfig)
     facade: FacadeConfig = Field(default_factory=FacadeConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    caller_auth: CallerAuthConfig = Field(
+        default_factory=CallerAuthConfig,
+        description="The credential the gateway presents on /check and /ext-authz/* (POST "
+        "/token authenticates its clients itself).",
+    )
+
+    @model_validator(mode="after")
+    def _caller_auth(self) -> Settings:
+        problem = self.caller_auth.problem()
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> Settings:
+        known = {t.audience for t in self.targets}
+        unknown = [t for t in self.ext_authz.targets if t not in known]
+        if unknown:
+            raise ValueError(
+                f"ext_authz.targets {unknown} are not configured under 'targets' "
+                f"(configured: {sorted(known)})"
+            )
         seen: set[str] = set()
         for target in self.targets:
             if target.audience in seen:

@@ -58,7 +58,7 @@ def subject_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _audiences(claims: Mapping[str, Any]) -> list[str]:
+def audiences_of(claims: Mapping[str, Any]) -> list[str]:
     aud = claims.get("aud")
     if isinstance(aud, str):
         return [aud]
@@ -115,12 +115,17 @@ class Exchanger:
         target = self.targets.resolve(audience)
         steps, scope = target.plan(scopes)
         if claims is None:  # opaque token, passthrough mode
-            if target.needs_exchange:
+            if target.needs_exchange or target.subject_audiences:
                 raise InvalidToken(
                     f"an opaque (non-JWT) token cannot be exchanged for '{target.audience}'"
                 )
             return self._count(target, ExchangeResult(subject_token, time.time() + 60, "unchanged"))
-        if not steps or target.already_satisfied_by(_audiences(claims)):
+        if not target.accepts_subject(audiences_of(claims)):
+            raise InvalidToken(
+                f"the token is not addressed to a caller that may obtain '{target.audience}' "
+                f"(its 'aud' must contain one of {sorted(target.subject_audiences)})"
+            )
+        if not steps or target.already_satisfied_by(audiences_of(claims)):
             expires_at = float(claims.get("exp", time.time()))
             return self._count(target, ExchangeResult(subject_token, expires_at, "unchanged"))
         key = (subject_key(subject_token), target.audience, scope)
@@ -158,7 +163,7 @@ class Exchanger:
                 raise ExchangeRefused(str(exc), _facade_error(exc.error)) from None
             current, issued_scope, expires_in = issued.access_token, issued.scope, issued.expires_in
         issued_claims = _peek(current)
-        if target.final_audience not in _audiences(issued_claims):
+        if target.final_audience not in audiences_of(issued_claims):
             raise ExchangeRefused(
                 f"the token service issued a token without audience '{target.final_audience}'; "
                 "check the target's audience mapper or 'expect_audience'"

@@ -12,7 +12,7 @@ class ExchangeMetrics:
         self.outcomes = Counter(
             "token_exchange_requests_total",
             "Token requests by target and outcome (hit, miss, coalesced, unchanged, refused, "
-            "invalid_token, unavailable, unknown_target).",
+            "invalid_token, unavailable, unknown_target, not_routable).",
             ["target", "outcome"],
             registry=registry,
         )

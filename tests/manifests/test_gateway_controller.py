@@ -109,6 +109,20 @@ async def broker_config(api: k8s.ApiClient) -> dict[str, Any]:
     return dict(yaml.safe_load(base64.b64decode(secret.data["config.yaml"])))
 
 
+def discovery_credential(gateway_objects: list[Obj]) -> str:
+    """The value of the Secret our MCPServerRegistration names as its credentialRef."""
+    reg = find(gateway_objects, "MCPServerRegistration")
+    ref = reg["spec"]["credentialRef"]
+    secret = next(
+        o
+        for o in gateway_objects
+        if o["kind"] == "Secret"
+        and o["metadata"]["name"] == ref["name"]
+        and o["metadata"]["namespace"] == reg["metadata"]["namespace"]
+    )
+    return str(secret["stringData"][ref["key"]])
+
+
 def servers_by_name(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {s["name"]: s for s in config.get("servers") or []}
 
@@ -329,19 +343,37 @@ async def test_controller_refuses_a_registration_without_its_route(
 
 # -- the broker on that configuration ----------------------------------------------------------
 @pytest.fixture(scope="module")
-async def backend_url(cluster_a: Cluster, testbed_run_dir: Path) -> AsyncIterator[str]:
-    """The real ``mcp-backend`` serving cluster A on a free port."""
+async def backend_url(
+    cluster_a: Cluster, testbed_run_dir: Path, gateway_objects: list[Obj]
+) -> AsyncIterator[str]:
+    """The real ``mcp-backend`` serving cluster A on a free port, with the token binding of
+    ``manifests/base`` and, as its discovery credential, the value of the registration's
+    credentialRef Secret (what the controller hands the broker)."""
     from tests.testbed.mcp_gateway.stack import console_script
 
     folder = testbed_run_dir / "mcp-gateway-controller"
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    base = await asyncio.to_thread(render.render, "base")
+    binding_keys = ("accepted_audiences", "authorized_parties", "opaque_tokens")
+    manifest_config = yaml.safe_load(
+        next(
+            o
+            for o in base
+            if o["kind"] == "ConfigMap" and "mcp-backend-config" in o["metadata"]["name"]
+        )["data"]["config.yaml"]
+    )
+    discovery = folder / "discovery.token"
+    discovery.write_text(discovery_credential(gateway_objects))
+    discovery.chmod(0o600)
     config = folder / "backend.yaml"
     config.write_text(
         yaml.safe_dump(
             {
                 "host": "127.0.0.1",
                 "port": port,
+                **{key: manifest_config[key] for key in binding_keys},
+                "discovery_credential_file": str(discovery),
                 "helm_binary": str(build.binary("helm")),
                 "clusters": [
                     {
@@ -423,8 +455,12 @@ async def broker(
 async def test_broker_lists_our_backend_tools_with_the_registration_prefix(
     broker: str, backend_url: str, keycloak: SessionKeycloak, registered: dict[str, Any]
 ) -> None:
+    """The broker discovers through the backend's token binding with the credential the
+    controller gave it (issue 14: the backend takes no token that is not exchanged for it, and
+    the broker's discovery bearer for listing only)."""
     token = await keycloak.auser_token("mcp", "mcp")
-    async with session(f"{backend_url}/mcp", token) as direct:
+    exchanged = (await keycloak.aexchange(token, audience=BACKEND_AUDIENCE))["access_token"]
+    async with session(f"{backend_url}/mcp", exchanged) as direct:
         backend_tools = {t.name for t in (await direct.list_tools()).tools}
     assert backend_tools, "the backend lists no tools"
     prefix = servers_by_name(registered)[BACKEND_AUDIENCE]["prefix"]
@@ -440,3 +476,45 @@ async def test_broker_lists_our_backend_tools_with_the_registration_prefix(
     names = await wait_for("the broker listing the backend's tools", federated, within=60)
     assert names - expected <= BROKER_META_TOOLS, f"unexpected tools {names - expected}"
     assert not names & backend_tools, "an un-prefixed backend tool leaked into the list"
+
+
+async def test_the_broker_is_the_workload_the_manifests_admit(
+    registered: dict[str, Any], cluster_a: Cluster
+) -> None:
+    """Issue 14's layer-4 and mesh rules name the broker by namespace + pod labels
+    (NetworkPolicy) and by ServiceAccount (Istio principal): they are the ones of the Deployment
+    the real controller created, so the rules admit the broker's discovery and nothing else."""
+    async with cluster_a.admin_client() as api:
+        deployment = await k8s.AppsV1Api(api).read_namespaced_deployment(
+            BROKER_DEPLOYMENT[1], BROKER_DEPLOYMENT[0]
+        )
+    labels = deployment.spec.template.metadata.labels or {}
+    account = deployment.spec.template.spec.service_account_name
+    base = await asyncio.to_thread(render.render, "base")
+    backend_rule = next(
+        o
+        for o in base
+        if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "mcp-backend-from-gateway"
+    )
+    peers = [peer for rule in backend_rule["spec"]["ingress"] for peer in rule["from"]]
+    broker_peers = [
+        p
+        for p in peers
+        if p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        == BROKER_DEPLOYMENT[0]
+    ]
+    assert len(broker_peers) == 1, peers
+    assert broker_peers[0]["podSelector"]["matchLabels"].items() <= labels.items()
+    istio = await asyncio.to_thread(render.render, "overlays/istio-ext-authz")
+    backend_allow = next(
+        o
+        for o in istio
+        if o["kind"] == "AuthorizationPolicy" and o["metadata"]["name"] == "mcp-backend-callers"
+    )
+    principals = {
+        p
+        for rule in backend_allow["spec"]["rules"]
+        for f in rule["from"]
+        for p in f["source"]["principals"]
+    }
+    assert f"cluster.local/ns/{BROKER_DEPLOYMENT[0]}/sa/{account}" in principals

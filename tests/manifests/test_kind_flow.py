@@ -14,6 +14,7 @@ operator's ``Istio`` kind, whose CRD cannot be fetched here: it is checked again
 from __future__ import annotations
 
 import base64
+import copy
 import os
 import re
 import subprocess
@@ -152,9 +153,27 @@ def test_istio_resource_matches_its_sources(stages: dict[str, list[Obj]]) -> Non
         (paths.REPO_ROOT / "manifests/overlays/istio-ext-authz/mesh-config.yaml").read_text()
     )
     providers = istio["spec"]["values"]["meshConfig"]["extensionProviders"]
-    assert providers == mesh["meshConfig"]["extensionProviders"]
-    (policy,) = [o for o in stages["services"] if o["kind"] == "AuthorizationPolicy"]
-    assert policy["spec"]["provider"]["name"] in {p["name"] for p in providers}
+    # the caller secret (issue 14): a placeholder in the overlay, the kind overlay's demo Secret
+    # here, so the gateway's checks are answered
+    (provider,) = providers
+    added = provider["envoyExtAuthzHttp"].pop("includeAdditionalHeadersInCheck")
+    (template,) = copy.deepcopy(mesh["meshConfig"]["extensionProviders"])
+    placeholder = template["envoyExtAuthzHttp"].pop("includeAdditionalHeadersInCheck")
+    assert provider == template
+    assert set(added) == set(placeholder) == {"x-kmg-caller-secret"}
+    assert placeholder["x-kmg-caller-secret"].startswith("<value of Secret")
+    (secret,) = [
+        o
+        for o in stages["services"]
+        if o["kind"] == "Secret" and o["metadata"]["name"].startswith("gateway-caller-secret")
+    ]
+    assert base64.b64decode(secret["data"]["secret"]).decode() == added["x-kmg-caller-secret"]
+    (policy,) = [
+        o
+        for o in stages["services"]
+        if o["kind"] == "AuthorizationPolicy" and o["spec"].get("action") == "CUSTOM"
+    ]
+    assert policy["spec"]["provider"]["name"] == provider["name"]
 
 
 def test_mcp_gateway_stage_is_the_release_the_testbed_runs(
@@ -235,7 +254,9 @@ async def test_crd_stages_serve_every_kind_the_flow_uses(
         for o in stages[stage]
         if "." in o["apiVersion"].split("/")[0]
         and not o["apiVersion"].endswith("istio.io/v1")
-        and not o["apiVersion"].startswith(("apps/", "rbac.authorization.k8s.io/"))
+        and not o["apiVersion"].startswith(
+            ("apps/", "rbac.authorization.k8s.io/", "networking.k8s.io/")
+        )
     }
     assert used, "no custom kind in the flow: the check would be empty"
     assert used <= served, f"not served by the Kind CRDs: {used - served}"

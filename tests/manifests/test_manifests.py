@@ -113,6 +113,15 @@ def service_url_target(objs: list[Obj], url: str) -> tuple[Obj, int]:
     return svc, port
 
 
+def custom_authorization_policies(objs: list[Obj]) -> list[Obj]:
+    """The Istio AuthorizationPolicies that delegate to an ext_authz provider (action CUSTOM)."""
+    return [
+        o
+        for o in objs
+        if o["kind"] == "AuthorizationPolicy" and o["spec"].get("action") == "CUSTOM"
+    ]
+
+
 def realm(name: str) -> dict[str, Any]:
     return dict(
         json.loads((paths.REPO_ROOT / "manifests" / "keycloak" / f"realm-{name}.json").read_text())
@@ -462,9 +471,7 @@ def test_only_the_exact_metadata_paths_skip_auth(rendered: dict[str, list[Obj]])
     assert listed == METADATA_PATHS
     for obj in rendered["overlays/kuadrant"]:
         assert "startsWith('/.well-known" not in json.dumps(obj)
-    (policy,) = [
-        o for o in rendered["overlays/istio-ext-authz"] if o["kind"] == "AuthorizationPolicy"
-    ]
+    (policy,) = custom_authorization_policies(rendered["overlays/istio-ext-authz"])
     (rule,) = policy["spec"]["rules"]
     (to,) = rule["to"]
     assert set(to["operation"]) == {"notPaths"}, "auth applies to every path but the two"
@@ -493,7 +500,7 @@ def test_istio_uses_one_combined_provider(rendered: dict[str, list[Obj]], tmp_pa
     folder = paths.REPO_ROOT / "manifests" / "overlays" / "istio-ext-authz"
     mesh = yaml.safe_load((folder / "mesh-config.yaml").read_text())
     (provider,) = mesh["meshConfig"]["extensionProviders"]
-    policies = [o for o in objs if o["kind"] == "AuthorizationPolicy"]
+    policies = custom_authorization_policies(objs)
     assert len(policies) == 1, "one CUSTOM provider per gateway workload (Istio < 1.30)"
     (policy,) = policies
     assert policy["spec"]["action"] == "CUSTOM"
@@ -627,6 +634,249 @@ def test_every_caller_uses_a_host_its_service_accepts(
     assert rules["mcp-backend"].origin_allowed(f"{public.scheme}://{public.netloc}")
 
 
+# -- issue 14: who may reach and ask each service ---------------------------------------------
+GATEWAY_CLIENT = keycloak.GATEWAY_CLIENT_ID  # the audience of users' tokens, azp of exchanged ones
+# The callers of a default install (the Kind Gateway; the MCP Gateway controller's broker
+# Deployment, checked against the real controller in test_gateway_controller.py).
+GATEWAY_PODS = ("gateway-system", {"gateway.networking.k8s.io/gateway-name": "mcp-gateway"})
+BROKER_PODS = ("mcp-system", {"app.kubernetes.io/name": "mcp-gateway"})
+AUTHORINO_NAMESPACE = "kuadrant-system"
+GATEWAY_PRINCIPAL = "cluster.local/ns/gateway-system/sa/mcp-gateway-istio"
+BROKER_PRINCIPAL = "cluster.local/ns/mcp-system/sa/mcp-gateway"
+
+
+def _peers(policy: Obj) -> set[tuple[str | None, tuple[tuple[str, str], ...]]]:
+    """(namespace or None = the policy's own, pod labels) of every ``from`` peer."""
+    out: set[tuple[str | None, tuple[tuple[str, str], ...]]] = set()
+    for rule in policy["spec"]["ingress"]:
+        assert [p["port"] for p in rule["ports"]] == ["http"], policy["metadata"]["name"]
+        for peer in rule["from"]:
+            assert set(peer) <= {"namespaceSelector", "podSelector"}, peer
+            ns = peer.get("namespaceSelector")
+            namespace = ns["matchLabels"]["kubernetes.io/metadata.name"] if ns else None
+            pods = (peer.get("podSelector") or {}).get("matchLabels", {})
+            out.add((namespace, tuple(sorted(pods.items()))))
+    return out
+
+
+def test_network_policies_admit_only_the_gateway_path(rendered: dict[str, list[Obj]]) -> None:
+    """Issue 14: any pod could call the backend's /mcp, the policy's /check and the token
+    exchange's /check directly. Default deny in kmg-system; each service admits only its callers;
+    the pod selectors are the labels the rendered Deployments really carry."""
+    objs = rendered["base"]
+    policies = {o["metadata"]["name"]: o for o in objs if o["kind"] == "NetworkPolicy"}
+    deny = policies.pop("default-deny-ingress")
+    assert deny["metadata"]["namespace"] == SERVICE_NAMESPACE
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    pod_labels = {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+        for d in deployments(objs)
+    }
+    by_service: dict[str, Obj] = {}
+    for policy in policies.values():
+        assert policy["metadata"]["namespace"] == SERVICE_NAMESPACE
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        selector = policy["spec"]["podSelector"]["matchLabels"]
+        selected = [n for n, labels in pod_labels.items() if selector.items() <= labels.items()]
+        assert len(selected) == 1, (policy["metadata"]["name"], selected)
+        by_service[selected[0]] = policy
+    assert set(by_service) == set(SERVICES), "every service has its ingress rule"
+
+    def own(service: str) -> tuple[None, tuple[tuple[str, str], ...]]:
+        return (None, (("app.kubernetes.io/name", service),))
+
+    gateway = (GATEWAY_PODS[0], tuple(sorted(GATEWAY_PODS[1].items())))
+    broker = (BROKER_PODS[0], tuple(sorted(BROKER_PODS[1].items())))
+    authorino = (AUTHORINO_NAMESPACE, ())
+    assert _peers(by_service["mcp-backend"]) == {gateway, broker}
+    assert _peers(by_service["token-exchange"]) == {gateway, authorino, own("mcp-backend")}
+    assert _peers(by_service["policy"]) == {gateway, authorino, own("token-exchange")}
+    for service in SERVICES:  # the "own" peers select real pods of the same namespace
+        assert pod_labels[service]["app.kubernetes.io/name"] == service
+    # the Kind Gateway is the one the selectors name (Istio labels its pods with its name)
+    kind_gateway = yaml.safe_load_all(
+        (paths.REPO_ROOT / "manifests" / "kind" / "gateway.yaml").read_text()
+    )
+    (gw,) = [o for o in kind_gateway if o and o["kind"] == "Gateway"]
+    assert (gw["metadata"]["namespace"], gw["metadata"]["name"]) == (
+        GATEWAY_PODS[0],
+        GATEWAY_PODS[1]["gateway.networking.k8s.io/gateway-name"],
+    )
+    assert GATEWAY_PRINCIPAL.endswith(
+        f"/sa/{gw['metadata']['name']}-{gw['spec']['gatewayClassName']}"
+    )
+    for target in render.TARGETS:
+        if target.startswith("overlays/"):
+            names = {
+                o["metadata"]["name"] for o in rendered[target] if o["kind"] == "NetworkPolicy"
+            }
+            assert names == {"default-deny-ingress", *policies}, target
+
+
+def test_istio_overlay_requires_mtls_from_known_principals(rendered: dict[str, list[Obj]]) -> None:
+    """The mesh layer of issue 14: STRICT mTLS in kmg-system and an ALLOW policy per service
+    naming the principals (ServiceAccounts) that may call which paths."""
+    objs = rendered["overlays/istio-ext-authz"]
+    (peer,) = [o for o in objs if o["kind"] == "PeerAuthentication"]
+    assert peer["metadata"]["namespace"] == SERVICE_NAMESPACE
+    assert peer["spec"] == {"mtls": {"mode": "STRICT"}}
+    namespace = find(objs, "Namespace", SERVICE_NAMESPACE)
+    assert namespace["metadata"]["labels"]["istio-injection"] == "enabled"
+    allows = {
+        o["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]: o
+        for o in objs
+        if o["kind"] == "AuthorizationPolicy" and o["spec"].get("action") == "ALLOW"
+    }
+    assert set(allows) == set(SERVICES)
+
+    def sa(service: str) -> str:
+        deploy = find(objs, "Deployment", service, SERVICE_NAMESPACE)
+        account = deploy["spec"]["template"]["spec"]["serviceAccountName"]
+        return f"cluster.local/ns/{SERVICE_NAMESPACE}/sa/{account}"
+
+    def rules(service: str) -> list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]:
+        policy = allows[service]
+        assert policy["metadata"]["namespace"] == SERVICE_NAMESPACE
+        out = []
+        for rule in policy["spec"]["rules"]:
+            (source,) = rule["from"]
+            (to,) = rule["to"]
+            op = to["operation"]
+            assert set(source["source"]) == {"principals"}, "identities, never namespaces/IPs"
+            out.append(
+                (
+                    tuple(sorted(source["source"]["principals"])),
+                    tuple(op.get("methods", [])),
+                    tuple(op["paths"]),
+                )
+            )
+        return out
+
+    assert rules("mcp-backend") == [
+        (tuple(sorted([GATEWAY_PRINCIPAL, BROKER_PRINCIPAL])), (), ("/mcp",))
+    ]
+    assert rules("token-exchange") == [
+        ((GATEWAY_PRINCIPAL,), (), ("/ext-authz/combined", "/ext-authz/combined/*")),
+        ((sa("mcp-backend"),), ("POST",), ("/token",)),
+    ]
+    assert rules("policy") == [((sa("token-exchange"),), (), ("/check", "/check/*"))]
+    # the Kind flow runs without sidecars (no istio-cni): its namespace stays out of the mesh
+    kind_ns = find(rendered["overlays/kind"], "Namespace", SERVICE_NAMESPACE)
+    assert "istio-injection" not in kind_ns["metadata"].get("labels", {})
+
+
+def _loaded(rendered: dict[str, list[Obj]], target: str, tmp_path: Path) -> dict[str, Any]:
+    objs = rendered[target]
+    return {
+        "policy": load_plugin_settings(
+            PolicySettings,
+            "policy",
+            config_file=write_config(tmp_path / "p", config_of(objs, "policy")),
+            environ={},
+        ),
+        "token-exchange": load_plugin_settings(
+            TokenExchangeSettings,
+            "token-exchange",
+            config_file=write_config(tmp_path / "t", config_of(objs, "token-exchange")),
+            environ={},
+        ),
+        "mcp-backend": backend_config.load_settings(
+            write_config(tmp_path / "b", config_of(objs, "mcp-backend")), environ={}
+        ),
+    }
+
+
+@pytest.mark.parametrize("target", ["base", "overlays/istio-ext-authz", "overlays/kind"])
+def test_services_demand_the_gateway_credential_and_bound_tokens(
+    rendered: dict[str, list[Obj]], tmp_path: Path, target: str
+) -> None:
+    """Issue 14 in the configs the services really load: the checks demand the caller secret
+    (mounted from one Secret into both plugins), every issuer has audiences, /check issues only
+    the routed server, forwards a token only when exactly for it, and the backend refuses tokens
+    not exchanged for it (the broker's discovery credential mounted for listing)."""
+    for folder in ("p", "t", "b"):
+        (tmp_path / folder).mkdir()
+    objs = rendered[target]
+    loaded = _loaded(rendered, target, tmp_path)
+    policy: PolicySettings = loaded["policy"]
+    exchange: TokenExchangeSettings = loaded["token-exchange"]
+    backend: backend_config.Settings = loaded["mcp-backend"]
+    for name, settings in (("policy", policy), ("token-exchange", exchange)):
+        caller = settings.caller_auth
+        assert caller.mode == "secret", name
+        assert caller.secret_file is not None
+        _, volume = mount_for(
+            find(objs, "Deployment", name, SERVICE_NAMESPACE), name, str(caller.secret_file)
+        )
+        assert volume["secret"]["secretName"].startswith("gateway-caller-secret"), name
+    assert policy.caller_auth.header == exchange.caller_auth.header == "x-kmg-caller-secret"
+    issuers = [*policy.auth.issuers, *exchange.validation.issuers]
+    assert issuers
+    assert all(i.audiences and not i.allow_any_audience for i in issuers)
+    assert exchange.ext_authz.audiences == [GATEWAY_CLIENT]
+    assert exchange.ext_authz.targets == [BACKEND_AUDIENCE], "cluster-b only from POST /token"
+    targets = {t.audience: t for t in exchange.targets}
+    assert targets[BACKEND_AUDIENCE].skip_when == "aud_exact"
+    assert targets[BACKEND_AUDIENCE].subject_audiences == [GATEWAY_CLIENT]
+    assert targets["cluster-b"].subject_audiences == [BACKEND_AUDIENCE]
+    assert backend.accepted_audiences == [BACKEND_AUDIENCE]
+    assert backend.authorized_parties == [GATEWAY_CLIENT]
+    assert backend.opaque_tokens == "reject"
+    assert backend.discovery_credential_file is not None
+    _, volume = mount_for(
+        find(objs, "Deployment", "mcp-backend", SERVICE_NAMESPACE),
+        "mcp-backend",
+        str(backend.discovery_credential_file),
+    )
+    assert volume["secret"]["secretName"].startswith("mcp-backend-discovery")
+    assert "items" not in volume["secret"]
+    assert backend.discovery_credential_file.name == "token", "the Secret's key"
+
+
+def test_kind_demo_credentials_are_consistent(rendered: dict[str, list[Obj]]) -> None:
+    """The kind overlay's demo Secrets: the backend's discovery bearer is the one the MCP
+    Gateway's registration sends (its credentialRef Secret); the caller secret has a value."""
+    import base64
+
+    objs = rendered["overlays/kind"]
+    discovery = generated(objs, "Secret", "mcp-backend-discovery")
+    registration = find(objs, "MCPServerRegistration")
+    ref = registration["spec"]["credentialRef"]
+    controller_secret = find(objs, "Secret", ref["name"], registration["metadata"]["namespace"])
+    sent = controller_secret["stringData"][ref["key"]]
+    assert base64.b64decode(discovery["data"]["token"]).decode() == sent
+    caller = generated(objs, "Secret", "gateway-caller-secret")
+    assert len(base64.b64decode(caller["data"]["secret"])) >= 16
+
+
+def test_kuadrant_overlay_presents_the_caller_secret_and_checks_the_audience(
+    rendered: dict[str, list[Obj]], tmp_path: Path
+) -> None:
+    """Authorino calls /v1/decide with the policy's caller secret (a Secret in its namespace,
+    in the header the policy reads) and requires the caller's token to be for the gateway: a
+    token exchanged for a server is not replayable through either route (run for real by
+    tests/e2e/test_authorino.py)."""
+    (tmp_path / "p").mkdir()
+    policy_settings = load_plugin_settings(
+        PolicySettings,
+        "policy",
+        config_file=write_config(tmp_path / "p", config_of(rendered["base"], "policy")),
+        environ={},
+    )
+    policies = [o for o in rendered["overlays/kuadrant"] if o["kind"] == "AuthPolicy"]
+    assert len(policies) == 2
+    for policy in policies:
+        rules = policy["spec"]["rules"]
+        decide = rules["metadata"]["policy"]["http"]
+        assert decide["sharedSecretRef"] == {"name": "kmg-policy-caller", "key": "secret"}
+        assert decide["credentials"] == {
+            "customHeader": {"name": policy_settings.caller_auth.header}
+        }
+        (audience,) = rules["authorization"]["gateway-audience"]["patternMatching"]["patterns"]
+        assert audience["predicate"].startswith("has(auth.identity.aud) && ")
+        assert f"'{GATEWAY_CLIENT}' in auth.identity.aud" in audience["predicate"]
+
+
 def test_dockerfile_builds_one_nonroot_image_per_service(rendered: dict[str, list[Obj]]) -> None:
     text = (paths.REPO_ROOT / "Dockerfile").read_text()
     stages = {
@@ -684,7 +934,9 @@ def test_crds_cover_every_kind_we_use(
         for objs in rendered.values()
         for o in objs
         if "." in o["apiVersion"].split("/")[0]
-        and not o["apiVersion"].startswith(("apps/", "rbac.authorization.k8s.io/"))
+        and not o["apiVersion"].startswith(
+            ("apps/", "rbac.authorization.k8s.io/", "networking.k8s.io/")
+        )
     }
     assert custom, "no custom kind rendered: the check would be empty"
     assert custom - served == set(), "a custom kind lacks its CRD"
@@ -799,8 +1051,28 @@ async def test_crd_validation_is_live(rendered: dict[str, list[Obj]], applier: K
         await applier.apply(no_auth, dry_run=True)
     istio_objs, istio_ns = remap_namespaces(rendered["overlays/istio-ext-authz"])
     await ensure_namespaces(applier, istio_ns)
-    authz = copy.deepcopy(next(o for o in istio_objs if o["kind"] == "AuthorizationPolicy"))
+    authz = copy.deepcopy(custom_authorization_policies(istio_objs)[0])
     authz["spec"]["action"] = "CUSTOMISED"
     with pytest.raises(ApplyError) as bad_action:
         await applier.apply(authz, dry_run=True)
     assert bad_action.value.status in (400, 422)
+    # issue 14's objects are validated too: mTLS mode enum, principals' field name, and a
+    # NetworkPolicy peer (built-in schema)
+    peer = copy.deepcopy(next(o for o in istio_objs if o["kind"] == "PeerAuthentication"))
+    peer["spec"]["mtls"]["mode"] = "STRICTEST"
+    with pytest.raises(ApplyError, match="STRICTEST"):
+        await applier.apply(peer, dry_run=True)
+    allow = copy.deepcopy(
+        next(
+            o
+            for o in istio_objs
+            if o["kind"] == "AuthorizationPolicy" and o["spec"].get("action") == "ALLOW"
+        )
+    )
+    allow["spec"]["rules"][0]["from"][0]["source"]["principal"] = ["x"]
+    with pytest.raises(ApplyError, match="principal"):
+        await applier.apply(allow, dry_run=True)
+    netpol = copy.deepcopy(next(o for o in istio_objs if o["kind"] == "NetworkPolicy"))
+    netpol["spec"]["policyTypes"] = ["Sideways"]
+    with pytest.raises(ApplyError, match="Sideways"):
+        await applier.apply(netpol, dry_run=True)

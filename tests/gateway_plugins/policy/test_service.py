@@ -27,6 +27,7 @@ from gateway_plugins.policy.app import service_of
 from gateway_plugins.policy.engines import EmbeddedEngine
 from gateway_plugins.policy.wristband import LEGACY_HEADER, verify
 from tests.gateway_plugins.policy.running import (
+    CALLER_HEADERS,
     CHANGING_TOOLS,
     READ_ONLY_TOOLS,
     SERVER,
@@ -46,7 +47,9 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=30), headers=CALLER_HEADERS
+    ) as session:
         yield session
 
 

@@ -11,8 +11,9 @@ What starts, next to a running testbed (Keycloak, clusters A and B):
    overlay authenticates as, and the policy service signing both tool-list header forms (as
    ``manifests/base`` configures it);
 3. the overlay's two AuthPolicies translated into AuthConfigs as Kuadrant does
-   (``tests/testbed/kuadrant_authconfig.py``), the ``sharedSecretRef`` Secret with the facade
-   client's HTTP Basic credentials, both applied and reported ready by Authorino.
+   (``tests/testbed/kuadrant_authconfig.py``), the ``sharedSecretRef`` Secrets (the facade
+   client's HTTP Basic credentials; the gateway's caller secret for the policy service), all
+   applied and reported ready by Authorino.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ FACADE_CLIENT_ID = "authorino"
 FACADE_CLIENT_SECRET = "authorino-facade-secret-demo-only"  # test-only credential
 # sharedSecretRef of the overlay -> what it must hold: base64("authorino:<secret>") (see overlay)
 SHARED_SECRET = ("kmg-token-exchange-client", "authorization")
+# issue 14: the overlay's policy calls present the gateway's caller secret (policy caller_auth)
+CALLER_SECRET_REF = ("kmg-policy-caller", "secret")
 SERVED_TIMEOUT = 60.0
 PROBE_TOOL = "configuration_contexts_list"  # answers without calling any API server
 
@@ -176,11 +179,12 @@ def wait_served(
     )
 
 
-def authorino_layer(grpc_port: int) -> Callable[[Mapping[str, int]], AuthLayer]:
+def authorino_layer(grpc_port: int) -> Callable[[Mapping[str, int], str], AuthLayer]:
     """The gateway's auth layer: Authorino, the backend AuthConfig on the servers' routes and
-    the broker AuthConfig on the gateway's ``/mcp``."""
+    the broker AuthConfig on the gateway's ``/mcp``. Envoy calls no plugin check here: Authorino
+    presents the caller secret itself (the overlay's ``sharedSecretRef``)."""
 
-    def layer(_ports: Mapping[str, int]) -> AuthLayer:
+    def layer(_ports: Mapping[str, int], _caller_secret: str) -> AuthLayer:
         return authorino_auth(
             grpc_port,
             server_authconfig=AUTHCONFIG_HOSTS[BACKEND_POLICY],
@@ -210,6 +214,12 @@ def facade_secret_object() -> dict[str, Any]:
     return authorino_mod.opaque_secret(name, NAMESPACE, {key: basic})
 
 
+def caller_secret_object(gateway: LocalGateway) -> dict[str, Any]:
+    """The Secret the overlay's ``policy`` calls read: the stack's caller secret."""
+    name, key = CALLER_SECRET_REF
+    return authorino_mod.opaque_secret(name, NAMESPACE, {key: gateway.caller_secret})
+
+
 def environment(gateway: LocalGateway, keycloak: kc.Keycloak) -> Environment:
     """The testbed's addresses for the overlay's environment-specific strings."""
     issuer = keycloak.issuer(REALM_MCP)
@@ -224,7 +234,7 @@ def environment(gateway: LocalGateway, keycloak: kc.Keycloak) -> Environment:
 def _configure(gateway: LocalGateway, keycloak: kc.Keycloak) -> dict[str, dict[str, Any]]:
     authconfigs = overlay_authconfigs(environment(gateway, keycloak), NAMESPACE, AUTHCONFIG_HOSTS)
     refs = {ref for config in authconfigs.values() for ref in shared_secret_refs(config["spec"])}
-    if refs != {SHARED_SECRET}:
+    if refs != {SHARED_SECRET, CALLER_SECRET_REF}:
         raise OverlayMismatch(f"the overlay's sharedSecretRefs changed: {sorted(refs)}")
     return authconfigs
 
@@ -268,7 +278,7 @@ def start_authorino_gateway(
             authorino_mod.apply_authconfigs(
                 cluster_a,
                 list(authconfigs.values()),
-                [facade_secret_object()],
+                [facade_secret_object(), caller_secret_object(gateway)],
                 authorino=authorino,
             )
         )

@@ -60,12 +60,11 @@ def servers_config(servers: Sequence[GatewayServer], credential: str) -> dict[st
 
 
 def write_config(
-    directory: Path, servers: Sequence[GatewayServer], secrets_dir: Path
+    directory: Path, servers: Sequence[GatewayServer], secrets_dir: Path, *, credential: str
 ) -> tuple[Path, str]:
-    """The servers file (0600: it holds the discovery credential) and the signing key."""
-    credential = f"Bearer broker-discovery-{secrets.token_urlsafe(24)}"
+    """The servers file (0600: it holds the discovery ``credential``, ``Bearer <token>``, which
+    the backends accept for listing only) and the signing key."""
     signing_key = secrets.token_urlsafe(48)
-    leak_scan.register_secret(credential.split(" ", 1)[1], "broker discovery credential")
     leak_scan.register_secret(signing_key, "GATEWAY_SIGNING_KEY of the local gateway")
     path = directory / "mcp-gateway-servers.yaml"
     path.write_text(yaml.safe_dump(servers_config(servers, credential), sort_keys=False))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import secrets as token_secrets
 import sys
 import time
 import urllib.request
@@ -32,7 +33,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tests.testbed import build, envoy_proxy, paths, process
+from tests.testbed import build, envoy_proxy, leak_scan, paths, process
 from tests.testbed import keycloak as kc
 from tests.testbed.cluster import Cluster, JWTIssuer, start_clusters_parallel
 from tests.testbed.identity_plan import (
@@ -73,6 +74,12 @@ CLUSTER_B_TARGET = "cluster-b"  # audience the backend asks the token service fo
 FACADE_CLIENT_ID = "mcp-backend"
 FACADE_CLIENT_SECRET = "mcp-backend-facade-secret-demo-only"
 BROKER_ROUTER = "mcp-gateway"  # services[...] name of the broker/router process
+# -- issue 14: who may ask the checks, and which tokens each service accepts ---------------------
+# The gateway presents CALLER_HEADER (a secret made per stack) on every check request; both
+# plugins' caller_auth require it. User tokens (client mcp-cli) are addressed to GATEWAY_AUDIENCE;
+# the tokens the gateway exchanges for a server carry aud = the server, azp = GATEWAY_AUDIENCE.
+CALLER_HEADER = "x-kmg-caller-secret"
+GATEWAY_AUDIENCE = kc.GATEWAY_CLIENT_ID
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,8 @@ SERVICES = (
 )
 
 Progress = Callable[[str], None]
-AuthFactory = Callable[[Mapping[str, int]], AuthLayer]  # service ports -> the auth layer
+# (service ports, the gateway's caller secret) -> the auth layer
+AuthFactory = Callable[[Mapping[str, int], str], AuthLayer]
 T = TypeVar("T")
 
 
@@ -179,6 +187,12 @@ class LocalGateway:
     broker_port: int = 0
     owns_testbed: bool = False
     subdir: str = "gateway"
+    caller_secret: str = ""  # the gateway's credential at the plugins' checks (CALLER_HEADER)
+
+    @property
+    def caller_headers(self) -> dict[str, str]:
+        """The header the gateway adds to every check request (for tests that play the gateway)."""
+        return {CALLER_HEADER: self.caller_secret}
 
     @property
     def gateway_dir(self) -> Path:
@@ -324,8 +338,13 @@ def _backend_config(
     issuer: str,
     token_exchange_port: int,
     facade_secret: Path,
+    discovery_credential: Path,
 ) -> dict[str, Any]:
-    """Settings of one backend: the one cluster it serves (cluster B through the exchange)."""
+    """Settings of one backend: the one cluster it serves (cluster B through the exchange).
+
+    Token binding (issue 14): only tokens the gateway exchanged for this server (aud = its name,
+    azp = the gateway's client) and the broker's discovery credential (listing only) are
+    accepted; a user's own token or another server's sent around the gateway gets 401."""
     if plan.cluster == "cluster-b":
         entry = _cluster_entry(
             cluster,
@@ -351,6 +370,10 @@ def _backend_config(
         # straight to 127.0.0.1:<port>, a loopback name the backend accepts anyway.
         "allowed_hosts": [plan.hostname],
         "authorization_servers": [issuer],
+        "accepted_audiences": [plan.name],
+        "authorized_parties": [GATEWAY_AUDIENCE],
+        "opaque_tokens": "reject",
+        "discovery_credential_file": str(discovery_credential),
         "helm_binary": str(build.binary("helm")),
         "clusters": [entry],
     }
@@ -365,12 +388,23 @@ def _token_exchange_config(
     facade_secret: Path,
     extra_facade_clients: Mapping[str, str],
     metadata_url: str,
+    caller_auth: Mapping[str, Any],
 ) -> dict[str, Any]:
+    """Audiences (issue 14): user tokens are addressed to the gateway (``/check`` takes no other);
+    server B's tokens (exchanged for it) reach ``POST /token`` for cluster B, the only caller
+    that may get a cluster-b token; ``/check`` issues tokens for the routed servers only."""
     return {
         "host": "127.0.0.1",
         "port": port,
         "ca_file": str(ca_file),
-        "validation": {"issuers": [{"issuer": keycloak.issuer(REALM_MCP)}]},
+        "validation": {
+            "issuers": [
+                {
+                    "issuer": keycloak.issuer(REALM_MCP),
+                    "audiences": [GATEWAY_AUDIENCE, SERVER_B_AUDIENCE],
+                }
+            ]
+        },
         "sts": {
             "mcp": {
                 "token_url": keycloak.token_url(REALM_MCP),
@@ -390,11 +424,18 @@ def _token_exchange_config(
         "targets": [
             # One target per MCP server: x-mcp-servername = the server's Keycloak client id.
             *(
-                {"audience": plan.name, "steps": [{"sts": "mcp"}], "skip_when": "aud_exact"}
+                {
+                    "audience": plan.name,
+                    "steps": [{"sts": "mcp"}],
+                    "skip_when": "aud_exact",
+                    "subject_audiences": [GATEWAY_AUDIENCE],
+                }
                 for plan in SERVER_PLANS
             ),
             {
                 "audience": CLUSTER_B_TARGET,
+                # only server B's tokens (it serves cluster B); POST /token only
+                "subject_audiences": [SERVER_B_AUDIENCE],
                 "steps": [
                     {"sts": "mcp", "audience": [keycloak.issuer(REALM_CLUSTER_B)]},
                     {"sts": "cluster-b", "grant": "jwt_bearer"},
@@ -415,13 +456,23 @@ def _token_exchange_config(
                 ),
             ]
         },
-        "ext_authz": {"resource_metadata_url": metadata_url},
+        "ext_authz": {
+            "resource_metadata_url": metadata_url,
+            "targets": [plan.name for plan in SERVER_PLANS],
+            "audiences": [GATEWAY_AUDIENCE],
+        },
+        "caller_auth": dict(caller_auth),
     }
 
 
-def plugin_auth_layer(ports: Mapping[str, int]) -> AuthLayer:
-    """The default auth layer: our token exchange, then our policy, as HTTP ext_authz filters."""
-    return envoy_config.plugin_auth(ports["token-exchange"], ports["policy"])
+def plugin_auth_layer(ports: Mapping[str, int], caller_secret: str) -> AuthLayer:
+    """The default auth layer: our token exchange, then our policy, as HTTP ext_authz filters;
+    Envoy adds the gateway's caller credential to every check request."""
+    return envoy_config.plugin_auth(
+        ports["token-exchange"],
+        ports["policy"],
+        check_headers=[{"key": CALLER_HEADER, "value": caller_secret}],
+    )
 
 
 # -- start --------------------------------------------------------------------------------------
@@ -471,6 +522,17 @@ def start_gateway(
     opa = OpaServer(gw_dir, load=[], name="opa-policy")
     services: dict[str, Service] = {}
     started: list[Service] = []
+    caller_secret = token_secrets.token_urlsafe(32)
+    leak_scan.register_secret(caller_secret, "gateway caller secret")
+    caller_auth = {
+        "mode": "secret",
+        "header": CALLER_HEADER,
+        "secret_file": str(_write_secret(secrets, "caller.secret", caller_secret)),
+    }
+    # The broker's discovery bearer: the backends accept it for listing only (never a call).
+    discovery_token = f"broker-discovery-{token_secrets.token_urlsafe(24)}"
+    leak_scan.register_secret(discovery_token, "broker discovery credential")
+    discovery_file = _write_secret(secrets, "discovery.credential", discovery_token)
     try:
         if policy_engine == "opa":
             progress("starting OPA (policy engine)")
@@ -489,6 +551,7 @@ def start_gateway(
                     issuer=keycloak.issuer(REALM_MCP),
                     token_exchange_port=ports["token-exchange"],
                     facade_secret=facade_secret,
+                    discovery_credential=discovery_file,
                 ),
             )
             services[plan.service] = Service(
@@ -510,6 +573,7 @@ def start_gateway(
                 facade_secret=facade_secret,
                 extra_facade_clients=extra_facade_clients or {},
                 metadata_url=metadata_url,
+                caller_auth=caller_auth,
             ),
         )
         services["token-exchange"] = Service(
@@ -528,9 +592,12 @@ def start_gateway(
         # -- policy (its catalogue: each backend's real tools/list) -----------------------------
         signing_key, public_key = _wristband_key(secrets)
         catalogue_file = gw_dir / "catalogue.json"
-        token = keycloak.user_token("mcp", DEMO_USERS["mcp"])
+        # listed with the discovery credential, as the broker does (no user token reaches a
+        # backend directly: they accept only tokens exchanged for them)
         catalogue = {
-            server.name: _fetch_tools(f"http://127.0.0.1:{server.backend_port}/mcp", token)
+            server.name: _fetch_tools(
+                f"http://127.0.0.1:{server.backend_port}/mcp", discovery_token
+            )
             for server in servers
         }
         catalogue_file.write_text(json.dumps(catalogue, indent=1))
@@ -544,10 +611,17 @@ def start_gateway(
                 "catalogue_file": str(catalogue_file),
                 "opa": {"url": opa.url, "load_policies": True},
                 "auth": {
-                    "issuers": [{"issuer": keycloak.issuer(REALM_MCP)}],
+                    # the users' tokens (broker route: lists) and the tokens exchanged for a server
+                    "issuers": [
+                        {
+                            "issuer": keycloak.issuer(REALM_MCP),
+                            "audiences": [GATEWAY_AUDIENCE, *(p.name for p in SERVER_PLANS)],
+                        }
+                    ],
                     "ca_file": str(ca_file),
                     "resource_metadata_url": metadata_url,
                 },
+                "caller_auth": caller_auth,
                 "wristband": {"signing_key_file": str(signing_key), "form": wristband_form},
                 "decision_log": str(gw_dir / "policy-decisions.jsonl"),
             },
@@ -564,7 +638,9 @@ def start_gateway(
         router_ports = broker_router.BrokerRouterPorts(
             router=ports[BROKER_ROUTER], broker=ports["broker"], metrics=ports["broker-metrics"]
         )
-        servers_file, gateway_signing_key = broker_router.write_config(gw_dir, servers, secrets)
+        servers_file, gateway_signing_key = broker_router.write_config(
+            gw_dir, servers, secrets, credential=f"Bearer {discovery_token}"
+        )
         services[BROKER_ROUTER] = Service(
             BROKER_ROUTER,
             broker_router.argv(
@@ -594,7 +670,7 @@ def start_gateway(
             router_port=router_ports.router,
             broker_port=router_ports.broker,
             servers=servers,
-            auth=auth(ports),
+            auth=auth(ports, caller_secret),
         )
         envoy = envoy_proxy.EnvoyProxy(
             gw_dir,
@@ -620,6 +696,7 @@ def start_gateway(
         servers=servers,
         broker_port=ports["broker"],
         subdir=subdir,
+        caller_secret=caller_secret,
     )
 
 
