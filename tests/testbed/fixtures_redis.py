@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.testbed import leak_scan
 from tests.testbed.fixtures_identity import record_startup
 from tests.testbed.nginx_server import NginxStaticServer
 from tests.testbed.redis_server import RedisServer
@@ -28,6 +29,7 @@ from tests.testbed.redis_server import RedisServer
 @pytest.fixture(scope="session")
 def redis_server(testbed_run_dir: Path) -> Iterator[RedisServer]:
     server = RedisServer(testbed_run_dir).start()
+    leak_scan.register_secret(server.password, "the testbed Redis password")
     try:
         yield server
     finally:
