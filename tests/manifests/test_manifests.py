@@ -608,7 +608,7 @@ async def test_restricted_pod_security_admits_every_pod(
     for account in (o for o in objs if o["kind"] == "ServiceAccount"):
         await applier.apply(account, dry_run=False)
     pods = [(o["metadata"]["namespace"], o) for o in deployments(objs)]
-    assert {d["metadata"]["name"] for _, d in pods} == {*SERVICES, "keycloak"}
+    assert {d["metadata"]["name"] for _, d in pods} == {*SERVICES, "keycloak", "redis"}
     for namespace, deploy in pods:
         labels = (namespaces[namespace] or {}).get("metadata", {}).get("labels", {})
         assert labels.get("pod-security.kubernetes.io/enforce") == "restricted", namespace
