@@ -246,12 +246,12 @@ class SharedTokenCache:
         await self._redis.aclose()
 
     # -- names and values ------------------------------------------------------------------
-    def _names(self, parts: Sequence[str]) -> list[tuple[CacheKey, str]]:
+    def _names(self, parts: Sequence[str]) -> tuple[list[tuple[CacheKey, str]], str]:
+        """The entry's name under each key (newest first) and its lock's name."""
         prefix = self._cfg.key_prefix
-        return [(key, f"{prefix}t:{entry_digest(key, parts)}") for key in self._keys]
-
-    def _lock_name(self, parts: Sequence[str]) -> str:
-        return f"{self._cfg.key_prefix}l:{entry_digest(self._keys[0], parts)}"
+        digests = [(key, entry_digest(key, parts)) for key in self._keys]
+        names = [(key, f"{prefix}t:{digest}") for key, digest in digests]
+        return names, f"{prefix}l:{digests[0][1]}"
 
     async def _read(self, names: list[tuple[CacheKey, str]]) -> tuple[Exchanged, float] | None:
         values = await self._redis.mget([name for _, name in names])
@@ -288,8 +288,7 @@ class SharedTokenCache:
         if not self.available:
             self._count("fallback")
             return await fetch()
-        names = self._names(parts)
-        lock = self._lock_name(parts)
+        names, lock = self._names(parts)
         owner = secrets.token_urlsafe(16)
         try:
             found, holding = await self._find_or_lock(names, lock, owner)
@@ -321,7 +320,14 @@ class SharedTokenCache:
                 return found, False
             first = False
             if await self._redis.set(lock, owner, nx=True, px=self._lock_ttl_ms):
-                return None, True
+                # The holder before us may have stored and released between our read and our
+                # lock: look once more before exchanging.
+                found = await self._read(names)
+                if found is None:
+                    return None, True
+                await self._release(keys=[lock], args=[owner])
+                self._count("waited")
+                return found, False
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None, False
