@@ -103,7 +103,7 @@ async def test_two_issuers_with_the_same_subject_never_share_a_cached_answer(
     token_a = first.token(sub, resource_access={SERVER: {"roles": ["pods_list"]}})
     token_b = second.token(sub, resource_access={SERVER: {"roles": ["pods_list"]}})
     async with running_policy(settings) as svc, aiohttp.ClientSession() as http:
-        engine = service_of(svc.app).engine
+        engine = service_of(svc.app).engine.current  # in force (LiveEngine wraps it)
         assert isinstance(engine, EmbeddedEngine)
         assert (await _call(http, svc.url, token_a))[0] == 200
         hits = engine.cache_hits
