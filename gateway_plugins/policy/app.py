@@ -25,6 +25,8 @@ annotations come from the catalogue when it knows the tool; the gateway's
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
@@ -60,9 +63,17 @@ from gateway_plugins.policy.engines import (
     PolicyError,
     PolicySource,
     create_engine,
-    load_policy_source,
 )
 from gateway_plugins.policy.input import Catalogue, HeaderMismatch, InputError
+from gateway_plugins.policy.live_engine import LiveEngine
+from gateway_plugins.policy.reloader import (
+    AwaitingPolicy,
+    PolicyReloader,
+    ReloadMetrics,
+    load_file_source,
+    make_poller,
+    reloading_enabled,
+)
 from gateway_plugins.policy.wristband import (
     SignedList,
     WristbandSigner,
@@ -114,6 +125,13 @@ class PolicyService:
     catalogue: Catalogue | None
     metrics: _Metrics
     _wristbands: OrderedDict[str, tuple[float, SignedList]] = field(default_factory=OrderedDict)
+    _policy_generation: int = 0
+
+    def policy_changed(self, source: PolicySource) -> None:
+        """A reload put ``source`` in force: nothing computed from the old policy is reused."""
+        self._policy_generation += 1
+        self._wristbands.clear()
+        self.catalogue = source.catalogue
 
     # -- tokens --------------------------------------------------------------------------------
     async def claims_of(self, authorization: str | None) -> dict[str, Any]:
@@ -223,10 +241,11 @@ class PolicyService:
             self._wristbands.move_to_end(key)
             return cached[1]
         # The engine uses data.mcp.catalogue (loaded at start), not a per-request copy.
+        generation = self._policy_generation
         allowed = await self.allowed_tools(claims, None)
         prompts = await self.allowed_prompts(claims)
         signed = self.signer.sign(allowed, prompts=prompts, subject=_subject(claims))
-        if ttl > 0:
+        if ttl > 0 and generation == self._policy_generation:  # not from a replaced policy
             self._wristbands[key] = (now, signed)
             while len(self._wristbands) > _WRISTBAND_CACHE_SIZE:
                 self._wristbands.popitem(last=False)
@@ -282,6 +301,7 @@ class _Slot:
     """Holds the service, created once the event loop runs (it owns an HTTP session)."""
 
     service: PolicyService | None = None
+    reloader: PolicyReloader | None = None
 
 
 _SLOT = web.AppKey("policy_service", _Slot)
@@ -292,6 +312,11 @@ def service_of(app: web.Application) -> PolicyService:
     if service is None:
         raise web.HTTPServiceUnavailable(reason="policy service is starting")
     return service
+
+
+def reloader_of(app: web.Application) -> PolicyReloader | None:
+    """The app's policy reloader (None when it does not reload, or before it starts)."""
+    return app[_SLOT].reloader
 
 
 def _answer(
@@ -703,9 +728,8 @@ def load_catalogue_file(path: Path | None) -> Catalogue | None:
 
 
 def build_source(settings: PolicySettings) -> PolicySource:
-    return load_policy_source(
-        settings.policies_dir, settings.data_dirs, load_catalogue_file(settings.catalogue_file)
-    )
+    """The policy files (a mounted ConfigMap read at one version: see :mod:`.reloader`)."""
+    return load_file_source(settings, load_catalogue_file)
 
 
 def build_engine(settings: PolicySettings, source: PolicySource) -> DecisionEngine:
@@ -727,14 +751,60 @@ def build_engine(settings: PolicySettings, source: PolicySource) -> DecisionEngi
     return create_engine(settings.engine, source, options, cache_size=settings.decision_cache_size)
 
 
+@dataclass
+class _Reloading:
+    """The reloader's background task and the bundle service's connection pool."""
+
+    task: asyncio.Task[None]
+    session: aiohttp.ClientSession | None
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        if self.session is not None:
+            await self.session.close()
+
+
+async def _start_reloader(
+    app: web.Application,
+    settings: PolicySettings,
+    live: LiveEngine,
+    service: PolicyService,
+    source: PolicySource | None,
+    metrics: ReloadMetrics,
+) -> _Reloading:
+    session = None
+    if settings.bundle.url is not None:
+        session = make_client_session(
+            ca_file=settings.bundle.ca_file, timeout_s=settings.bundle.timeout_s
+        )
+    reloader = PolicyReloader(
+        settings,
+        live,
+        build=lambda new: build_engine(settings, new),
+        read_catalogue=load_catalogue_file,
+        on_change=service.policy_changed,
+        metrics=metrics,
+        active=source,
+        poller=make_poller(settings, session) if session is not None else None,
+    )
+    app[_SLOT].reloader = reloader
+    if source is None:
+        await reloader.check()  # the first bundle before serving (decisions 503 until then)
+    return _Reloading(asyncio.create_task(reloader.run()), session)
+
+
 def create_app(
     settings: PolicySettings,
     *,
     engine: DecisionEngine | None = None,
     decision_log: DecisionLog | None = None,
 ) -> web.Application:
-    """The service; ``engine`` may be passed in (tests share one), otherwise built from settings."""
-    source = build_source(settings)
+    """The service; ``engine`` may be passed in (tests share one; it is never reloaded),
+    otherwise built from settings and kept current by a :class:`PolicyReloader`."""
+    # bundle.url: the policy comes from the bundle service once the service runs
+    source = build_source(settings) if settings.bundle.url is None else None
     signer = None
     if settings.wristband.signing_key_file is not None:
         signer = WristbandSigner(
@@ -746,7 +816,17 @@ def create_app(
         )
     caller = CallerAuthenticator(settings.caller_auth)
     owns_engine = engine is None
-    the_engine = engine if engine is not None else build_engine(settings, source)
+    the_engine: DecisionEngine
+    live: LiveEngine | None = None
+    if engine is not None:
+        the_engine = engine
+    else:
+        first = (
+            build_engine(settings, source)
+            if source is not None
+            else AwaitingPolicy(settings.engine, str(settings.bundle.url))
+        )
+        the_engine = live = LiveEngine(first)
     # The ext_authz check carries the original request's Host (Envoy's); the rest is checked.
     app = create_base_app(
         SERVICE,
@@ -773,6 +853,7 @@ def create_app(
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
         ),
     )
+    reload_metrics = ReloadMetrics.register(registry)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         session = make_client_session(ca_file=settings.auth.ca_file, timeout_s=5.0)
@@ -792,11 +873,20 @@ def create_app(
             else DecisionLog(settings.decision_log, enabled=settings.decision_log is not None)
         )
         service = PolicyService(
-            settings, the_engine, validator, signer, log_sink, source.catalogue, metrics
+            settings,
+            the_engine,
+            validator,
+            signer,
+            log_sink,
+            source.catalogue if source is not None else None,
+            metrics,
         )
         app[_SLOT].service = service
         if owns_engine:
             await the_engine.start()
+        reloading = None
+        if live is not None and reloading_enabled(settings):
+            reloading = await _start_reloader(app, settings, live, service, source, reload_metrics)
 
         async def engine_ready() -> None:
             await the_engine.check_ready()
@@ -810,6 +900,8 @@ def create_app(
         try:
             yield
         finally:
+            if reloading is not None:
+                await reloading.stop()
             if owns_engine:
                 await the_engine.close()
             if decision_log is None:

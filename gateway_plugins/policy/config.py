@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway_plugins.common.caller_auth import CallerAuthConfig
 from gateway_plugins.common.host_origin import (
@@ -90,6 +91,62 @@ class AuthSettings(_Strict):
     )
 
 
+class ReloadSettings(_Strict):
+    """Policy changes at run time, from files (e.g. mounted ConfigMaps)."""
+
+    watch_files: bool = Field(
+        default=True,
+        description="Watch policies_dir, data_dirs and catalogue_file and reload the policy "
+        "when they change (a mounted ConfigMap's ..data swap included); a policy that does not "
+        "load is refused and the last good one kept.",
+    )
+    interval_s: float = Field(
+        default=1.0, gt=0, le=300, description="How often the files are checked."
+    )
+
+
+class BundleSettings(_Strict):
+    """An OPA bundle service as the policy's source (instead of policies_dir / data_dirs)."""
+
+    url: str | None = Field(
+        default=None,
+        description="Bundle URL (tar.gz as opa build or mcp-policy bundle writes it); set: the "
+        "policy and its data come from it, polled with If-None-Match/ETag as OPA does, and "
+        "decisions are refused (503) until the first bundle is loaded.",
+    )
+    min_delay_s: float = Field(
+        default=1.0, gt=0, le=3600, description="Shortest wait between two polls."
+    )
+    max_delay_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="Longest wait between two polls (random in between).",
+    )
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="Timeout of one download.")
+    max_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        gt=0,
+        description="Largest bundle, downloaded and unpacked; larger ones are refused.",
+    )
+    token_file: Path | None = Field(
+        default=None, description="Bearer token file for the bundle service."
+    )
+    ca_file: Path | None = Field(default=None, description="CA bundle for an https bundle URL.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"bundle.url {value!r} must be an http(s) URL")
+        if parts.username or parts.password:
+            raise ValueError("bundle.url must not carry credentials; use bundle.token_file")
+        return value.strip()
+
+
 class PolicySettings(_Strict):
     """The policy service."""
 
@@ -124,6 +181,8 @@ class PolicySettings(_Strict):
         "differently from OPA is refused at start.",
     )
     opa: OpaSettings = Field(default_factory=OpaSettings)
+    reload: ReloadSettings = Field(default_factory=ReloadSettings)
+    bundle: BundleSettings = Field(default_factory=BundleSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     wristband: WristbandSettings = Field(default_factory=WristbandSettings)
     decision_log: str | None = Field(

@@ -101,7 +101,7 @@ def load_policy_source(
         raise PolicySourceError(f"policy directory {policies_dir} does not exist")
     modules: dict[str, str] = {}
     for path in sorted(policies_dir.rglob("*.rego")):
-        if path.name.endswith("_test.rego"):
+        if path.name.endswith("_test.rego") or _in_volume_internals(path, policies_dir):
             continue
         try:
             modules[path.relative_to(policies_dir).as_posix()] = path.read_text(encoding="utf-8")
@@ -124,6 +124,12 @@ def load_policy_source(
                 origin[key] = path
     _check_strings(config, "data.mcp.config")
     return PolicySource(modules, config, catalogue)
+
+
+def _in_volume_internals(path: Path, root: Path) -> bool:
+    """A file under a mounted ConfigMap's ``..data`` / ``..<timestamp>`` folders: the same files
+    again (the visible names are links into them), not extra modules."""
+    return any(part.startswith("..") for part in path.relative_to(root).parts[:-1])
 
 
 _UNSAFE = re.compile(r'[\x00-\x1f"\\]')
@@ -244,7 +250,7 @@ class _Compiled:
             self._bundle = self._interp.build(None, [f"{PACKAGE}/{e}" for e in entrypoints])
         except RegoError as exc:
             raise PolicySourceError(
-                f"the embedded engine cannot compile the policy: {_first_line(exc)}"
+                f"the embedded engine cannot compile the policy: {_rego_errors(exc, source)}"
             ) from None
         if not self._bundle.ok():
             raise PolicySourceError("the embedded engine could not build the policy bundle")
@@ -267,6 +273,19 @@ class _Compiled:
                 f"data.{PACKAGE.replace('/', '.')}.{entrypoint} is undefined for this input"
             )
         return results[0].expressions[0]
+
+
+_REGO_ERROR = re.compile(r"\(error \d+:([^|\s]+)\|(\d+)\|\d+\s+\(errormsg \d+:([^)]*)\)")
+
+
+def _rego_errors(exc: Exception, source: PolicySource) -> str:
+    """rego-cpp's error S-expression as ``file:line: message; ...`` (first line otherwise)."""
+    found = []
+    for name, offset, message in _REGO_ERROR.findall(str(exc))[:3]:
+        text = source.modules.get(name)
+        line = text.count("\n", 0, int(offset)) + 1 if text is not None else "?"
+        found.append(f"{name}:{line}: {message.strip()}")
+    return "; ".join(found) if found else _first_line(exc)
 
 
 def _first_line(exc: Exception) -> str:
@@ -451,6 +470,21 @@ class OpaServerEngine:
             await self._ensure_loaded(force=True)
         except EngineUnavailable as exc:
             log.warning("OPA not reachable at start; will retry on each request: %s", exc)
+
+    async def reload(self, source: PolicySource) -> None:
+        """Push ``source`` in place of the current policy (a run-time reload). When OPA refuses
+        it or cannot be reached, the previous policy is pushed back and the error raised."""
+        previous = self._source
+        self._source = source
+        try:
+            await self._ensure_loaded(force=True)
+        except EngineUnavailable:
+            self._source = previous
+            try:
+                await self._ensure_loaded(force=True)
+            except EngineUnavailable as exc:
+                log.warning("could not push the previous policy back into OPA: %s", exc)
+            raise
 
     async def _replace_session_with_ca(self, ca_file: Path) -> None:
         from gateway_plugins.common.http_client import make_ssl_context

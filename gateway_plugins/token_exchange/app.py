@@ -48,6 +48,12 @@ from gateway_plugins.token_exchange.exchanger import Exchanger, ExchangeRefused,
 from gateway_plugins.token_exchange.facade import handle_token_request
 from gateway_plugins.token_exchange.metrics import ExchangeMetrics
 from gateway_plugins.token_exchange.policy_client import PolicyClient
+from gateway_plugins.token_exchange.redis_cache import (
+    SharedCacheMaterial,
+    SharedTokenCache,
+    load_material,
+    open_shared_cache,
+)
 from gateway_plugins.token_exchange.sts_client import STSClient, STSUnavailable
 from gateway_plugins.token_exchange.targets import TargetRegistry, UnknownTarget
 
@@ -70,6 +76,7 @@ class Runtime:
     jwks: JWKSCache | None = None
     sts: dict[str, STSClient] = field(default_factory=dict)
     policy: PolicyClient | None = None  # set when ext_authz.policy_url is configured
+    shared_cache: SharedTokenCache | None = None  # set when cache.backend is redis
 
     def require(self) -> Exchanger:
         if self.exchanger is None:
@@ -164,6 +171,7 @@ def build_exchanger(runtime: Runtime, session: Any) -> Exchanger:
         cache=settings.cache,
         opaque_tokens=validation.opaque_tokens,
         metrics=runtime.metrics,
+        shared=runtime.shared_cache,
     )
 
 
@@ -186,10 +194,15 @@ def create_app(settings: Settings) -> web.Application:
     server_ssl = caller.server_ssl_context()
     if server_ssl is not None:
         app[SERVER_SSL] = server_ssl
+    shared: SharedCacheMaterial | None = None
+    if settings.cache.backend == "redis":
+        shared = load_material(settings.cache.redis)  # missing secrets fail the start
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         timeout = max([s.timeout_s for s in settings.sts.values()] + [3.0]) + 1.0
         session = make_client_session(ca_file=settings.ca_file, timeout_s=timeout)
+        if shared is not None:
+            runtime.shared_cache = await _open_shared(settings, shared, runtime.metrics)
         runtime.exchanger = build_exchanger(runtime, session)
         ext_authz = settings.ext_authz
         if ext_authz.policy_url is not None:
@@ -207,6 +220,9 @@ def create_app(settings: Settings) -> web.Application:
             runtime.exchanger = None
             runtime.policy = None
             await session.close()
+            if runtime.shared_cache is not None:
+                await runtime.shared_cache.close()
+                runtime.shared_cache = None
 
     app.cleanup_ctx.append(lifecycle)
     add_ready_check(app, "jwks", lambda: _jwks_ready(runtime))
@@ -218,6 +234,22 @@ def create_app(settings: Settings) -> web.Application:
     if settings.facade.enabled:
         app.router.add_post("/token", token_endpoint)
     return app
+
+
+async def _open_shared(
+    settings: Settings, material: SharedCacheMaterial, metrics: ExchangeMetrics
+) -> SharedTokenCache:
+    """The Redis pool; an unreachable Redis is logged, not fatal (the memory cache serves)."""
+    cache = open_shared_cache(settings.cache.redis, material, metrics=metrics)
+    if await cache.ping():
+        log.info("shared token cache: Redis at %s", settings.cache.redis.url)
+    if material.password is None:
+        log.warning(
+            "shared token cache: no cache.redis.password_file/_env; Redis at %s is used "
+            "without authentication",
+            settings.cache.redis.url,
+        )
+    return cache
 
 
 async def _jwks_ready(runtime: Runtime) -> None:

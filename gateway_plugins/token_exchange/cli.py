@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
 
             load_credentials(settings)
             CallerAuthenticator(settings.caller_auth).server_ssl_context()
+            if settings.cache.backend == "redis":
+                from gateway_plugins.token_exchange.redis_cache import load_material
+
+                load_material(settings.cache.redis)
             print(
                 f"ok: {len(settings.validation.issuers)} issuer(s), {len(settings.sts)} token "
                 f"service(s), targets {[t.audience for t in settings.targets]}, "

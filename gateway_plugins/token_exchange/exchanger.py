@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import jwt
 
@@ -53,6 +53,14 @@ class ExchangeResult:
         return max(0, int(self.expires_at - time.time()))
 
 
+class SharedCache(Protocol):
+    """A cache shared by replicas behind the memory cache (:mod:`.redis_cache`)."""
+
+    async def get_or_fetch(
+        self, parts: Sequence[str], fetch: Callable[[], Awaitable[tuple[Exchanged, float]]]
+    ) -> tuple[Exchanged, float]: ...
+
+
 def subject_key(token: str) -> str:
     """Cache key part for a subject token: its SHA-256 (the token itself is never stored)."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -79,8 +87,10 @@ class Exchanger:
         cache: CacheConfig,
         opaque_tokens: Literal["reject", "passthrough"] = "reject",
         metrics: ExchangeMetrics | None = None,
+        shared: SharedCache | None = None,
     ) -> None:
         self.validator = validator
+        self._shared = shared
         self.targets = targets
         self._sts = dict(sts)
         self._cache_cfg = cache
@@ -131,8 +141,16 @@ class Exchanger:
         key = (subject_key(subject_token), target.audience, scope)
         subject_exp = float(claims["exp"])
 
-        async def fetch() -> tuple[Exchanged, float]:
+        async def exchange_here() -> tuple[Exchanged, float]:
             return await self._run_steps(subject_token, target, steps, subject_exp)
+
+        async def fetch() -> tuple[Exchanged, float]:
+            if self._shared is None:
+                return await exchange_here()
+            # The target's hops are part of the shared entry's name: replicas running another
+            # configuration of the same audience never share tokens.
+            parts = (subject_token, target.audience, scope, f"{target.final_audience}{steps!r}")
+            return await self._shared.get_or_fetch(parts, exchange_here)
 
         exchanged, source = await self.cache.get_or_fetch(key, fetch)
         if self._metrics is not None:

@@ -848,7 +848,7 @@ async def test_tool_arguments_beyond_the_policys_never_reach_opa(
 async def test_decision_cache_key_ignores_arguments_the_policy_does_not_read(
     http: aiohttp.ClientSession, service: RunningPolicy, mcp_token: str, viewer_token: str
 ) -> None:
-    engine = service_of(service.app).engine
+    engine = service_of(service.app).engine.current  # in force (LiveEngine wraps it)
     assert isinstance(engine, EmbeddedEngine)
     tool = "resources_create_or_update"
     headers = _headers(mcp_token, "tools/call", tool)

@@ -117,7 +117,7 @@ async def test_two_issuers_with_the_same_subject_never_share_a_cached_answer(
         running_policy(settings) as svc,
         aiohttp.ClientSession(headers=CALLER_HEADERS) as http,
     ):
-        engine = service_of(svc.app).engine
+        engine = service_of(svc.app).engine.current  # in force (LiveEngine wraps it)
         assert isinstance(engine, EmbeddedEngine)
         assert (await _call(http, svc.url, token_a))[0] == 200
         hits = engine.cache_hits
