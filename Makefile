@@ -57,10 +57,14 @@ clean: ## Remove the venv, caches and testbed run state (not the component cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # =================================================================================================
-# Kind: the services and Keycloak on a local Kind cluster whose API server trusts Keycloak realm
-# "mcp" (structured AuthenticationConfiguration, manifests/kind/). Needs a Docker engine; `kind`
-# is installed into .testbed/kind/bin from the Go module proxy when not on PATH. Generated files
-# (demo CA, Keycloak certificate, policy signing key, rendered Kind config) live in .testbed/kind/.
+# Kind: the real MCP Gateway on Istio in front of the services, as the MCP Gateway's own local
+# environment sets it up (its `make local-env-setup`: Gateway API CRDs, Istio through the Sail
+# operator, the MCP Gateway), plus Keycloak, on a Kind cluster whose API server trusts realm "mcp"
+# (structured AuthenticationConfiguration, manifests/kind/). Needs a Docker engine and the network
+# (images, the Sail operator's chart); `kind` is installed into .testbed/kind/bin from the Go
+# module proxy when not on PATH. Every manifest comes from tests/manifests/kind_flow.py, stage by
+# stage (the tests send the same stages to a testbed API server); generated files (demo CA,
+# Keycloak certificate, policy signing key, rendered Kind config) live in .testbed/kind/.
 # =================================================================================================
 KIND_CLUSTER  ?= kmg
 KIND_DIR      := $(CURDIR)/.testbed/kind
@@ -71,6 +75,11 @@ KIND_SERVICES := mcp-backend token-exchange policy
 KIND_PKI      := $(KIND_DIR)/pki
 KEYCLOAK_HOST := keycloak.keycloak.svc.cluster.local
 KEYCLOAK_IP   := 10.96.200.10
+KIND_FLOW     := $(PY) -m tests.manifests.kind_flow --pki $(KIND_PKI)
+KIND_APPLY    := $(KIND_KUBECTL) apply --server-side --force-conflicts -f -
+SAIL_VERSION  = $(shell $(PY) -c 'from tests.testbed import versions; print(versions.KIND_SAIL_OPERATOR)')
+SAIL_CHART    = https://github.com/istio-ecosystem/sail-operator/releases/download/$(SAIL_VERSION)/sail-operator-$(SAIL_VERSION).tgz
+MCP_WAIT      := --timeout=300s
 
 .PHONY: kind-up kind-deploy kind-demo kind-down
 
@@ -87,7 +96,7 @@ $(KIND_PKI)/ca.crt:
 	openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out $(KIND_PKI)/policy-signing.pem
 	chmod 600 $(KIND_PKI)/*.key $(KIND_PKI)/policy-signing.pem
 
-kind-up: $(STAMP) $(KIND_PKI)/ca.crt ## Create the Kind cluster (its API server trusts realm mcp)
+kind-up: $(STAMP) $(KIND_PKI)/ca.crt ## Kind cluster (API server trusts realm mcp) + Gateway API + Istio
 	@command -v $(KIND) >/dev/null || { mkdir -p $(KIND_DIR)/bin && \
 	  GOBIN=$(KIND_DIR)/bin go install sigs.k8s.io/kind@$$($(PY) -c 'from tests.testbed import versions; print(versions.KIND)'); }
 	mkdir -p $(KIND_DIR)/apiserver
@@ -99,30 +108,34 @@ kind-up: $(STAMP) $(KIND_PKI)/ca.crt ## Create the Kind cluster (its API server 
 	  manifests/kind/authentication-config.yaml $(KIND_PKI)/ca.crt $(KIND_DIR)/apiserver/authentication-config.yaml
 	$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || \
 	  $(KIND) create cluster --name $(KIND_CLUSTER) --config $(KIND_DIR)/cluster.yaml --wait 180s
+	$(PY) -m tests.testbed.build --only helm
+	$(KIND_FLOW) gateway-api-crds | $(KIND_APPLY)
+	$(KIND_KUBECTL) wait --for condition=Established --timeout=60s crd/gateways.gateway.networking.k8s.io
+	$$($(KIND_FLOW) which-helm) --kube-context kind-$(KIND_CLUSTER) upgrade --install sail-operator \
+	  --create-namespace --namespace istio-system --wait --timeout=300s $(SAIL_CHART)
+	$(KIND_FLOW) istio | $(KIND_APPLY)
+	$(KIND_KUBECTL) -n istio-system wait --for=condition=Ready istio/default $(MCP_WAIT)
 
-kind-deploy: $(STAMP) ## Build the images, load them into Kind, deploy manifests/overlays/kind
-	$(PY) -m tests.testbed.build --only kustomize
+kind-deploy: $(STAMP) ## Images into Kind; the MCP Gateway (its chart), Keycloak, the services
+	$(PY) -m tests.testbed.build --only kustomize --only helm --only mcp-gateway
 	for svc in $(KIND_SERVICES); do \
 	  docker build --target $$svc -t kube-mcp-gateway/$$svc:$(KIND_TAG) . && \
 	  $(KIND) load docker-image --name $(KIND_CLUSTER) kube-mcp-gateway/$$svc:$(KIND_TAG); \
 	done
-	for ns in keycloak kmg-system; do \
-	  $(KIND_KUBECTL) create namespace $$ns --dry-run=client -o yaml | $(KIND_KUBECTL) apply -f -; done
-	$(KIND_KUBECTL) -n keycloak create secret generic keycloak-tls --dry-run=client -o yaml \
-	  --from-file=tls.crt=$(KIND_PKI)/keycloak.crt --from-file=tls.key=$(KIND_PKI)/keycloak.key \
-	  --from-file=ca.crt=$(KIND_PKI)/ca.crt | $(KIND_KUBECTL) apply -f -
-	$(KIND_KUBECTL) -n kmg-system create configmap keycloak-ca --dry-run=client -o yaml \
-	  --from-file=ca.crt=$(KIND_PKI)/ca.crt | $(KIND_KUBECTL) apply -f -
-	$(KIND_KUBECTL) -n kmg-system create secret generic policy-signing-key --dry-run=client -o yaml \
-	  --from-file=key.pem=$(KIND_PKI)/policy-signing.pem | $(KIND_KUBECTL) apply -f -
-	$(PY) -m tests.manifests.render manifests/overlays/kind \
-	  | $(KIND_KUBECTL) apply --server-side --force-conflicts -f -
+	$(KIND_FLOW) mcp-gateway-crds | $(KIND_APPLY)
+	$(KIND_KUBECTL) wait --for condition=Established --timeout=60s \
+	  crd/mcpgatewayextensions.mcp.kuadrant.io crd/mcpserverregistrations.mcp.kuadrant.io
+	$(KIND_FLOW) mcp-gateway | $(KIND_APPLY)
+	$(KIND_FLOW) services | $(KIND_APPLY)
+	$(KIND_KUBECTL) -n mcp-system rollout status deploy/mcp-gateway-controller $(MCP_WAIT)
 	$(KIND_KUBECTL) -n keycloak rollout status deploy/keycloak --timeout=600s
 	for svc in $(KIND_SERVICES); do \
-	  $(KIND_KUBECTL) -n kmg-system rollout status deploy/$$svc --timeout=300s; done
+	  $(KIND_KUBECTL) -n kmg-system rollout status deploy/$$svc $(MCP_WAIT); done
+	$(KIND_KUBECTL) -n mcp-system wait --for=condition=Ready mcpgatewayextension/mcp-gateway-extension $(MCP_WAIT)
+	$(KIND_KUBECTL) -n mcp-test wait --for=condition=Ready mcpserverregistration/kubernetes-mcp $(MCP_WAIT)
 
-kind-demo: ## On Kind: user token → exchange → API server trusts it → backend acts as the user
-	KUBECTL="$(KIND_KUBECTL)" PKI="$(KIND_PKI)" RUN_DIR="$(KIND_DIR)" bash manifests/kind/demo.sh
+kind-demo: $(STAMP) ## On Kind: login, token exchange, backend as the user, then the same through the gateway
+	KUBECTL="$(KIND_KUBECTL)" PKI="$(KIND_PKI)" RUN_DIR="$(KIND_DIR)" PY="$(PY)" bash manifests/kind/demo.sh
 
 kind-down: ## Delete the Kind cluster (keeps .testbed/kind for the next kind-up)
 	$(KIND) delete cluster --name $(KIND_CLUSTER)

@@ -1,15 +1,18 @@
 """Soak: mixed traffic at a fixed rate through the whole local gateway (``make soak``).
 
 Starts the full stack (``tests.testbed.mcp_gateway.stack.start_stack``: Keycloak, clusters A and
-B, OPA, our three services, the router/broker stand-in, Envoy) and sends, for
+B, OPA, our services, the real MCP Gateway broker/router, Envoy) and sends, for
 ``KMG_SOAK_SECONDS`` (default 600; ``--soak`` or not, the scenario is the same), requests at a
 fixed rate (``KMG_SOAK_RATE`` per second, default 8) from two real users (``mcp``: every tool,
-``viewer``: read-only tools), round robin over:
+``viewer``: read-only tools), each in one gateway session (the broker's ``Mcp-Session-Id``),
+round robin over:
 
-* ``tools/list`` (policy's signed list, broker filter),
-* ``pods_list_in_namespace`` on cluster A (token exchange, policy, backend, API server A),
-* ``resources_get`` of a Deployment on cluster B (cross-domain exchange through the facade),
-* ``pods_delete`` of a missing pod by ``viewer`` (expected: 403 from the policy).
+* ``tools/list`` (policy's signed list, the broker's aggregated and filtered list),
+* ``a_pods_list_in_namespace`` on cluster A (router, token exchange, policy, backend A, API
+  server A),
+* ``b_resources_get`` of a Deployment on cluster B (backend B, cross-domain exchange through the
+  facade),
+* ``a_pods_delete`` of a missing pod by ``viewer`` (expected: 403 from the policy).
 
 Each answer is checked against what that user must get; anything else is an error. One fault is
 injected at mid-run: the policy's OPA server is stopped for ``KMG_SOAK_FAULT_SECONDS`` (default
@@ -17,7 +20,7 @@ injected at mid-run: the policy's OPA server is stopped for ``KMG_SOAK_FAULT_SEC
 errors. User tokens are refreshed every minute (Keycloak's access tokens live 5 minutes).
 
 Reported: per request kind count / errors / p50 / p99; overall error rate; RSS (KiB) and open
-file descriptors of every process (each service, the stand-in, Envoy, OPA) at start (after a
+file descriptors of every process (each service, the broker/router, Envoy, OPA) at start (after a
 warm-up), every ``seconds/20`` during the run and at the end (after 3 s idle), with growth; and
 the goals with pass/fail: no error except injected ones, RSS growth < 10 % (end vs start), no
 descriptor growth (end <= the highest count of the first half: connection pools fill early, a
@@ -39,6 +42,7 @@ from typing import Any
 
 import httpx2
 
+from tests.e2e.mcp_http import PROTOCOL, open_session, result_of
 from tests.testbed import paths, process
 from tests.testbed.mcp_gateway.stack import DEMO_NAMESPACE, LocalGateway, start_stack
 
@@ -72,9 +76,13 @@ def _call(tool: str, **arguments: Any) -> dict[str, Any]:
 def _tool_ok(resp: httpx2.Response, needle: str) -> bool:
     if resp.status_code != 200:
         return False
-    result = resp.json().get("result") or {}
+    result = result_of(resp)
     text = "".join(c.get("text", "") for c in result.get("content", []))
     return not result.get("isError") and needle in text
+
+
+def _listed(resp: httpx2.Response) -> set[str]:
+    return {t["name"] for t in result_of(resp)["tools"]} if resp.status_code == 200 else set()
 
 
 def _kinds(gateway: LocalGateway) -> list[Kind]:
@@ -85,40 +93,38 @@ def _kinds(gateway: LocalGateway) -> list[Kind]:
             "viewer",
             {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},
             lambda r: (
-                r.status_code == 200
-                and "pods_delete" not in {t["name"] for t in r.json()["result"]["tools"]}
-                and "pods_list" in {t["name"] for t in r.json()["result"]["tools"]}
+                gateway.tool("pods_delete") not in _listed(r)
+                and gateway.tool("pods_list") in _listed(r)
             ),
         ),
         Kind(
             "pods_list_cluster_a_mcp",
             "mcp",
-            _call("pods_list_in_namespace", namespace=DEMO_NAMESPACE),
+            _call(gateway.tool("pods_list_in_namespace"), namespace=DEMO_NAMESPACE),
             lambda r: _tool_ok(r, f"web-{gateway.cluster_a.name}"),
         ),
         Kind(
             "resources_get_cluster_b_mcp",
             "mcp",
             _call(
-                "resources_get",
+                gateway.tool("resources_get", "cluster-b"),
                 apiVersion="apps/v1",
                 kind="Deployment",
                 name=b_deploy,
                 namespace=DEMO_NAMESPACE,
-                context=gateway.cluster_b.name,
             ),
             lambda r: _tool_ok(r, b_deploy),
         ),
         Kind(
             "pods_delete_denied_viewer",
             "viewer",
-            _call("pods_delete", name="soak-no-such-pod", namespace=DEMO_NAMESPACE),
+            _call(gateway.tool("pods_delete"), name="soak-no-such-pod", namespace=DEMO_NAMESPACE),
             lambda r: r.status_code == 403,
         ),
         Kind(
             "pods_list_cluster_a_viewer",
             "viewer",
-            _call("pods_list_in_namespace", namespace=DEMO_NAMESPACE),
+            _call(gateway.tool("pods_list_in_namespace"), namespace=DEMO_NAMESPACE),
             lambda r: _tool_ok(r, f"web-{gateway.cluster_a.name}"),
         ),
     ]
@@ -186,6 +192,8 @@ async def _drive(
 ) -> dict[str, Any]:
     kinds = _kinds(gateway)
     tokens = Tokens(gateway)
+    sessions = {u: await open_session(gateway.mcp_url, t) for u, t in tokens.values.items()}
+    ids = itertools.count(1)  # the broker refuses a request id already in flight in a session
     fault_window: list[float] = []  # [start, end] in monotonic time, end includes recovery
     cycle = itertools.cycle(kinds)
     tasks: set[asyncio.Task[None]] = set()
@@ -206,8 +214,13 @@ async def _drive(
         try:
             resp = await http.post(
                 gateway.mcp_url,
-                json=kind.body,
-                headers={"Authorization": f"Bearer {tokens.values[kind.user]}", "Accept": ACCEPT},
+                json={**kind.body, "id": next(ids)},
+                headers={
+                    "Authorization": f"Bearer {tokens.values[kind.user]}",
+                    "Accept": ACCEPT,
+                    "Mcp-Session-Id": sessions[kind.user],
+                    "MCP-Protocol-Version": PROTOCOL,
+                },
             )
             ok = kind.check(resp)
             detail = f"HTTP {resp.status_code}: {resp.text[:160]}"

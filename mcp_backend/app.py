@@ -7,11 +7,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
-from mcp.server.transport_security import (
-    DEFAULT_MAX_REQUEST_BODY_SIZE,
-    TransportSecuritySettings,
-)
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -21,7 +19,9 @@ from mcp_backend.access import AccessPolicy
 from mcp_backend.auth import METADATA_PATH, RequireBearer, request_resource_url
 from mcp_backend.clusters import ClusterRegistry
 from mcp_backend.config import Settings, effective_clusters
+from mcp_backend.host_origin_guard import HostOriginGuard, host_origin_rule, transport_security
 from mcp_backend.metrics import Metrics
+from mcp_backend.protocol_eras import HandshakeOnly
 from mcp_backend.server import Handlers, build_server
 from mcp_backend.single_exchange import SingleExchange
 from mcp_backend.tools import all_tools
@@ -46,11 +46,8 @@ def create_backend(settings: Settings) -> Backend:
     registry = all_tools().select(settings)
     handlers = Handlers(settings, registry, clusters, metrics)
     server = build_server(handlers, otel_spans=settings.otel_spans)
-    security = TransportSecuritySettings(
-        enable_dns_rebinding_protection=bool(settings.allowed_hosts or settings.allowed_origins),
-        allowed_hosts=settings.allowed_hosts,
-        allowed_origins=settings.allowed_origins,
-    )
+    rule = host_origin_rule(settings)
+    security = transport_security(rule)
     manager = StreamableHTTPSessionManager(
         app=server,
         json_response=settings.json_response,
@@ -63,11 +60,14 @@ def create_backend(settings: Settings) -> Backend:
         sdk_app = SingleExchange(
             sdk_app, server, security, metrics, max_body_size=DEFAULT_MAX_REQUEST_BODY_SIZE
         )
+    if not settings.modern_protocol:
+        sdk_app = HandshakeOnly(sdk_app)
     mcp_endpoint = RequireBearer(
         sdk_app,
         resource_url=settings.resource_url,
         metrics=metrics,
         optional=settings.accept_token_in_arguments,
+        binding=handlers.binding,
     )
 
     async def healthz(_: Request) -> Response:
@@ -111,6 +111,7 @@ def create_backend(settings: Settings) -> Backend:
             Route(METADATA_PATH, resource_metadata),
             Route(METADATA_PATH + "/mcp", resource_metadata),
         ],
+        middleware=[Middleware(HostOriginGuard, rule=rule, metrics=metrics)],
         lifespan=lifespan,
     )
     return Backend(

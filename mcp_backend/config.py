@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway_plugins.common.host_origin import HostPatterns, OriginPatterns, public_url
 from gateway_plugins.common.settings import SettingsError as SettingsError
 from gateway_plugins.common.settings import read_yaml, read_yaml_mapping
 
@@ -164,12 +165,27 @@ class Settings(_Model):
         "and ping in the request's own task instead of a per-request SDK transport (same "
         "answers, less CPU); false = every request through the SDK's transport",
     )
-    allowed_hosts: list[str] = Field(
-        default_factory=list,
-        description="Host header patterns accepted on /mcp (e.g. 'mcp.example.com', 'x:*'); "
-        "empty = no Host/Origin check (behind a gateway the Host is the route's)",
+    modern_protocol: bool = Field(
+        True,
+        description="serve the 2026-07-28 protocol (server/discover, per-request metadata) "
+        "besides the initialize handshake; false: 2026 requests get the protocol's "
+        "unsupported-version error and clients fall back to initialize (needed behind the MCP "
+        "Gateway v0.9.0 broker, which shows a server speaking 2026 to 2026 clients only)",
     )
-    allowed_origins: list[str] = Field(default_factory=list, description="Origin patterns")
+    allowed_hosts: HostPatterns = Field(
+        default_factory=list,
+        description="Host header values accepted ('name', or 'name:*' for any port) besides the "
+        "loopback names, a specific listen address and resource_url's host; behind the MCP "
+        "Gateway: the HTTPRoute hostname (the router's :authority on tools/call) and the Service "
+        "name the broker calls. Any other Host gets 421 (DNS rebinding protection)",
+    )
+    allowed_origins: OriginPatterns = Field(
+        default_factory=list,
+        description="Origin header values of browser apps allowed to call, besides "
+        "resource_url's origin (and http://localhost:*, http://127.0.0.1:*, http://[::1]:* when "
+        "listening on loopback); any other Origin gets 403, requests without Origin are "
+        "unaffected",
+    )
     resource_url: str | None = Field(
         None, description="this server's public URL, for RFC 9728 metadata and WWW-Authenticate"
     )
@@ -178,6 +194,34 @@ class Settings(_Model):
     )
     accept_token_in_arguments: bool = Field(
         False, description="accept `access_token` inside tool arguments (clients without headers)"
+    )
+    # -- token binding: refuse tokens addressed to someone else (checked on every /mcp request)
+    accepted_audiences: list[str] = Field(
+        default_factory=list,
+        description="a JWT bearer's `aud` must contain one of these (e.g. the server name the "
+        "gateway exchanges tokens for); empty = no audience check. The signature is the API "
+        "server's to verify: this only refuses genuine tokens meant for another party",
+    )
+    authorized_parties: list[str] = Field(
+        default_factory=list,
+        description="a JWT bearer's `azp` must be one of these (e.g. the gateway's client "
+        "mcp-gateway, so a user's own token sent around the gateway is refused); empty = no check",
+    )
+    opaque_tokens: Literal["accept", "reject"] = Field(
+        "reject",
+        description="non-JWT bearers when accepted_audiences or authorized_parties is set: reject "
+        "(they carry no audience to check) or accept (the API server authenticates them). The "
+        "MCP Gateway's discovery credential is accepted by discovery_credential_file instead",
+    )
+    discovery_credential_file: Path | None = Field(
+        None,
+        description="file holding the MCP Gateway broker's discovery bearer (`credential` of its "
+        "server entry; a leading 'Bearer ' is ignored): accepted on /mcp whatever the token "
+        "binding, for listing only (tools/call with it is refused; it never reaches an API "
+        "server)",
+    )
+    discovery_credential_env: str | None = Field(
+        None, description="env var holding that discovery bearer (instead of the file)"
     )
     read_only: bool = Field(False, description="expose only tools annotated readOnly")
     disable_destructive: bool = Field(False, description="hide tools annotated destructive")
@@ -244,6 +288,12 @@ class Settings(_Model):
     in_cluster: bool = Field(False, description="add the cluster the backend runs in")
     clusters: list[ClusterConfig] = Field(default_factory=list, description="cluster registry")
 
+    @field_validator("resource_url")
+    @classmethod
+    def _resource_url_ok(cls, value: str | None) -> str | None:
+        # Its host and origin are accepted by the Host and Origin checks: it must name a host.
+        return None if value is None else public_url(value)
+
     @field_validator("helm_chart_sources")
     @classmethod
     def _chart_sources_ok(cls, value: list[str]) -> list[str]:
@@ -251,6 +301,31 @@ class Settings(_Model):
             if not source.strip():
                 raise ValueError("an empty chart source would allow every chart: remove it")
         return [s.strip() for s in value]
+
+    def discovery_credential(self) -> str | None:
+        """The broker's discovery bearer (file or env var; without a 'Bearer ' prefix)."""
+        value: str | None = None
+        if self.discovery_credential_file is not None:
+            try:
+                value = self.discovery_credential_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise SettingsError(
+                    "cannot read discovery_credential_file "
+                    f"{self.discovery_credential_file}: {exc.strerror}"
+                ) from None
+        elif self.discovery_credential_env is not None:
+            value = os.environ.get(self.discovery_credential_env)
+        if value is None:
+            return None
+        value = value.strip()
+        if value[:7].lower() == "bearer ":
+            value = value[7:].strip()
+        if len(value) < 16:
+            raise SettingsError(
+                "the discovery credential is empty or shorter than 16 characters: use a long "
+                "random value (the same as the credential of the MCP Gateway's server entry)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _list_limits(self) -> Settings:

@@ -43,7 +43,14 @@ class Metrics:
         )
         self.unauthenticated = Counter(
             "kmg_backend_unauthenticated_requests_total",
-            "Requests refused with 401 because no bearer token came",
+            "Requests refused with 401: no bearer token, or one addressed to someone else",
+            registry=self.registry,
+        )
+        self.host_origin_refused = Counter(
+            "kmg_backend_host_origin_refused_total",
+            "Requests refused for a Host (host_not_allowed) or Origin (origin_not_allowed) "
+            "header the backend does not accept",
+            ["reason"],
             registry=self.registry,
         )
 

@@ -15,10 +15,11 @@ from typing import Any
 
 import mcp_types as types
 from mcp.server import Server, ServerRequestContext
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
 
 from mcp_backend import __version__
-from mcp_backend.auth import extract_token
+from mcp_backend.auth import TokenBinding, extract_token
 from mcp_backend.caller_limits import CallLimiter
 from mcp_backend.clusters import ClusterRegistry
 from mcp_backend.config import Settings
@@ -78,6 +79,7 @@ class Handlers:
         self.helm = HelmRunner(
             settings.helm_binary, settings.helm_timeout_s, settings.max_response_bytes
         )
+        self.binding = TokenBinding.from_settings(settings)
         self.limiter = CallLimiter(settings.max_concurrent_calls_per_user)
         self._tools = types.ListToolsResult(tools=[tool_definition(s) for s in registry])
         self._schemas = {t.name: t.input_schema for t in self._tools.tools}
@@ -122,6 +124,14 @@ class Handlers:
                         else ""
                     )
                 )
+            if self.binding.is_discovery(token):
+                raise ToolFailure(
+                    "token refused: the MCP Gateway's discovery credential lists tools, it "
+                    "cannot call them; call through the gateway with your own token"
+                )
+            refused = self.binding.problem(token)
+            if refused is not None:  # an argument's token (header tokens were checked already)
+                raise ToolFailure(f"token refused: {refused}")
             ctx_tool = ToolContext(
                 settings=self.settings,
                 clusters=self.clusters,
@@ -205,6 +215,9 @@ class Handlers:
         return types.EmptyResult()
 
 
+LISTEN_STREAMS_MAX = 64  # concurrent subscriptions/listen streams (each one open request)
+
+
 def build_server(handlers: Handlers, *, otel_spans: bool = False) -> Server[Any]:
     """The low-level MCP server wired to ``handlers``."""
     server: Server[Any] = Server(
@@ -218,6 +231,12 @@ def build_server(handlers: Handlers, *, otel_spans: bool = False) -> Server[Any]
         on_list_prompts=handlers.list_prompts,
         on_get_prompt=handlers.get_prompt,
         on_ping=handlers.ping,
+        # 2026-07-28 clients (the MCP Gateway's broker among them) open a subscriptions/listen
+        # stream right after server/discover and drop the connection when it is refused. Our
+        # lists never change, so a stream carries only its acknowledgement; bounded in number.
+        on_subscriptions_listen=ListenHandler(
+            InMemorySubscriptionBus(), max_subscriptions=LISTEN_STREAMS_MAX
+        ),
     )
     # Registered directly: the constructor argument warns that the capability is deprecated
     # in the 2026 protocol, but clients on the 2025 protocol still send it.

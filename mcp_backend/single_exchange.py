@@ -113,11 +113,9 @@ class SingleExchange:
         self.answered = metrics.mcp_requests.labels("single_exchange")
         self.delegated = metrics.mcp_requests.labels("transport")
         self.server = server
-        self.security = (
-            TransportSecurityMiddleware(security)
-            if security.enable_dns_rebinding_protection
-            else None
-        )
+        # The transport's own request checks (Content-Type, then Host and Origin): the backend's
+        # HostOriginGuard refused foreign Hosts and Origins already, with the same lists.
+        self.security = TransportSecurityMiddleware(security)
         self.max_body_size = max_body_size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -135,11 +133,10 @@ class SingleExchange:
         if message is None:
             await self._delegate(scope, _replay(chunks, complete, receive), send)
             return
-        if self.security is not None:
-            refusal = await self.security.validate_request(request, is_post=True)
-            if refusal is not None:
-                await refusal(scope, receive, send)
-                return
+        refusal = await self.security.validate_request(request, is_post=True)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
         self.answered.inc()
         await self._answer(request, message, version, send)
 

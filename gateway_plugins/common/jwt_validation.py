@@ -10,8 +10,9 @@ Token type: only access tokens are accepted. A ``typ`` claim, when present, must
 ``at+jwt`` (RFC 9068). So an ID token (``typ: ID``), a refresh or logout token, or any other
 explicitly typed JWT (``logout+jwt``, ``secevent+jwt``...) of a trusted issuer is refused.
 
-An issuer without ``audiences`` accepts tokens for any audience (the compatible default); a
-WARNING at start names it. Configure the audience this service is meant for.
+Audiences are required: an issuer without ``audiences`` is refused at load (a token issued to
+any other client of the realm, e.g. ``admin-cli``, would otherwise pass), unless its
+``allow_any_audience`` says so explicitly (development only; a WARNING at start names it).
 
 When the issuer's keys cannot be loaded the caller gets a generic
 :data:`KEYS_UNAVAILABLE` message; the detail (URL, error) goes only to the log.
@@ -29,7 +30,7 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from gateway_plugins.common.jwks import JWKSCache, JWKSError, UnknownKey
 
@@ -46,7 +47,7 @@ KEYS_UNAVAILABLE = "the identity provider's keys are unavailable; retry later"
 _ACCESS_TYP_CLAIMS = frozenset({"bearer", "at+jwt", "application/at+jwt"})
 _ACCESS_TYP_HEADERS = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 
-_JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
+_JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 class InvalidToken(Exception):
@@ -79,15 +80,31 @@ class IssuerConfig(BaseModel):
     audiences: list[str] = Field(
         default_factory=list,
         description=(
-            "If non-empty, the token's 'aud' must contain one of these. Empty: any audience is "
-            "accepted (a WARNING at start); set it to this service's audience."
+            "The token's 'aud' must contain one of these (e.g. the gateway's client id). "
+            "Required: empty is refused at start unless allow_any_audience is true."
         ),
     )
+    allow_any_audience: bool = Field(
+        default=False,
+        description="Development only: with empty audiences, accept this issuer's tokens "
+        "whatever their 'aud' (tokens of any client of the realm).",
+    )
+
+    @model_validator(mode="after")
+    def _audience_bound(self) -> IssuerConfig:
+        if not self.audiences and not self.allow_any_audience:
+            raise ValueError(
+                f"issuer {self.issuer}: 'audiences' is empty, so a token issued to any client of "
+                "that realm (e.g. admin-cli) would be accepted; set audiences to the audience(s) "
+                "this service accepts (e.g. [mcp-gateway]), or allow_any_audience: true for "
+                "development only"
+            )
+        return self
 
 
 def looks_like_jwt(token: str) -> bool:
     """Three base64url segments starting with a JSON object header (``eyJ``)."""
-    return token.startswith("eyJ") and bool(_JWT_SHAPE.match(token))
+    return token.startswith("eyJ") and bool(_JWT_SHAPE.fullmatch(token))
 
 
 def _key_matches(alg: str, key: object) -> bool:
@@ -133,8 +150,8 @@ class JWTValidator:
             jwks.register(cfg.issuer, cfg.jwks_uri)
             if not cfg.audiences:
                 log.warning(
-                    "issuer %s has no audiences configured: its tokens are accepted whatever "
-                    "their 'aud'; set audiences to the audience this service is meant for",
+                    "issuer %s has no audiences and allow_any_audience is set: its tokens are "
+                    "accepted whatever their 'aud' (development only; set audiences)",
                     cfg.issuer,
                 )
 
@@ -199,7 +216,18 @@ class JWTValidator:
             raise InvalidToken(f"algorithm {alg} does not match the issuer's key '{kid}'")
         claims = self._decode(token, key.key, alg, issuer)
         _check_access_token_type(typ, claims.get("typ"))
+        self._check_audience(claims, issuer)
         return claims
+
+    def _check_audience(self, claims: dict[str, Any], issuer: str) -> None:
+        """After the type check, so an ID token (addressed to its client) is named as such."""
+        audiences = self._issuers[issuer].audiences
+        if not audiences:
+            return
+        aud = claims.get("aud")
+        given = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        if set(audiences).isdisjoint(a for a in given if isinstance(a, str)):
+            raise InvalidToken(f"token audience is not one of {audiences}")
 
     def _header(self, token: str) -> tuple[str, str, object]:
         try:
@@ -231,16 +259,14 @@ class JWTValidator:
         return issuer
 
     def _decode(self, token: str, key: Any, alg: str, issuer: str) -> dict[str, Any]:
-        audiences = self._issuers[issuer].audiences
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
                 algorithms=[alg],
                 issuer=issuer,
-                audience=audiences or None,
                 leeway=self._leeway,
-                options={"require": ["exp", "iss"], "verify_aud": bool(audiences)},
+                options={"require": ["exp", "iss"], "verify_aud": False},
             )
         except jwt.ExpiredSignatureError:
             raise InvalidToken("token expired") from None
@@ -250,8 +276,6 @@ class JWTValidator:
             raise InvalidToken("signature verification failed") from None
         except jwt.MissingRequiredClaimError as exc:
             raise InvalidToken(f"token has no '{exc.claim}' claim") from None
-        except jwt.InvalidAudienceError:
-            raise InvalidToken(f"token audience is not one of {audiences}") from None
         except jwt.InvalidIssuedAtError:
             raise InvalidToken("token has an invalid 'iat' claim") from None
         except jwt.PyJWTError as exc:

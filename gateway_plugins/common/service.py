@@ -3,7 +3,8 @@
 :func:`create_base_app` returns an application with: a request-id middleware (honours or sets
 ``x-request-id``), an error middleware (every failure becomes a JSON error, never a stack trace),
 request counters and latency histograms in a per-app Prometheus registry, ``/healthz``,
-``/readyz`` (pluggable async checks) and ``/metrics``. :func:`run_app` serves it until SIGTERM or
+``/readyz`` (pluggable async checks) and ``/metrics``, and (given a rule) the Host and Origin
+checks of ``host_origin`` on the other routes. :func:`run_app` serves it until SIGTERM or
 SIGINT and shuts down gracefully.
 """
 
@@ -13,6 +14,7 @@ import asyncio
 import logging
 import re
 import signal
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,13 +26,14 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
+from gateway_plugins.common.host_origin import PROBE_PATHS, HostOriginRule
 from gateway_plugins.common.logging import redact, request_id_var
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 ReadyCheck = Callable[[], Awaitable[None]]
 """A readiness check: returns when ready, raises (with a short, secret-free message) when not."""
@@ -92,6 +95,8 @@ SERVICE_METRICS = web.AppKey("kmg_metrics", ServiceMetrics)
 READINESS = web.AppKey("kmg_readiness", ReadinessChecks)
 SERVICE_NAME = web.AppKey("kmg_service", str)
 REQUEST_ID = web.RequestKey("kmg_request_id", str)
+# Set by an app that serves HTTPS (caller_auth mode mtls); :func:`serve` then listens with it.
+SERVER_SSL = web.AppKey("kmg_server_ssl", ssl.SSLContext)
 
 
 def json_error(
@@ -125,7 +130,7 @@ async def request_id_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id
     token = request_id_var.set(request_id)
     try:
@@ -193,6 +198,52 @@ def _metrics_middleware(metrics: ServiceMetrics) -> Middleware:
     return middleware
 
 
+def _unchecked_route(request: web.Request, unchecked_prefixes: tuple[str, ...]) -> bool:
+    """Whether the handler about to run is a probe or an ext_authz check route: decided on the
+    pattern of the route that matched (``/check``, ``/check/{tail}``, ``/check{tail}``), not on
+    the raw path, so neither a path nor a later route such as ``/checkout`` gets through an
+    exempt prefix."""
+    resource = request.match_info.route.resource
+    if resource is None:  # nothing matched: the 404/405 answer is checked like any other
+        return False
+    pattern = resource.canonical
+    return pattern in PROBE_PATHS or any(
+        pattern == prefix or pattern.startswith((prefix + "/", prefix + "{"))
+        for prefix in unchecked_prefixes
+    )
+
+
+def _host_origin_middleware(
+    rule: HostOriginRule, unchecked_prefixes: tuple[str, ...]
+) -> Middleware:
+    """Refuse a foreign Host (421) or Origin (403) with a JSON error; the probes and the routes
+    under ``unchecked_prefixes`` (ext_authz checks: Envoy sends them the original request's Host)
+    are not checked."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if _unchecked_route(request, unchecked_prefixes):
+            return await handler(request)
+        path = request.path
+        refusal = rule.refusal(request.headers.get("Host"), request.headers.get("Origin"))
+        if refusal is None:
+            return await handler(request)
+        log.warning("refused %s %s: %s", request.method, path, refusal.message)
+        # The services' deny shape (explicit allow: false, error, reason): Authorino reads the
+        # body of a metadata call whatever its status.
+        body: dict[str, object] = {
+            "allow": False,
+            "error": refusal.error,
+            "reason": refusal.message,
+        }
+        body["request_id"] = request_id_var.get() or request_id_of(request)
+        return web.json_response(body, status=refusal.status)
+
+    return middleware
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "service": request.app[SERVICE_NAME]})
 
@@ -234,13 +285,16 @@ def create_base_app(
     *,
     ready_checks: dict[str, ReadyCheck] | None = None,
     client_max_size: int = 1024 * 1024,
+    host_origin: HostOriginRule | None = None,
+    unchecked_prefixes: tuple[str, ...] = (),
 ) -> web.Application:
-    """An app with the shared middlewares and the health, readiness and metrics routes."""
+    """An app with the shared middlewares and the health, readiness and metrics routes; with
+    ``host_origin``, every other route outside ``unchecked_prefixes`` checks Host and Origin."""
     metrics = ServiceMetrics(service)
-    app = web.Application(
-        middlewares=[request_id_middleware, _metrics_middleware(metrics), error_middleware],
-        client_max_size=client_max_size,
-    )
+    middlewares = [request_id_middleware, _metrics_middleware(metrics), error_middleware]
+    if host_origin is not None:
+        middlewares.append(_host_origin_middleware(host_origin, unchecked_prefixes))
+    app = web.Application(middlewares=middlewares, client_max_size=client_max_size)
     app[SERVICE_NAME] = service
     app[SERVICE_METRICS] = metrics
     app[READINESS] = ReadinessChecks(dict(ready_checks or {}))
@@ -261,9 +315,11 @@ async def serve(
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        context = app.get(SERVER_SSL)
+        site = web.TCPSite(runner, host, port, ssl_context=context)
         await site.start()
-        log.info("%s listening on http://%s:%d", app[SERVICE_NAME], host, port)
+        scheme = "https" if context is not None else "http"
+        log.info("%s listening on %s://%s:%d", app[SERVICE_NAME], scheme, host, port)
         await stop.wait()
         log.info("%s shutting down", app[SERVICE_NAME])
     finally:
@@ -271,7 +327,8 @@ async def serve(
 
 
 def run_app(app: web.Application, host: str, port: int, shutdown_timeout: float = 10.0) -> None:
-    """Blocking entry point for CLIs: serve until SIGTERM/SIGINT, then shut down gracefully."""
+    """Blocking entry point for CLIs: serve until SIGTERM/SIGINT, then shut down gracefully
+    (over HTTPS when the app set :data:`SERVER_SSL`)."""
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -3,18 +3,30 @@
 Routes (besides ``/healthz``, ``/readyz``, ``/metrics`` from the shared scaffold):
 
 * ``/check`` and ``/check/<anything>`` (any method): the Envoy / Istio ext_authz HTTP check.
-  ``tools/call`` → 200 allow or 403 deny; ``tools/list`` → 200 with the signed tool-list header(s);
-  other methods → 200 (they name no tool). Token problems → 401, engine down → 503.
+  ``tools/call`` and ``prompts/get`` → 200 allow or 403 deny (a JSON-RPC error naming the reason
+  and the request's id, so MCP clients show it to the model); ``tools/list`` and
+  ``prompts/list`` → 200 with the signed header(s); other methods → 200 (they name no tool).
+  Token problems → 401, engine down → 503.
 * ``POST /v1/decide``: one decision as JSON (for Authorino metadata calls and scripts).
 * ``POST /v1/filter``: a tools/list result plus a token → the allowed subset.
 * ``GET /.well-known/jwks.json`` and ``GET /v1/wristband/public-key``: the header's public key.
 
+Every route but ``/check`` and the probes refuses a foreign ``Host`` (421) or ``Origin`` (403)
+first (``common/host_origin.py``: DNS rebinding protection).
+
 Every answer, allow or deny, is JSON with an explicit ``allow`` and a ``reason``: Authorino does not
 look at the HTTP status of metadata calls, so a missing field must never read as "allow".
+
+``/check``, ``/v1/decide`` and ``/v1/filter`` answer only the gateway (``caller_auth``: a shared
+secret header or an mTLS client certificate; 403 ``caller_unauthenticated`` otherwise). A tool's
+annotations come from the catalogue when it knows the tool; the gateway's
+``x-mcp-annotation-hints`` (or the request's ``annotations``) only for tools it does not know.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,16 +37,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
+from gateway_plugins.common.caller_auth import CallerAuthenticator, protect
+from gateway_plugins.common.host_origin import service_rule
 from gateway_plugins.common.http_client import make_client_session
 from gateway_plugins.common.jwks import JWKSCache
 from gateway_plugins.common.jwt_validation import InvalidToken, JWTValidator, ValidationUnavailable
-from gateway_plugins.common.service import SERVICE_METRICS, add_ready_check, create_base_app
+from gateway_plugins.common.service import (
+    SERVER_SSL,
+    SERVICE_METRICS,
+    add_ready_check,
+    create_base_app,
+)
 from gateway_plugins.policy import input as policy_input
 from gateway_plugins.policy.config import SERVICE, PolicySettings
 from gateway_plugins.policy.decision_log import DecisionLog
+from gateway_plugins.policy.engine_guard import verify_embedded
 from gateway_plugins.policy.engines import (
     DecisionEngine,
     EngineUnavailable,
@@ -42,9 +63,17 @@ from gateway_plugins.policy.engines import (
     PolicyError,
     PolicySource,
     create_engine,
-    load_policy_source,
 )
 from gateway_plugins.policy.input import Catalogue, HeaderMismatch, InputError
+from gateway_plugins.policy.live_engine import LiveEngine
+from gateway_plugins.policy.reloader import (
+    AwaitingPolicy,
+    PolicyReloader,
+    ReloadMetrics,
+    load_file_source,
+    make_poller,
+    reloading_enabled,
+)
 from gateway_plugins.policy.wristband import (
     SignedList,
     WristbandSigner,
@@ -58,9 +87,14 @@ H_METHOD = "x-mcp-method"
 H_SERVER = "x-mcp-servername"
 H_TOOL = "x-mcp-toolname"
 H_HINTS = "x-mcp-annotation-hints"
+H_PROMPT = "x-mcp-promptname"
 H_PARTIAL_BODY = "x-envoy-auth-partial-body"
 
 _WRISTBAND_CACHE_SIZE = 10_000
+LIST_METHODS = frozenset({"tools/list", "prompts/list"})  # answered with the signed header(s)
+NAMED_METHODS = frozenset({"tools/call", "prompts/get"})  # decided per tool / per prompt
+# JSON-RPC error code of a request the gateway's policy refused (implementation-defined range).
+POLICY_DENIED_CODE = -32003
 
 
 class Refusal(Exception):
@@ -91,6 +125,13 @@ class PolicyService:
     catalogue: Catalogue | None
     metrics: _Metrics
     _wristbands: OrderedDict[str, tuple[float, SignedList]] = field(default_factory=OrderedDict)
+    _policy_generation: int = 0
+
+    def policy_changed(self, source: PolicySource) -> None:
+        """A reload put ``source`` in force: nothing computed from the old policy is reused."""
+        self._policy_generation += 1
+        self._wristbands.clear()
+        self.catalogue = source.catalogue
 
     # -- tokens --------------------------------------------------------------------------------
     async def claims_of(self, authorization: str | None) -> dict[str, Any]:
@@ -126,9 +167,13 @@ class PolicyService:
         annotations: policy_input.Annotations,
         claims: Mapping[str, Any],
         arguments: Mapping[str, Any] | None,
+        prompt: str = "",
     ) -> tuple[bool, str]:
-        if not annotations and self.catalogue:
-            annotations = policy_input.annotations_in(self.catalogue, server, tool)
+        # The catalogue (the servers' own tools/list) wins over what the request says about the
+        # tool: a hint is only used for a tool the catalogue does not know.
+        known = policy_input.catalogue_annotations(self.catalogue, server, tool)
+        if known is not None:
+            annotations = known
         doc = policy_input.call_input(
             method=method,
             server=server,
@@ -136,6 +181,7 @@ class PolicyService:
             annotations=annotations,
             claims=claims,
             arguments=arguments,
+            prompt=prompt,
         )
         started = time.perf_counter()
         try:
@@ -168,6 +214,22 @@ class PolicyService:
                 time.perf_counter() - started
             )
 
+    async def allowed_prompts(self, claims: Mapping[str, Any]) -> dict[str, list[str]]:
+        doc = policy_input.list_input(claims, None)
+        started = time.perf_counter()
+        try:
+            return await self.engine.allowed_prompts(doc)
+        except EngineUnavailable as exc:
+            raise Refusal(
+                503, f"policy engine unavailable, denying: {exc}", error="engine_unavailable"
+            ) from None
+        except PolicyError as exc:
+            raise Refusal(500, f"policy error, denying: {exc}", error="policy_error") from None
+        finally:
+            self.metrics.engine_seconds.labels("allowed_prompts").observe(
+                time.perf_counter() - started
+            )
+
     async def wristband(self, claims: Mapping[str, Any]) -> SignedList:
         """The signed list for these claims, reused while fresh (same claims ⇒ same list)."""
         assert self.signer is not None
@@ -179,9 +241,11 @@ class PolicyService:
             self._wristbands.move_to_end(key)
             return cached[1]
         # The engine uses data.mcp.catalogue (loaded at start), not a per-request copy.
+        generation = self._policy_generation
         allowed = await self.allowed_tools(claims, None)
-        signed = self.signer.sign(allowed, subject=_subject(claims))
-        if ttl > 0:
+        prompts = await self.allowed_prompts(claims)
+        signed = self.signer.sign(allowed, prompts=prompts, subject=_subject(claims))
+        if ttl > 0 and generation == self._policy_generation:  # not from a replaced policy
             self._wristbands[key] = (now, signed)
             while len(self._wristbands) > _WRISTBAND_CACHE_SIZE:
                 self._wristbands.popitem(last=False)
@@ -199,8 +263,10 @@ class PolicyService:
         status: int,
         started: float,
         endpoint: str,
+        prompt: str | None = None,
     ) -> None:
         self.metrics.decisions.labels(endpoint, "allow" if allow else "deny").inc()
+        extra = {"endpoint": endpoint, **({"prompt": prompt} if prompt else {})}
         self.decisions.record(
             user=policy_input.display_name(claims or {}),
             subject=_subject(claims or {}),
@@ -212,7 +278,7 @@ class PolicyService:
             engine=self.engine.name,
             status=status,
             duration_ms=(time.perf_counter() - started) * 1000,
-            extra={"endpoint": endpoint},
+            extra=extra,
         )
 
 
@@ -235,6 +301,7 @@ class _Slot:
     """Holds the service, created once the event loop runs (it owns an HTTP session)."""
 
     service: PolicyService | None = None
+    reloader: PolicyReloader | None = None
 
 
 _SLOT = web.AppKey("policy_service", _Slot)
@@ -245,6 +312,11 @@ def service_of(app: web.Application) -> PolicyService:
     if service is None:
         raise web.HTTPServiceUnavailable(reason="policy service is starting")
     return service
+
+
+def reloader_of(app: web.Application) -> PolicyReloader | None:
+    """The app's policy reloader (None when it does not reload, or before it starts)."""
+    return app[_SLOT].reloader
 
 
 def _answer(
@@ -284,14 +356,17 @@ async def check(request: web.Request) -> web.Response:
     method = request.headers.get(H_METHOD, "").strip()
     server = request.headers.get(H_SERVER, "").strip()
     tool = request.headers.get(H_TOOL, "").strip()
+    prompt = request.headers.get(H_PROMPT, "").strip()
     claims: dict[str, Any] | None = None
+    body: policy_input.RequestBody | None = None
     try:
         claims = await service.claims_of(request.headers.get("Authorization"))
-        body, method, tool = await _read_body(request, method, tool)
-        if method == "tools/list":
-            return await _check_list(service, claims, started, server)
+        body = await _read_body(request, method)
+        method, tool, prompt = _reconcile(method, tool, prompt, body)
+        if method in LIST_METHODS:
+            return await _check_list(service, claims, started, server, method)
         names_tool = bool(tool) and server != policy_input.BROKER_SERVER
-        if method != "tools/call" and not names_tool:
+        if method not in NAMED_METHODS and not names_tool:
             reason = f"method {method or '(none)'} names no tool: no tool decision needed"
             service.record(
                 claims=claims,
@@ -307,16 +382,29 @@ async def check(request: web.Request) -> web.Response:
             return _answer(200, True, reason)
         if server:
             policy_input.check_server_name(server)
-        if tool:
-            policy_input.check_tool_name(tool)
-        allow, reason = await service.decide(
-            method=method or "tools/call",
-            server=server,
-            tool=tool,
-            annotations=policy_input.parse_annotation_hints(request.headers.get(H_HINTS)),
-            claims=claims,
-            arguments=body.arguments if body is not None else None,
-        )
+        if method == "prompts/get":
+            if prompt:
+                policy_input.check_prompt_name(prompt)
+            allow, reason = await service.decide(
+                method=method,
+                server=server,
+                tool="",
+                annotations={},
+                claims=claims,
+                arguments=None,
+                prompt=prompt,
+            )
+        else:
+            if tool:
+                policy_input.check_tool_name(tool)
+            allow, reason = await service.decide(
+                method=method or "tools/call",
+                server=server,
+                tool=tool,
+                annotations=policy_input.parse_annotation_hints(request.headers.get(H_HINTS)),
+                claims=claims,
+                arguments=body.arguments if body is not None else None,
+            )
         status = 200 if allow else 403
     except (Refusal, HeaderMismatch, InputError) as exc:
         allow, (status, reason) = False, _refusal(exc)
@@ -330,54 +418,92 @@ async def check(request: web.Request) -> web.Response:
         status=status,
         started=started,
         endpoint="check",
+        prompt=prompt or None,
     )
-    return _answer(status, allow, reason, _unauthenticated_headers(service.settings, status))
+    headers = _unauthenticated_headers(service.settings, status)
+    if status == 403 and body is not None and body.request_id is not None:
+        return _jsonrpc_denial(reason, body.request_id, headers)
+    return _answer(status, allow, reason, headers)
 
 
-async def _read_body(
-    request: web.Request, method: str, tool: str
-) -> tuple[policy_input.RequestBody | None, str, str]:
-    """The JSON-RPC body Envoy forwarded (``with_request_body``), checked against the headers.
+def _jsonrpc_denial(reason: str, request_id: str | int, headers: Mapping[str, str]) -> web.Response:
+    """A denied JSON-RPC request answered as a JSON-RPC error carrying the request's id.
 
-    No body: the headers decide, as they always did. A whole body: its method (and, for
-    ``tools/call``, its tool name) must match ``x-mcp-method`` / ``x-mcp-toolname``; a missing
-    header takes the body's value. A body Envoy cut at ``max_request_bytes`` cannot be read: for
-    ``tools/call`` its arguments count as unavailable (namespace rules then deny), and for any
-    other method the request is refused, since the body could be a tools/call the headers hide.
+    MCP clients turn an error body at a non-2xx status into the request's error (the ``mcp``
+    SDK's ``MCPError``; the TypeScript SDK quotes the body), so an agent sees why. The body also
+    keeps ``allow: false`` and ``reason`` at the top, like every other answer of this service.
+    """
+    message = f"the gateway's policy denied this request: {reason}"
+    payload = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "error": {
+            "code": POLICY_DENIED_CODE,
+            "message": message,
+            "data": {"allow": False, "reason": reason},
+        },
+        "allow": False,
+        "reason": reason,
+    }
+    return web.json_response(payload, status=403, headers=dict(headers))
+
+
+async def _read_body(request: web.Request, method: str) -> policy_input.RequestBody | None:
+    """The JSON-RPC body Envoy forwarded (``with_request_body``), parsed; None when absent.
+
+    A body Envoy cut at ``max_request_bytes`` cannot be read: for ``tools/call`` its arguments
+    count as unavailable (namespace rules then deny), and for any other method the request is
+    refused, since the body could be a tools/call the headers hide.
     """
     raw = await request.read() if request.can_read_body else b""
     if not raw.strip():
-        return None, method, tool
+        return None
     if request.headers.get(H_PARTIAL_BODY, "").lower() == "true":
         if method == "tools/call":
-            return None, method, tool
+            return None
         raise HeaderMismatch(
             f"x-mcp-method says {policy_input.safe_text(method or '(none)', 64)} but the body "
             "was cut short by the proxy (x-envoy-auth-partial-body), so it cannot be checked; "
             "raise the proxy's max_request_bytes or send a smaller request"
         )
-    body = policy_input.parse_request_body(raw)
+    return policy_input.parse_request_body(raw)
+
+
+def _reconcile(
+    method: str, tool: str, prompt: str, body: policy_input.RequestBody | None
+) -> tuple[str, str, str]:
+    """The method, tool and prompt to decide on: the headers, which must describe the body.
+
+    No body: the headers decide, as they always did. A whole body: its method (and, for
+    ``tools/call`` / ``prompts/get``, its ``params.name``) must match ``x-mcp-method`` /
+    ``x-mcp-toolname`` / ``x-mcp-promptname``; a missing header takes the body's value.
+    """
+    if body is None:
+        return method, tool, prompt
     method, tool = policy_input.reconcile(method, tool, body)
-    return body, method, tool
+    return method, tool, policy_input.reconcile_prompt(prompt, body)
 
 
 async def _check_list(
-    service: PolicyService, claims: dict[str, Any], started: float, server: str
+    service: PolicyService, claims: dict[str, Any], started: float, server: str, method: str
 ) -> web.Response:
     headers: Mapping[str, str] = {}
     extra: dict[str, Any] = {}
     if service.signer is None:
-        reason = "tools/list allowed; no signed tool list (wristband.signing_key_file is not set)"
+        reason = f"{method} allowed; no signed list (wristband.signing_key_file is not set)"
     else:
         signed = await service.wristband(claims)
         count = sum(len(v) for v in signed.allowed.values())
+        prompts = sum(len(v) for v in signed.prompts.values())
         reason = (
-            f"tools/list allowed; signed list of {count} tool(s) on {len(signed.allowed)} server(s)"
+            f"{method} allowed; signed list of {count} tool(s) and {prompts} prompt(s) on "
+            f"{len(signed.allowed)} server(s)"
         )
-        headers, extra = signed.headers, {"allowed_tools": signed.allowed}
+        headers = signed.headers
+        extra = {"allowed_tools": signed.allowed, "allowed_prompts": signed.prompts}
     service.record(
         claims=claims,
-        method="tools/list",
+        method=method,
         server=server or None,
         tool=None,
         allow=True,
@@ -421,32 +547,51 @@ def _str_field(body: Mapping[str, Any], name: str) -> str:
 
 
 async def decide(request: web.Request) -> web.Response:
-    """``POST /v1/decide`` {method, server, tool, annotations or hints, arguments, token?}."""
+    """``POST /v1/decide`` {method, server, tool or prompt, annotations or hints, arguments,
+    token?}."""
     service = service_of(request.app)
     started = time.perf_counter()
     claims: dict[str, Any] | None = None
-    method = server = tool = ""
+    method = server = tool = prompt = ""
     extra: dict[str, Any] = {}
     try:
         body = await _json_body(request)
         method = _str_field(body, "method") or "tools/call"
         server = _str_field(body, "server")
         tool = _str_field(body, "tool")
+        prompt = _str_field(body, "prompt")
         claims = await service.claims_of(_authorization(request, body))
-        if method == "tools/list":
+        if method in LIST_METHODS:
             if service.signer is not None:
                 # Authorino reads metadata bodies, not response headers: the signed list travels
                 # in the body as "headers" so an AuthPolicy can copy it onto the request.
                 signed = await service.wristband(claims)
-                allowed = signed.allowed
+                allowed, prompts = signed.allowed, signed.prompts
                 extra["headers"] = dict(signed.headers)
             else:
                 allowed = await service.allowed_tools(claims, None)
+                prompts = await service.allowed_prompts(claims)
             allow, reason = (
                 True,
-                f"tools/list allowed; {sum(len(v) for v in allowed.values())} tool(s) listed",
+                f"{method} allowed; {sum(len(v) for v in allowed.values())} tool(s) and "
+                f"{sum(len(v) for v in prompts.values())} prompt(s) listed",
             )
             extra["allowed_tools"] = allowed
+            extra["allowed_prompts"] = prompts
+        elif method == "prompts/get":
+            if server:
+                policy_input.check_server_name(server)
+            if prompt:
+                policy_input.check_prompt_name(prompt)
+            allow, reason = await service.decide(
+                method=method,
+                server=server,
+                tool="",
+                annotations={},
+                claims=claims,
+                arguments=None,
+                prompt=prompt,
+            )
         else:
             if server:
                 policy_input.check_server_name(server)
@@ -485,6 +630,7 @@ async def decide(request: web.Request) -> web.Response:
         status=status,
         started=started,
         endpoint="decide",
+        prompt=prompt or None,
     )
     return _answer(
         status, allow, reason, _unauthenticated_headers(service.settings, status), **extra
@@ -582,12 +728,16 @@ def load_catalogue_file(path: Path | None) -> Catalogue | None:
 
 
 def build_source(settings: PolicySettings) -> PolicySource:
-    return load_policy_source(
-        settings.policies_dir, settings.data_dirs, load_catalogue_file(settings.catalogue_file)
-    )
+    """The policy files (a mounted ConfigMap read at one version: see :mod:`.reloader`)."""
+    return load_file_source(settings, load_catalogue_file)
 
 
 def build_engine(settings: PolicySettings, source: PolicySource) -> DecisionEngine:
+    """The configured engine; the embedded one only after it proved to decide like OPA
+    (:mod:`gateway_plugins.policy.engine_guard`), else :class:`PolicySourceError`."""
+    if settings.engine == "embedded":
+        checked = verify_embedded(source, settings.policies_dir, settings.embedded_verify)
+        log.info("embedded engine verified: %s", checked.summary())
     token = None
     if settings.opa.token_file is not None:
         token = settings.opa.token_file.read_text(encoding="utf-8").strip()
@@ -601,14 +751,60 @@ def build_engine(settings: PolicySettings, source: PolicySource) -> DecisionEngi
     return create_engine(settings.engine, source, options, cache_size=settings.decision_cache_size)
 
 
+@dataclass
+class _Reloading:
+    """The reloader's background task and the bundle service's connection pool."""
+
+    task: asyncio.Task[None]
+    session: aiohttp.ClientSession | None
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        if self.session is not None:
+            await self.session.close()
+
+
+async def _start_reloader(
+    app: web.Application,
+    settings: PolicySettings,
+    live: LiveEngine,
+    service: PolicyService,
+    source: PolicySource | None,
+    metrics: ReloadMetrics,
+) -> _Reloading:
+    session = None
+    if settings.bundle.url is not None:
+        session = make_client_session(
+            ca_file=settings.bundle.ca_file, timeout_s=settings.bundle.timeout_s
+        )
+    reloader = PolicyReloader(
+        settings,
+        live,
+        build=lambda new: build_engine(settings, new),
+        read_catalogue=load_catalogue_file,
+        on_change=service.policy_changed,
+        metrics=metrics,
+        active=source,
+        poller=make_poller(settings, session) if session is not None else None,
+    )
+    app[_SLOT].reloader = reloader
+    if source is None:
+        await reloader.check()  # the first bundle before serving (decisions 503 until then)
+    return _Reloading(asyncio.create_task(reloader.run()), session)
+
+
 def create_app(
     settings: PolicySettings,
     *,
     engine: DecisionEngine | None = None,
     decision_log: DecisionLog | None = None,
 ) -> web.Application:
-    """The service; ``engine`` may be passed in (tests share one), otherwise built from settings."""
-    source = build_source(settings)
+    """The service; ``engine`` may be passed in (tests share one; it is never reloaded),
+    otherwise built from settings and kept current by a :class:`PolicyReloader`."""
+    # bundle.url: the policy comes from the bundle service once the service runs
+    source = build_source(settings) if settings.bundle.url is None else None
     signer = None
     if settings.wristband.signing_key_file is not None:
         signer = WristbandSigner(
@@ -618,9 +814,29 @@ def create_app(
             form=settings.wristband.form,
             key_id=settings.wristband.key_id,
         )
+    caller = CallerAuthenticator(settings.caller_auth)
     owns_engine = engine is None
-    the_engine = engine if engine is not None else build_engine(settings, source)
-    app = create_base_app(SERVICE, client_max_size=settings.max_body_bytes)
+    the_engine: DecisionEngine
+    live: LiveEngine | None = None
+    if engine is not None:
+        the_engine = engine
+    else:
+        first = (
+            build_engine(settings, source)
+            if source is not None
+            else AwaitingPolicy(settings.engine, str(settings.bundle.url))
+        )
+        the_engine = live = LiveEngine(first)
+    # The ext_authz check carries the original request's Host (Envoy's); the rest is checked.
+    app = create_base_app(
+        SERVICE,
+        client_max_size=settings.max_body_bytes,
+        host_origin=service_rule(settings),
+        unchecked_prefixes=("/check",),
+    )
+    server_ssl = caller.server_ssl_context()
+    if server_ssl is not None:
+        app[SERVER_SSL] = server_ssl
     registry = app[SERVICE_METRICS].registry
     metrics = _Metrics(
         Counter(
@@ -637,6 +853,7 @@ def create_app(
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
         ),
     )
+    reload_metrics = ReloadMetrics.register(registry)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         session = make_client_session(ca_file=settings.auth.ca_file, timeout_s=5.0)
@@ -656,11 +873,20 @@ def create_app(
             else DecisionLog(settings.decision_log, enabled=settings.decision_log is not None)
         )
         service = PolicyService(
-            settings, the_engine, validator, signer, log_sink, source.catalogue, metrics
+            settings,
+            the_engine,
+            validator,
+            signer,
+            log_sink,
+            source.catalogue if source is not None else None,
+            metrics,
         )
         app[_SLOT].service = service
         if owns_engine:
             await the_engine.start()
+        reloading = None
+        if live is not None and reloading_enabled(settings):
+            reloading = await _start_reloader(app, settings, live, service, source, reload_metrics)
 
         async def engine_ready() -> None:
             await the_engine.check_ready()
@@ -674,6 +900,8 @@ def create_app(
         try:
             yield
         finally:
+            if reloading is not None:
+                await reloading.stop()
             if owns_engine:
                 await the_engine.close()
             if decision_log is None:
@@ -683,10 +911,10 @@ def create_app(
 
     app[_SLOT] = _Slot()
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_route("*", "/check", check)
-    app.router.add_route("*", "/check/{tail:.*}", check)
-    app.router.add_post("/v1/decide", decide)
-    app.router.add_post("/v1/filter", filter_tools)
+    app.router.add_route("*", "/check", protect(check, caller))
+    app.router.add_route("*", "/check/{tail:.*}", protect(check, caller))
+    app.router.add_post("/v1/decide", protect(decide, caller))
+    app.router.add_post("/v1/filter", protect(filter_tools, caller))
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_get("/v1/wristband/public-key", public_key)
     return app

@@ -2,6 +2,7 @@
 
     mcp-policy serve --config policy.yaml [--port 8282] [--engine opa] ...
     mcp-policy bundle --out policy-bundle.tar.gz [--catalogue-file tools.json]
+    mcp-policy verify-embedded [--policies-dir policies] [--opa opa] [--record]
     mcp-policy sync-roles --keycloak-url https://kc --realm mcp --client mcp-test/kubernetes-mcp \\
         --backend-url https://backend/mcp --backend-token-env TOKEN --admin-user admin \\
         --admin-password-env KC_ADMIN_PASSWORD [--dry-run] [--prune]
@@ -111,6 +112,31 @@ def _bundle_parser(sub: Any) -> None:
     p.add_argument("--revision", default="", help="bundle revision string")
 
 
+def _verify_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "verify-embedded",
+        help="check that the embedded engine decides the policy like OPA",
+        description="Run the policy's test corpus (testdata/corpus.json) and generated variants "
+        "through the embedded engine (rego-cpp) and OPA itself (opa eval); fail on the first "
+        "difference. --record writes embedded-verified.json next to the policy, which lets the "
+        "embedded engine start where no OPA binary is installed.",
+    )
+    p.add_argument("--policies-dir", type=Path, default=Path("policies"), help="(policies)")
+    p.add_argument(
+        "--data-dir", type=Path, action="append", help="data files dir (default policies/data)"
+    )
+    p.add_argument("--opa", type=Path, help="OPA binary (default: opa on PATH)")
+    p.add_argument(
+        "--generated", type=int, default=200, help="generated cases besides the corpus (200)"
+    )
+    p.add_argument("--record", action="store_true", help="write the verification record")
+    p.add_argument(
+        "--record-file",
+        type=Path,
+        help="record path (default <policies>/" + "embedded-verified.json)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mcp-policy",
@@ -122,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(sub)
     _sync_parser(sub)
     _bundle_parser(sub)
+    _verify_parser(sub)
     return parser
 
 
@@ -209,6 +236,26 @@ def _bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from gateway_plugins.policy.engine_guard import (
+        RECORD_NAME,
+        EmbeddedVerifySettings,
+        verify_embedded,
+        write_record,
+    )
+    from gateway_plugins.policy.engines import load_policy_source
+
+    source = load_policy_source(args.policies_dir, args.data_dir)
+    settings = EmbeddedVerifySettings(opa_binary=args.opa, generated_cases=args.generated)
+    result = verify_embedded(source, args.policies_dir, settings, require_opa=True)
+    print(f"ok: {result.summary()}")
+    if args.record:
+        path = args.record_file or args.policies_dir / RECORD_NAME
+        write_record(path, result)
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from gateway_plugins.policy.engines import EngineUnavailable, PolicySourceError
     from gateway_plugins.policy.input import InputError
@@ -221,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "bundle":
             return _bundle(args)
+        if args.command == "verify-embedded":
+            return _verify(args)
         return asyncio.run(_sync(args))
     except (
         SettingsError,

@@ -7,10 +7,19 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway_plugins.common.caller_auth import CallerAuthConfig
+from gateway_plugins.common.host_origin import (
+    ALLOWED_HOSTS_DOC,
+    ALLOWED_ORIGINS_DOC,
+    HostPatterns,
+    OriginPatterns,
+)
 from gateway_plugins.common.jwt_validation import DEFAULT_ALGORITHMS, IssuerConfig
+from gateway_plugins.policy.engine_guard import EmbeddedVerifySettings
 from gateway_plugins.policy.wristband import WristbandForm
 
 SERVICE = "policy"
@@ -82,11 +91,69 @@ class AuthSettings(_Strict):
     )
 
 
+class ReloadSettings(_Strict):
+    """Policy changes at run time, from files (e.g. mounted ConfigMaps)."""
+
+    watch_files: bool = Field(
+        default=True,
+        description="Watch policies_dir, data_dirs and catalogue_file and reload the policy "
+        "when they change (a mounted ConfigMap's ..data swap included); a policy that does not "
+        "load is refused and the last good one kept.",
+    )
+    interval_s: float = Field(
+        default=1.0, gt=0, le=300, description="How often the files are checked."
+    )
+
+
+class BundleSettings(_Strict):
+    """An OPA bundle service as the policy's source (instead of policies_dir / data_dirs)."""
+
+    url: str | None = Field(
+        default=None,
+        description="Bundle URL (tar.gz as opa build or mcp-policy bundle writes it); set: the "
+        "policy and its data come from it, polled with If-None-Match/ETag as OPA does, and "
+        "decisions are refused (503) until the first bundle is loaded.",
+    )
+    min_delay_s: float = Field(
+        default=1.0, gt=0, le=3600, description="Shortest wait between two polls."
+    )
+    max_delay_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="Longest wait between two polls (random in between).",
+    )
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="Timeout of one download.")
+    max_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        gt=0,
+        description="Largest bundle, downloaded and unpacked; larger ones are refused.",
+    )
+    token_file: Path | None = Field(
+        default=None, description="Bearer token file for the bundle service."
+    )
+    ca_file: Path | None = Field(default=None, description="CA bundle for an https bundle URL.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"bundle.url {value!r} must be an http(s) URL")
+        if parts.username or parts.password:
+            raise ValueError("bundle.url must not carry credentials; use bundle.token_file")
+        return value.strip()
+
+
 class PolicySettings(_Strict):
     """The policy service."""
 
     host: str = Field(default="127.0.0.1", description="Listen address.")
     port: int = Field(default=8282, ge=0, le=65535, description="Listen port.")
+    allowed_hosts: HostPatterns = Field(default_factory=list, description=ALLOWED_HOSTS_DOC)
+    allowed_origins: OriginPatterns = Field(default_factory=list, description=ALLOWED_ORIGINS_DOC)
     engine: Literal["embedded", "opa"] = Field(
         default="embedded", description="embedded (in-process Rego) or opa (an OPA server)."
     )
@@ -107,7 +174,15 @@ class PolicySettings(_Strict):
         description="Embedded engine: remember this many decisions (exact: same input, same "
         "policy); 0 turns the cache off.",
     )
+    embedded_verify: EmbeddedVerifySettings = Field(
+        default_factory=EmbeddedVerifySettings,
+        description="Embedded engine: before serving, its answers are checked against the "
+        "policy's test corpus and OPA (or a verification record); a policy rego-cpp evaluates "
+        "differently from OPA is refused at start.",
+    )
     opa: OpaSettings = Field(default_factory=OpaSettings)
+    reload: ReloadSettings = Field(default_factory=ReloadSettings)
+    bundle: BundleSettings = Field(default_factory=BundleSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     wristband: WristbandSettings = Field(default_factory=WristbandSettings)
     decision_log: str | None = Field(
@@ -115,9 +190,17 @@ class PolicySettings(_Strict):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(default=1024 * 1024, gt=0, description="Largest request body.")
+    caller_auth: CallerAuthConfig = Field(
+        default_factory=CallerAuthConfig,
+        description="The credential the gateway (Envoy, Authorino, the combined check) presents "
+        "on /check, /v1/decide and /v1/filter.",
+    )
 
     @model_validator(mode="after")
     def _need_issuers(self) -> PolicySettings:
         if not self.auth.issuers:
             raise ValueError("auth.issuers: configure at least one trusted token issuer")
+        problem = self.caller_auth.problem()
+        if problem is not None:
+            raise ValueError(problem)
         return self

@@ -1,7 +1,8 @@
 """Decision engines behind one interface: the embedded Rego engine and an OPA server.
 
 Both evaluate the same modules and data (:class:`PolicySource`) and give the same answers for
-``data.mcp.authz.decision`` and the tool lists of ``data.mcp.authz.allowed_tools`` (the embedded
+``data.mcp.authz.decision``, the prompt lists of ``data.mcp.authz.allowed_prompts`` and the tool
+lists of ``data.mcp.authz.allowed_tools`` (the embedded
 engine computes those from the policy's ``allowed_tools_parts``; the differential test proves
 the two agree):
 
@@ -43,6 +44,7 @@ PACKAGE = "mcp/authz"
 DECISION = "decision"
 ALLOWED_TOOLS = "allowed_tools"
 ALLOWED_TOOLS_PARTS = "allowed_tools_parts"
+ALLOWED_PROMPTS = "allowed_prompts"
 CONFIG_PATH = "mcp/config"
 CATALOGUE_PATH = "mcp/catalogue"
 POLICY_ID_PREFIX = "kube-mcp-gateway"
@@ -99,7 +101,7 @@ def load_policy_source(
         raise PolicySourceError(f"policy directory {policies_dir} does not exist")
     modules: dict[str, str] = {}
     for path in sorted(policies_dir.rglob("*.rego")):
-        if path.name.endswith("_test.rego"):
+        if path.name.endswith("_test.rego") or _in_volume_internals(path, policies_dir):
             continue
         try:
             modules[path.relative_to(policies_dir).as_posix()] = path.read_text(encoding="utf-8")
@@ -122,6 +124,22 @@ def load_policy_source(
                 origin[key] = path
     _check_strings(config, "data.mcp.config")
     return PolicySource(modules, config, catalogue)
+
+
+CONFIGMAP_DATA = "..data"  # a mounted ConfigMap's link to its current version
+
+
+def snapshot_dir(path: Path) -> Path:
+    """The folder to read: a mounted ConfigMap's current version (``..data`` resolved, a folder
+    kubelet never changes, only replaces) or the folder itself."""
+    data = path / CONFIGMAP_DATA
+    return data.resolve() if data.is_dir() else path
+
+
+def _in_volume_internals(path: Path, root: Path) -> bool:
+    """A file under a mounted ConfigMap's ``..data`` / ``..<timestamp>`` folders: the same files
+    again (the visible names are links into them), not extra modules."""
+    return any(part.startswith("..") for part in path.relative_to(root).parts[:-1])
 
 
 _UNSAFE = re.compile(r'[\x00-\x1f"\\]')
@@ -195,6 +213,8 @@ class DecisionEngine(Protocol):
 
     async def allowed_tools(self, doc: Mapping[str, Any]) -> dict[str, list[str]]: ...
 
+    async def allowed_prompts(self, doc: Mapping[str, Any]) -> dict[str, list[str]]: ...
+
     async def check_ready(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -210,9 +230,11 @@ def _decision_from(value: Any) -> Decision:
     return Decision(value["allow"], value["reason"])
 
 
-def _allowed_from(value: Any, catalogue: Catalogue | None) -> dict[str, list[str]]:
+def _allowed_from(
+    value: Any, catalogue: Catalogue | None, what: str = ALLOWED_TOOLS
+) -> dict[str, list[str]]:
     if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
-        raise PolicyError("the policy's allowed_tools is not {server: [tool, ...]}")
+        raise PolicyError(f"the policy's {what} is not {{server: [name, ...]}}")
     return normalize_allowed(value, (catalogue or {}).keys())
 
 
@@ -234,11 +256,11 @@ class _Compiled:
             for name, text in source.modules.items():
                 self._interp.add_module(name, text)
             self._interp.add_data(source.data())
-            entrypoints = (DECISION, ALLOWED_TOOLS, ALLOWED_TOOLS_PARTS)
+            entrypoints = (DECISION, ALLOWED_TOOLS, ALLOWED_TOOLS_PARTS, ALLOWED_PROMPTS)
             self._bundle = self._interp.build(None, [f"{PACKAGE}/{e}" for e in entrypoints])
         except RegoError as exc:
             raise PolicySourceError(
-                f"the embedded engine cannot compile the policy: {_first_line(exc)}"
+                f"the embedded engine cannot compile the policy: {_rego_errors(exc, source)}"
             ) from None
         if not self._bundle.ok():
             raise PolicySourceError("the embedded engine could not build the policy bundle")
@@ -261,6 +283,19 @@ class _Compiled:
                 f"data.{PACKAGE.replace('/', '.')}.{entrypoint} is undefined for this input"
             )
         return results[0].expressions[0]
+
+
+_REGO_ERROR = re.compile(r"\(error \d+:([^|\s]+)\|(\d+)\|\d+\s+\(errormsg \d+:([^)]*)\)")
+
+
+def _rego_errors(exc: Exception, source: PolicySource) -> str:
+    """rego-cpp's error S-expression as ``file:line: message; ...`` (first line otherwise)."""
+    found = []
+    for name, offset, message in _REGO_ERROR.findall(str(exc))[:3]:
+        text = source.modules.get(name)
+        line = text.count("\n", 0, int(offset)) + 1 if text is not None else "?"
+        found.append(f"{name}:{line}: {message.strip()}")
+    return "; ".join(found) if found else _first_line(exc)
 
 
 def _first_line(exc: Exception) -> str:
@@ -321,13 +356,17 @@ class EmbeddedEngine:
 
     name = "embedded"
 
-    def __init__(self, source: PolicySource, *, cache_size: int = 4096) -> None:
+    def __init__(
+        self, source: PolicySource, *, cache_size: int = 4096, worker: bool = True
+    ) -> None:
+        """``worker`` False: one compiled policy for decisions and lists (it has its own lock),
+        e.g. for checking the policy at start, where compiling twice is wasted time."""
         self._source = source
         self._cache: OrderedDict[str, Decision] = OrderedDict()
         self._cache_size = cache_size
         self.cache_hits = 0
         self._inline = _Compiled(source)
-        self._worker = _Compiled(source)
+        self._worker = _Compiled(source) if worker else self._inline
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rego-list")
         self._index = _index(source.catalogue) if source.catalogue is not None else None
 
@@ -366,10 +405,25 @@ class EmbeddedEngine:
             return _allowed_from(self._worker.query(ALLOWED_TOOLS, doc), None)
         return allowed_from_parts(self._worker.query(ALLOWED_TOOLS_PARTS, doc), index)
 
+    async def allowed_prompts(self, doc: Mapping[str, Any]) -> dict[str, list[str]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.allowed_prompts_sync, doc)
+
+    def allowed_prompts_sync(self, doc: Mapping[str, Any]) -> dict[str, list[str]]:
+        """Prompts per server: few names per user, evaluated by the policy itself."""
+        given = doc.get("catalogue")
+        catalogue = given if isinstance(given, dict) else self._source.catalogue
+        value = self._worker.query(ALLOWED_PROMPTS, doc)
+        return _allowed_from(value, catalogue, ALLOWED_PROMPTS)
+
     async def check_ready(self) -> None:
         return None
 
     async def close(self) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop the tool-list worker thread (the synchronous form of :meth:`close`)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -426,6 +480,21 @@ class OpaServerEngine:
             await self._ensure_loaded(force=True)
         except EngineUnavailable as exc:
             log.warning("OPA not reachable at start; will retry on each request: %s", exc)
+
+    async def reload(self, source: PolicySource) -> None:
+        """Push ``source`` in place of the current policy (a run-time reload). When OPA refuses
+        it or cannot be reached, the previous policy is pushed back and the error raised."""
+        previous = self._source
+        self._source = source
+        try:
+            await self._ensure_loaded(force=True)
+        except EngineUnavailable:
+            self._source = previous
+            try:
+                await self._ensure_loaded(force=True)
+            except EngineUnavailable as exc:
+                log.warning("could not push the previous policy back into OPA: %s", exc)
+            raise
 
     async def _replace_session_with_ca(self, ca_file: Path) -> None:
         from gateway_plugins.common.http_client import make_ssl_context
@@ -493,6 +562,10 @@ class OpaServerEngine:
     async def allowed_tools(self, doc: Mapping[str, Any]) -> dict[str, list[str]]:
         value = await self._query(ALLOWED_TOOLS, doc)
         return _allowed_from(value, doc.get("catalogue") or self._source.catalogue)
+
+    async def allowed_prompts(self, doc: Mapping[str, Any]) -> dict[str, list[str]]:
+        value = await self._query(ALLOWED_PROMPTS, doc)
+        return _allowed_from(value, doc.get("catalogue") or self._source.catalogue, ALLOWED_PROMPTS)
 
     async def check_ready(self) -> None:
         await self.decide(_PROBE_INPUT)

@@ -1,9 +1,9 @@
 """Building the Rego input from what the gateway sends: pure functions, no I/O.
 
 The policy (``policies/mcp/authz.rego``) reads ``method``, ``server``, ``tool`` (name and
-normalized annotations), ``arguments`` (only when the request body was available), ``claims``
-(verified token claims), ``subject`` (a display name for reasons) and, for ``tools/list``, a
-``catalogue`` of every server's tools.
+normalized annotations), ``prompt`` (name, for ``prompts/get``), ``arguments`` (only when the
+request body was available), ``claims`` (verified token claims), ``subject`` (a display name
+for reasons) and, for ``tools/list``, a ``catalogue`` of every server's tools.
 
 The input holds only what the policy reads: the claims of :data:`POLICY_CLAIMS` and the arguments
 of :data:`POLICY_ARGUMENTS`. The input is what OPA's decision log records and what keys the
@@ -11,8 +11,9 @@ embedded engine's decision cache, so tool arguments such as ``access_token`` (a 
 backend accepts in arguments) or a Secret's YAML (``resources_create_or_update``) never reach it.
 
 The ext_authz check also reads the JSON-RPC body (:func:`parse_request_body`): its ``method`` and,
-for ``tools/call``, ``params.name`` must agree with the ``x-mcp-method`` / ``x-mcp-toolname``
-headers (:func:`reconcile`), so headers cannot describe a different request than the one sent.
+for ``tools/call`` / ``prompts/get``, ``params.name`` must agree with the ``x-mcp-method`` /
+``x-mcp-toolname`` / ``x-mcp-promptname`` headers (:func:`reconcile`, :func:`reconcile_prompt`),
+so headers cannot describe a different request than the one sent.
 
 Names that reach the policy are checked here first: a malformed server or tool name is refused
 with a clear reason before any engine runs (both engines then see only well-formed input, which
@@ -30,12 +31,11 @@ from typing import Any
 BROKER_SERVER = "mcpBroker"
 
 # MCP tool names: 1-128 of [A-Za-z0-9_.-] (the spec's recommendation); servers are
-# "namespace/name" (Kubernetes names) or the broker's own name.
-_TOOL_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
-_SERVER_NAME = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,252}(/[A-Za-z0-9][A-Za-z0-9_.\-]{0,252})?$"
-)
-_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# "namespace/name" (Kubernetes names) or the broker's own name. Always used with fullmatch: with
+# re.match, "$" also matches before a final newline, so "kube-system\n" would pass as a name.
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+_SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,252}(/[A-Za-z0-9][A-Za-z0-9_.\-]{0,252})?")
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _UNSAFE_TEXT = re.compile(r"[\x00-\x1f\x7f\"\\]")
 
 # Hint spellings of x-mcp-annotation-hints and of MCP ToolAnnotations, to the policy's keys.
@@ -122,15 +122,24 @@ def normalize_annotations(raw: Mapping[str, Any] | None) -> Annotations:
 
 
 def check_tool_name(name: str) -> str:
-    if not _TOOL_NAME.match(name):
+    if not _TOOL_NAME.fullmatch(name):
         raise InputError(
             "x-mcp-toolname is not a valid MCP tool name (1-128 characters of A-Z a-z 0-9 _ . -)"
         )
     return name
 
 
+def check_prompt_name(name: str) -> str:
+    if not _TOOL_NAME.fullmatch(name):
+        raise InputError(
+            "x-mcp-promptname is not a valid MCP prompt name (1-128 characters of "
+            "A-Z a-z 0-9 _ . -)"
+        )
+    return name
+
+
 def check_server_name(name: str) -> str:
-    if not _SERVER_NAME.match(name):
+    if not _SERVER_NAME.fullmatch(name):
         raise InputError(
             "x-mcp-servername is not a valid server name (expected namespace/name or mcpBroker)"
         )
@@ -159,7 +168,7 @@ def check_arguments(arguments: Any) -> dict[str, Any]:
     if (
         namespace is not None
         and namespace != ""
-        and (not isinstance(namespace, str) or not _NAMESPACE.match(namespace))
+        and (not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace))
     ):
         raise InputError("argument 'namespace' is not a valid Kubernetes namespace name")
     return arguments
@@ -206,6 +215,8 @@ class RequestBody:
     method: str | None  # None: a JSON-RPC message without a method (a response)
     tool: str | None  # params.name of a tools/call
     arguments: dict[str, Any] | None  # params.arguments of a tools/call (checked), else None
+    prompt: str | None = None  # params.name of a prompts/get
+    request_id: str | int | None = None  # the JSON-RPC id (None: absent, null or not an id)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -242,19 +253,35 @@ def parse_request_body(body: bytes) -> RequestBody:
     method = message.get("method")
     if method is not None and not isinstance(method, str):
         raise InputError("the method of the JSON-RPC body must be a string")
-    if method != "tools/call":
-        return RequestBody(method, None, None)
+    request_id = _request_id(message.get("id"))
+    if method not in ("tools/call", "prompts/get"):
+        return RequestBody(method, None, None, request_id=request_id)
     params = message.get("params")
     if not isinstance(params, dict):
         raise InputError("the request body is not a JSON-RPC request with params")
-    tool = params.get("name")
-    if not isinstance(tool, str) or not _TOOL_NAME.match(tool):
+    name = params.get("name")
+    if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+        what = "tool" if method == "tools/call" else "prompt"
         raise InputError(
-            "params.name of the tools/call body is not a valid MCP tool name "
+            f"params.name of the {method} body is not a valid MCP {what} name "
             "(1-128 characters of A-Z a-z 0-9 _ . -)"
         )
+    if method == "prompts/get":
+        return RequestBody(method, None, None, prompt=name, request_id=request_id)
     arguments = params.get("arguments", {})
-    return RequestBody(method, tool, check_arguments(arguments if arguments is not None else {}))
+    return RequestBody(
+        method,
+        name,
+        check_arguments(arguments if arguments is not None else {}),
+        request_id=request_id,
+    )
+
+
+def _request_id(value: Any) -> str | int | None:
+    """A JSON-RPC id worth echoing in an error answer: a string or an integer."""
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        return value
+    return None
 
 
 def reconcile(header_method: str, header_tool: str, body: RequestBody) -> tuple[str, str]:
@@ -285,6 +312,19 @@ def reconcile(header_method: str, header_tool: str, body: RequestBody) -> tuple[
     return body_method, body.tool
 
 
+def reconcile_prompt(header_prompt: str, body: RequestBody) -> str:
+    """The prompt to decide on for a ``prompts/get`` body: ``x-mcp-promptname`` must name the
+    body's ``params.name`` (a missing header takes the body's value)."""
+    if body.prompt is None:
+        return header_prompt
+    if header_prompt and header_prompt != body.prompt:
+        raise HeaderMismatch(
+            f"x-mcp-promptname says {safe_text(header_prompt, 128)} but the body gets prompt "
+            f"{body.prompt}; the x-mcp-* headers must describe the request body"
+        )
+    return body.prompt
+
+
 def safe_text(value: str, limit: int) -> str:
     """Caller-supplied text made safe to quote in a reason: no quotes or control characters."""
     return _UNSAFE_TEXT.sub("?", value)[:limit]
@@ -298,8 +338,9 @@ def call_input(
     annotations: Annotations,
     claims: Mapping[str, Any],
     arguments: Mapping[str, Any] | None,
+    prompt: str = "",
 ) -> dict[str, Any]:
-    """The input of ``data.mcp.authz.decision`` for one request."""
+    """The input of ``data.mcp.authz.decision`` for one request (``prompt``: prompts/get)."""
     doc: dict[str, Any] = {
         "method": method,
         "server": server,
@@ -307,6 +348,8 @@ def call_input(
         "claims": policy_claims(claims),
         "subject": {"name": display_name(claims)},
     }
+    if prompt:
+        doc["prompt"] = {"name": prompt}
     if arguments is not None:
         doc["arguments"] = policy_arguments(arguments)
     return doc
@@ -329,7 +372,7 @@ def catalogue_from_tools(tools: Iterable[Mapping[str, Any]]) -> list[dict[str, A
     seen: dict[str, dict[str, Any]] = {}
     for tool in tools:
         name = tool.get("name")
-        if not isinstance(name, str) or not _TOOL_NAME.match(name):
+        if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
             continue
         annotations = tool.get("annotations")
         seen[name] = ToolInfo(
@@ -356,13 +399,20 @@ def load_catalogue(doc: Mapping[str, Any]) -> Catalogue:
     return catalogue
 
 
-def annotations_in(catalogue: Catalogue | None, server: str, tool: str) -> Annotations:
-    """A tool's annotations from the catalogue, empty when unknown."""
+def catalogue_annotations(
+    catalogue: Catalogue | None, server: str, tool: str
+) -> Annotations | None:
+    """A tool's annotations from the catalogue; None when the catalogue does not know the tool."""
     for entry in (catalogue or {}).get(server, []):
         if entry.get("name") == tool:
-            found: Annotations = entry.get("annotations", {})
+            found: Annotations = dict(entry.get("annotations", {}))
             return found
-    return {}
+    return None
+
+
+def annotations_in(catalogue: Catalogue | None, server: str, tool: str) -> Annotations:
+    """A tool's annotations from the catalogue, empty when unknown."""
+    return catalogue_annotations(catalogue, server, tool) or {}
 
 
 def normalize_allowed(

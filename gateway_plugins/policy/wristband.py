@@ -5,7 +5,9 @@ An ES256 JWT with a short lifetime, in one of the two forms the broker releases 
 * ``x-authorized-tools`` with claim ``allowed-tools``: a JSON *string* mapping server name to tool
   names, e.g. ``"{\\"mcp-test/kubernetes-mcp\\":[\\"pods_get\\",\\"pods_list\\"]}"``;
 * ``x-mcp-authorized`` with claim ``allowed-capabilities``: a JSON string
-  ``{"tools": {server: [...]}, "prompts": {}}``.
+  ``{"tools": {server: [...]}, "prompts": {server: [...]}}``. The MCP Gateway v0.9.0 broker
+  reads only this form, for ``tools/list`` and ``prompts/list`` alike: a server missing under
+  ``prompts`` shows none of its prompts.
 
 Empty lists stay ``[]`` (never null). The broker verifies the signature with the PEM public key
 and ``exp`` only; the public key is also served as a JWKS.
@@ -19,7 +21,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,7 @@ class SignedList:
     headers: dict[str, str]
     allowed: dict[str, list[str]]
     expires_at: float
+    prompts: dict[str, list[str]] = field(default_factory=dict)
 
 
 class WristbandSigner:
@@ -151,15 +154,16 @@ class WristbandSigner:
         self,
         allowed: Mapping[str, list[str]],
         *,
+        prompts: Mapping[str, list[str]] | None = None,
         subject: str | None = None,
         form: WristbandForm | None = None,
         now: float | None = None,
     ) -> SignedList:
-        """Headers carrying ``allowed`` ({server: [tool, ...]}) in the configured form(s)."""
+        """Headers carrying ``allowed`` ({server: [tool, ...]}) and ``prompts`` ({server:
+        [prompt, ...]}, current form only) in the configured form(s)."""
         issued = int(now if now is not None else time.time())
-        tools = {
-            str(server): sorted({str(n) for n in names or []}) for server, names in allowed.items()
-        }
+        tools = _sorted_names(allowed)
+        prompt_names = _sorted_names(prompts or {})
         base: dict[str, Any] = {
             "iss": self._issuer,
             "iat": issued,
@@ -174,16 +178,22 @@ class WristbandSigner:
         if chosen in (WristbandForm.LEGACY, WristbandForm.BOTH):
             headers[LEGACY_HEADER] = self._encode({**base, LEGACY_CLAIM: compact_json(tools)})
         if chosen in (WristbandForm.CURRENT, WristbandForm.BOTH):
-            capabilities = {"tools": tools, "prompts": {}}
+            capabilities = {"tools": tools, "prompts": prompt_names}
             headers[CURRENT_HEADER] = self._encode(
                 {**base, CURRENT_CLAIM: compact_json(capabilities)}
             )
-        return SignedList(headers, tools, float(base["exp"]))
+        return SignedList(headers, tools, float(base["exp"]), prompt_names)
 
     def _encode(self, claims: dict[str, Any]) -> str:
         return jwt.encode(
             claims, self._key, algorithm="ES256", headers={"kid": self._kid, "typ": "JWT"}
         )
+
+
+def _sorted_names(by_server: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    return {
+        str(server): sorted({str(n) for n in names or []}) for server, names in by_server.items()
+    }
 
 
 def verify(token: str, public_key_pem: str) -> dict[str, Any]:

@@ -9,8 +9,14 @@
   signed tool-list headers; 401/403/503 as ``/check``; the policy's 403; 503 when the policy
   service cannot answer or ``policy_url`` is unset (fail closed).
 - ``POST /token``: RFC 8693 token endpoint facade (form-encoded, HTTP Basic client auth), the
-  request shape Keycloak takes, answered from the cache when possible.
+  request shape Keycloak takes, answered from the cache when possible. A foreign ``Host`` (421)
+  or ``Origin`` (403) is refused first (``common/host_origin.py``: DNS rebinding protection).
 - ``/healthz``, ``/readyz`` (JWKS loaded, token services reachable), ``/metrics``.
+
+``/check`` and ``/ext-authz/*`` answer only the gateway (``caller_auth``: a shared secret header or
+an mTLS client certificate; 403 ``caller_unauthenticated`` otherwise), accept only tokens addressed
+to the gateway (``ext_authz.audiences``) and issue tokens only for the targets the gateway routes
+(``ext_authz.targets``); other targets (a cross-domain cluster) only come from ``/token``.
 """
 
 from __future__ import annotations
@@ -23,10 +29,13 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway_plugins.common.caller_auth import CallerAuthenticator, protect
+from gateway_plugins.common.host_origin import service_rule
 from gateway_plugins.common.http_client import make_client_session
 from gateway_plugins.common.jwks import JWKSCache
 from gateway_plugins.common.jwt_validation import InvalidToken, JWTValidator, ValidationUnavailable
 from gateway_plugins.common.service import (
+    SERVER_SSL,
     SERVICE_METRICS,
     ReadyCheck,
     add_ready_check,
@@ -35,10 +44,16 @@ from gateway_plugins.common.service import (
 )
 from gateway_plugins.common.settings import SettingsError, read_secret
 from gateway_plugins.token_exchange.config import SERVICE, ClientAuth, Settings
-from gateway_plugins.token_exchange.exchanger import Exchanger, ExchangeRefused
+from gateway_plugins.token_exchange.exchanger import Exchanger, ExchangeRefused, audiences_of
 from gateway_plugins.token_exchange.facade import handle_token_request
 from gateway_plugins.token_exchange.metrics import ExchangeMetrics
 from gateway_plugins.token_exchange.policy_client import PolicyClient
+from gateway_plugins.token_exchange.redis_cache import (
+    SharedCacheMaterial,
+    SharedTokenCache,
+    load_material,
+    open_shared_cache,
+)
 from gateway_plugins.token_exchange.sts_client import STSClient, STSUnavailable
 from gateway_plugins.token_exchange.targets import TargetRegistry, UnknownTarget
 
@@ -56,10 +71,12 @@ class Runtime:
     sts_secrets: dict[str, str | None]
     sts_keys: dict[str, Any]
     facade_clients: dict[str, str]
+    policy_caller_headers: dict[str, str] = field(default_factory=dict)
     exchanger: Exchanger | None = None
     jwks: JWKSCache | None = None
     sts: dict[str, STSClient] = field(default_factory=dict)
     policy: PolicyClient | None = None  # set when ext_authz.policy_url is configured
+    shared_cache: SharedTokenCache | None = None  # set when cache.backend is redis
 
     def require(self) -> Exchanger:
         if self.exchanger is None:
@@ -105,6 +122,21 @@ def load_credentials(
     return secrets, keys, facade
 
 
+def policy_caller_headers(settings: Settings, caller: CallerAuthenticator) -> dict[str, str]:
+    """The credential the combined check presents to the policy service's check: the secret of
+    ``ext_authz.policy_caller_secret_*``, else this service's own caller secret (one shared
+    secret for both plugins), else none."""
+    ext = settings.ext_authz
+    secret = caller.secret
+    if ext.policy_caller_secret_file is not None or ext.policy_caller_secret_env is not None:
+        secret = read_secret(
+            "ext_authz.policy_caller_secret",
+            file=ext.policy_caller_secret_file,
+            env=ext.policy_caller_secret_env,
+        )
+    return {ext.policy_caller_header: secret} if secret else {}
+
+
 def build_exchanger(runtime: Runtime, session: Any) -> Exchanger:
     """Wire validator, STS clients, targets and cache over one shared client session."""
     settings = runtime.settings
@@ -139,24 +171,38 @@ def build_exchanger(runtime: Runtime, session: Any) -> Exchanger:
         cache=settings.cache,
         opaque_tokens=validation.opaque_tokens,
         metrics=runtime.metrics,
+        shared=runtime.shared_cache,
     )
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = create_base_app(SERVICE)
+    # The ext_authz checks carry the original request's Host (Envoy's); /token is checked.
+    app = create_base_app(
+        SERVICE, host_origin=service_rule(settings), unchecked_prefixes=("/check", COMBINED_PREFIX)
+    )
     secrets, keys, facade = load_credentials(settings)
+    caller = CallerAuthenticator(settings.caller_auth)
     runtime = Runtime(
         settings=settings,
         metrics=ExchangeMetrics(app[SERVICE_METRICS].registry),
         sts_secrets=secrets,
         sts_keys=keys,
         facade_clients=facade,
+        policy_caller_headers=policy_caller_headers(settings, caller),
     )
     app[RUNTIME] = runtime
+    server_ssl = caller.server_ssl_context()
+    if server_ssl is not None:
+        app[SERVER_SSL] = server_ssl
+    shared: SharedCacheMaterial | None = None
+    if settings.cache.backend == "redis":
+        shared = load_material(settings.cache.redis)  # missing secrets fail the start
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         timeout = max([s.timeout_s for s in settings.sts.values()] + [3.0]) + 1.0
         session = make_client_session(ca_file=settings.ca_file, timeout_s=timeout)
+        if shared is not None:
+            runtime.shared_cache = await _open_shared(settings, shared, runtime.metrics)
         runtime.exchanger = build_exchanger(runtime, session)
         ext_authz = settings.ext_authz
         if ext_authz.policy_url is not None:
@@ -166,6 +212,7 @@ def create_app(settings: Settings) -> web.Application:
                 timeout_s=ext_authz.policy_timeout_s,
                 upstream_headers=ext_authz.policy_upstream_headers,
                 metrics=runtime.metrics,
+                caller_headers=runtime.policy_caller_headers,
             )
         try:
             yield
@@ -173,17 +220,36 @@ def create_app(settings: Settings) -> web.Application:
             runtime.exchanger = None
             runtime.policy = None
             await session.close()
+            if runtime.shared_cache is not None:
+                await runtime.shared_cache.close()
+                runtime.shared_cache = None
 
     app.cleanup_ctx.append(lifecycle)
     add_ready_check(app, "jwks", lambda: _jwks_ready(runtime))
     for name in settings.sts:
         add_ready_check(app, f"sts:{name}", _sts_check(runtime, name))
-    app.router.add_route("*", "/check{tail:.*}", check)
-    app.router.add_route("*", COMBINED_PREFIX, combined_check)
-    app.router.add_route("*", COMBINED_PREFIX + "/{tail:.*}", combined_check)
+    app.router.add_route("*", "/check{tail:.*}", protect(check, caller))
+    app.router.add_route("*", COMBINED_PREFIX, protect(combined_check, caller))
+    app.router.add_route("*", COMBINED_PREFIX + "/{tail:.*}", protect(combined_check, caller))
     if settings.facade.enabled:
         app.router.add_post("/token", token_endpoint)
     return app
+
+
+async def _open_shared(
+    settings: Settings, material: SharedCacheMaterial, metrics: ExchangeMetrics
+) -> SharedTokenCache:
+    """The Redis pool; an unreachable Redis is logged, not fatal (the memory cache serves)."""
+    cache = open_shared_cache(settings.cache.redis, material, metrics=metrics)
+    if await cache.ping():
+        log.info("shared token cache: Redis at %s", settings.cache.redis.url)
+    if material.password is None:
+        log.warning(
+            "shared token cache: no cache.redis.password_file/_env; Redis at %s is used "
+            "without authentication",
+            settings.cache.redis.url,
+        )
+    return cache
 
 
 async def _jwks_ready(runtime: Runtime) -> None:
@@ -260,11 +326,15 @@ async def _validate_and_exchange(
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
         return _unauthorized(request, settings, "no bearer token", error=False)
-    target = request.headers.get(settings.ext_authz.target_header, "").strip()
+    ext_authz = settings.ext_authz
+    target = request.headers.get(ext_authz.target_header, "").strip()
     try:
         claims = await exchanger.validate(token)
-        if not target or target in settings.ext_authz.passthrough_targets:
+        _check_gateway_audience(claims, ext_authz.audiences)
+        if not target or target in ext_authz.passthrough_targets:
             return _Granted(token, None, exchanged=False)
+        if target not in ext_authz.targets:
+            return _not_routable(runtime, exchanger, target)
         result = await exchanger.exchange(token, target, claims=claims)
     except InvalidToken as exc:
         runtime.metrics.count(_label(exchanger, target), "invalid_token")
@@ -285,6 +355,41 @@ async def _validate_and_exchange(
         log.warning("token exchange unavailable for target %s: %s", target, exc)
         return _deny(503, "token_service_unavailable", f"{exc}; retry shortly")
     return _Granted(token, result.token, exchanged=result.outcome != "unchanged")
+
+
+def _check_gateway_audience(claims: dict[str, Any] | None, accepted: list[str]) -> None:
+    """A token at the gateway's check must be addressed to the gateway (``ext_authz.audiences``):
+    a token issued for a server behind it (an exchanged token) is not replayable here."""
+    if not accepted:
+        return
+    if claims is None:
+        raise InvalidToken(
+            "an opaque (non-JWT) token cannot show that it is addressed to this gateway "
+            "(ext_authz.audiences is set)"
+        )
+    if set(accepted).isdisjoint(audiences_of(claims)):
+        raise InvalidToken(
+            f"the token is not addressed to this gateway (its 'aud' must contain one of "
+            f"{sorted(accepted)})"
+        )
+
+
+def _not_routable(runtime: Runtime, exchanger: Exchanger, target: str) -> web.Response:
+    """403 for a target the check does not issue: unknown, or configured for /token only."""
+    if target not in exchanger.targets:
+        runtime.metrics.count("-", "unknown_target")
+        return _deny(
+            403,
+            "unknown_target",
+            f"no token exchange target is configured for audience '{_quote(target)[:200]}'",
+        )
+    runtime.metrics.count(target, "not_routable")
+    return _deny(
+        403,
+        "target_not_routable",
+        f"target '{target}' is not issued to gateway checks (ext_authz.targets); it is only "
+        "available from POST /token to its authenticated clients",
+    )
 
 
 async def check(request: web.Request) -> web.Response:

@@ -82,7 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         from gateway_plugins.token_exchange.app import create_app, load_credentials
 
         if args.command == "check-config":
+            from gateway_plugins.common.caller_auth import CallerAuthenticator
+
             load_credentials(settings)
+            CallerAuthenticator(settings.caller_auth).server_ssl_context()
+            if settings.cache.backend == "redis":
+                from gateway_plugins.token_exchange.redis_cache import load_material
+
+                load_material(settings.cache.redis)
             print(
                 f"ok: {len(settings.validation.issuers)} issuer(s), {len(settings.sts)} token "
                 f"service(s), targets {[t.audience for t in settings.targets]}, "

@@ -13,6 +13,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway_plugins.common.caller_auth import CallerAuthConfig
+from gateway_plugins.common.host_origin import (
+    ALLOWED_HOSTS_DOC,
+    ALLOWED_ORIGINS_DOC,
+    HostPatterns,
+    OriginPatterns,
+)
 from gateway_plugins.common.jwt_validation import DEFAULT_ALGORITHMS, IssuerConfig
 
 SERVICE = "token-exchange"
@@ -114,9 +121,16 @@ class TargetConfig(_Strict):
         description="'aud' the final token must carry (default: audience), checked at the end.",
     )
     skip_when: Literal["aud_contains", "aud_exact", "never"] = Field(
-        default="aud_contains",
-        description="Forward the caller's token unchanged when its 'aud' already contains the "
-        "target (aud_contains), is exactly the target (aud_exact), or always exchange (never).",
+        default="aud_exact",
+        description="Forward the caller's token unchanged when its 'aud' is exactly the target "
+        "(aud_exact), already contains it among others (aud_contains: the token then reaches "
+        "the target with every other audience it carries), or always exchange (never).",
+    )
+    subject_audiences: list[str] = Field(
+        default_factory=list,
+        description="The caller's token must carry one of these in 'aud' to get a token for this "
+        "target (e.g. the gateway's client id for an MCP server, the backend's for a "
+        "cross-domain cluster); empty: any token the validation accepts.",
     )
     allowed_scopes: list[str] = Field(
         default_factory=list,
@@ -128,7 +142,93 @@ class TargetConfig(_Strict):
         return self.expect_audience or self.audience
 
 
+class RedisCacheConfig(_Strict):
+    """The shared cache of ``cache.backend: redis`` (several replicas, one Keycloak exchange)."""
+
+    url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis URL, redis:// or rediss:// (TLS), host, port and database; no "
+        "credentials in it (password_file / password_env).",
+    )
+    username: str | None = Field(
+        default=None, description="ACL user name (Redis 6+); unset: the default user."
+    )
+    password_file: Path | None = Field(default=None, description="File holding the password.")
+    password_env: str | None = Field(default=None, description="Env var holding the password.")
+    ca_file: Path | None = Field(default=None, description="CA bundle for a rediss:// server.")
+    encryption_keys_file: Path | None = Field(
+        default=None,
+        description="File holding the key(s) cached tokens are encrypted with (AES-256-GCM), "
+        "one per line, newest first, each >= 32 characters (e.g. openssl rand -base64 32); the "
+        "first encrypts, every one decrypts (rotation).",
+    )
+    encryption_keys_env: str | None = Field(
+        default=None, description="Env var holding the key(s), separated by whitespace or ','."
+    )
+    key_prefix: str = Field(
+        default="kmg:token-exchange:",
+        min_length=1,
+        max_length=64,
+        description="Prefix of every Redis key; one per deployment sharing a Redis.",
+    )
+    connect_timeout_s: float = Field(
+        default=0.25, gt=0, le=10, description="Bound on opening a connection."
+    )
+    timeout_s: float = Field(
+        default=0.1,
+        gt=0,
+        le=10,
+        description="Bound on one Redis command; slower counts as Redis down (this replica "
+        "uses its own cache meanwhile).",
+    )
+    pool_size: int = Field(default=32, ge=1, le=1024, description="Max connections to Redis.")
+    lock_ttl_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="Life of the lock one replica holds while it exchanges (a crashed "
+        "holder's lock expires after this).",
+    )
+    lock_wait_s: float = Field(
+        default=3.0,
+        ge=0,
+        le=60,
+        description="How long other replicas wait for the holder's token before exchanging "
+        "themselves.",
+    )
+    retry_after_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=300,
+        description="After a Redis failure, use only this replica's cache this long, then try "
+        "Redis again.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _plain_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError(
+                f"cache.redis.url {value!r} is not a redis:// or rediss:// URL with a host, "
+                "e.g. redis://redis.kmg-system.svc.cluster.local:6379/0"
+            )
+        if parts.username or parts.password:
+            raise ValueError(
+                "cache.redis.url carries credentials; remove them and set cache.redis.username "
+                "and cache.redis.password_file (or password_env) instead"
+            )
+        return value.strip()
+
+
 class CacheConfig(_Strict):
+    backend: Literal["memory", "redis"] = Field(
+        default="memory",
+        description="memory: each replica caches alone; redis: replicas share exchanged tokens "
+        "(encrypted) through cache.redis, with this replica's memory cache in front and as "
+        "fallback while Redis is down.",
+    )
+    redis: RedisCacheConfig = Field(default_factory=RedisCacheConfig)
     max_entries: int = Field(default=10_000, ge=1, description="LRU bound of cached tokens.")
     expiry_margin_s: float = Field(
         default=30.0, ge=0, description="Drop a cached token this long before its 'exp'."
@@ -139,6 +239,18 @@ class CacheConfig(_Strict):
     negative_ttl_s: float = Field(
         default=5.0, ge=0, description="Remember an STS refusal this long (0 = never)."
     )
+
+    @model_validator(mode="after")
+    def _redis_needs_a_key(self) -> CacheConfig:
+        redis = self.redis
+        if self.backend == "redis" and not (
+            redis.encryption_keys_file or redis.encryption_keys_env
+        ):
+            raise ValueError(
+                "cache.backend redis needs cache.redis.encryption_keys_file (or "
+                "encryption_keys_env): cached tokens are credentials and are stored encrypted"
+            )
+        return self
 
 
 class ValidationConfig(_Strict):
@@ -174,6 +286,19 @@ class ExtAuthzConfig(_Strict):
         default_factory=lambda: ["mcpBroker"],
         description="Targets (or a missing header) that get the caller's validated token as is.",
     )
+    targets: list[str] = Field(
+        default_factory=list,
+        description="Targets /check and /ext-authz/combined issue tokens for: the MCP servers "
+        "the gateway routes (x-mcp-servername values). Other configured targets (e.g. a "
+        "cross-domain cluster) are issued only by POST /token to its authenticated clients; a "
+        "check naming one is refused (403 target_not_routable).",
+    )
+    audiences: list[str] = Field(
+        default_factory=list,
+        description="The caller's token at /check and /ext-authz/combined must carry one of these "
+        "in 'aud' (the gateway's client id, e.g. mcp-gateway), so a token issued for a server "
+        "behind the gateway cannot be replayed at it; empty: the validation audiences.",
+    )
     resource_metadata_url: str | None = Field(
         default=None,
         description="For WWW-Authenticate; default "
@@ -194,6 +319,18 @@ class ExtAuthzConfig(_Strict):
     policy_upstream_headers: list[str] = Field(
         default_factory=lambda: list(POLICY_UPSTREAM_HEADERS),
         description="Headers of the policy's 200 answer passed on (the signed tool list).",
+    )
+    policy_caller_secret_file: Path | None = Field(
+        default=None,
+        description="File holding the caller secret the policy service's check requires (sent "
+        "in policy_caller_header); unset: this service's own caller_auth secret.",
+    )
+    policy_caller_secret_env: str | None = Field(
+        default=None, description="Env var holding that secret (instead of the file)."
+    )
+    policy_caller_header: str = Field(
+        default="x-kmg-caller-secret",
+        description="Header the policy service reads the caller secret from.",
     )
 
     @field_validator("policy_url")
@@ -246,6 +383,8 @@ class BreakerConfig(_Strict):
 class Settings(_Strict):
     host: str = Field(default="127.0.0.1", description="Listen address.")
     port: int = Field(default=8081, ge=0, le=65535, description="Listen port.")
+    allowed_hosts: HostPatterns = Field(default_factory=list, description=ALLOWED_HOSTS_DOC)
+    allowed_origins: OriginPatterns = Field(default_factory=list, description=ALLOWED_ORIGINS_DOC)
     log_level: str = Field(default="info", description="debug, info, warning or error.")
     ca_file: Path | None = Field(
         default=None, description="Extra CA bundle for Keycloak's TLS certificate (PEM)."
@@ -261,9 +400,28 @@ class Settings(_Strict):
     ext_authz: ExtAuthzConfig = Field(default_factory=ExtAuthzConfig)
     facade: FacadeConfig = Field(default_factory=FacadeConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    caller_auth: CallerAuthConfig = Field(
+        default_factory=CallerAuthConfig,
+        description="The credential the gateway presents on /check and /ext-authz/* (POST "
+        "/token authenticates its clients itself).",
+    )
+
+    @model_validator(mode="after")
+    def _caller_auth(self) -> Settings:
+        problem = self.caller_auth.problem()
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> Settings:
+        known = {t.audience for t in self.targets}
+        unknown = [t for t in self.ext_authz.targets if t not in known]
+        if unknown:
+            raise ValueError(
+                f"ext_authz.targets {unknown} are not configured under 'targets' "
+                f"(configured: {sorted(known)})"
+            )
         seen: set[str] = set()
         for target in self.targets:
             if target.audience in seen:

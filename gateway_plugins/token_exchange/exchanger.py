@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import jwt
 
@@ -53,12 +53,20 @@ class ExchangeResult:
         return max(0, int(self.expires_at - time.time()))
 
 
+class SharedCache(Protocol):
+    """A cache shared by replicas behind the memory cache (:mod:`.redis_cache`)."""
+
+    async def get_or_fetch(
+        self, parts: Sequence[str], fetch: Callable[[], Awaitable[tuple[Exchanged, float]]]
+    ) -> tuple[Exchanged, float]: ...
+
+
 def subject_key(token: str) -> str:
     """Cache key part for a subject token: its SHA-256 (the token itself is never stored)."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _audiences(claims: Mapping[str, Any]) -> list[str]:
+def audiences_of(claims: Mapping[str, Any]) -> list[str]:
     aud = claims.get("aud")
     if isinstance(aud, str):
         return [aud]
@@ -79,8 +87,10 @@ class Exchanger:
         cache: CacheConfig,
         opaque_tokens: Literal["reject", "passthrough"] = "reject",
         metrics: ExchangeMetrics | None = None,
+        shared: SharedCache | None = None,
     ) -> None:
         self.validator = validator
+        self._shared = shared
         self.targets = targets
         self._sts = dict(sts)
         self._cache_cfg = cache
@@ -115,19 +125,32 @@ class Exchanger:
         target = self.targets.resolve(audience)
         steps, scope = target.plan(scopes)
         if claims is None:  # opaque token, passthrough mode
-            if target.needs_exchange:
+            if target.needs_exchange or target.subject_audiences:
                 raise InvalidToken(
                     f"an opaque (non-JWT) token cannot be exchanged for '{target.audience}'"
                 )
             return self._count(target, ExchangeResult(subject_token, time.time() + 60, "unchanged"))
-        if not steps or target.already_satisfied_by(_audiences(claims)):
+        if not target.accepts_subject(audiences_of(claims)):
+            raise InvalidToken(
+                f"the token is not addressed to a caller that may obtain '{target.audience}' "
+                f"(its 'aud' must contain one of {sorted(target.subject_audiences)})"
+            )
+        if not steps or target.already_satisfied_by(audiences_of(claims)):
             expires_at = float(claims.get("exp", time.time()))
             return self._count(target, ExchangeResult(subject_token, expires_at, "unchanged"))
         key = (subject_key(subject_token), target.audience, scope)
         subject_exp = float(claims["exp"])
 
-        async def fetch() -> tuple[Exchanged, float]:
+        async def exchange_here() -> tuple[Exchanged, float]:
             return await self._run_steps(subject_token, target, steps, subject_exp)
+
+        async def fetch() -> tuple[Exchanged, float]:
+            if self._shared is None:
+                return await exchange_here()
+            # The target's hops are part of the shared entry's name: replicas running another
+            # configuration of the same audience never share tokens.
+            parts = (subject_token, target.audience, scope, f"{target.final_audience}{steps!r}")
+            return await self._shared.get_or_fetch(parts, exchange_here)
 
         exchanged, source = await self.cache.get_or_fetch(key, fetch)
         if self._metrics is not None:
@@ -158,7 +181,7 @@ class Exchanger:
                 raise ExchangeRefused(str(exc), _facade_error(exc.error)) from None
             current, issued_scope, expires_in = issued.access_token, issued.scope, issued.expires_in
         issued_claims = _peek(current)
-        if target.final_audience not in _audiences(issued_claims):
+        if target.final_audience not in audiences_of(issued_claims):
             raise ExchangeRefused(
                 f"the token service issued a token without audience '{target.final_audience}'; "
                 "check the target's audience mapper or 'expect_audience'"

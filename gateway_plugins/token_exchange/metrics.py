@@ -12,7 +12,7 @@ class ExchangeMetrics:
         self.outcomes = Counter(
             "token_exchange_requests_total",
             "Token requests by target and outcome (hit, miss, coalesced, unchanged, refused, "
-            "invalid_token, unavailable, unknown_target).",
+            "invalid_token, unavailable, unknown_target, not_routable).",
             ["target", "outcome"],
             registry=registry,
         )
@@ -46,12 +46,34 @@ class ExchangeMetrics:
         self.cache_entries = Gauge(
             "token_exchange_cache_entries", "Tokens currently cached.", registry=registry
         )
+        self.shared_cache = Counter(
+            "token_exchange_shared_cache_total",
+            "Shared (Redis) cache lookups of memory-cache misses, by result: hit (in Redis), "
+            "waited (another replica's exchange), stored (this replica exchanged and shared "
+            "it), wait_timeout (exchanged here after waiting lock_wait_s), fallback (Redis "
+            "failed or is being skipped: this replica's own exchange), undecryptable.",
+            ["result"],
+            registry=registry,
+        )
+        self.shared_cache_up = Gauge(
+            "token_exchange_shared_cache_up",
+            "1 while the shared (Redis) cache is used, 0 while this replica skips it after a "
+            "failure.",
+            registry=registry,
+        )
+        self._shared_children: dict[str, Any] = {}
 
     def count(self, target: str, outcome: str) -> None:
         child = self._outcome_children.get((target, outcome))
         if child is None:
             child = self.outcomes.labels(target, outcome)
             self._outcome_children[(target, outcome)] = child
+        child.inc()
+
+    def shared_count(self, result: str) -> None:
+        child = self._shared_children.get(result)
+        if child is None:
+            child = self._shared_children[result] = self.shared_cache.labels(result)
         child.inc()
 
     def sts_call_count(self, sts: str | None = None) -> float:

@@ -3,7 +3,8 @@
 Istio before 1.30 allows one CUSTOM ext_authz provider per gateway, so ``/ext-authz/combined``
 exchanges the caller's token and then asks the policy service (``ext_authz.policy_url``, its
 ``/check`` endpoint) in the same round trip. The policy call carries the exchanged token as
-``authorization`` and the request's ``x-mcp-*`` headers (and body, for argument rules).
+``authorization``, the request's ``x-mcp-*`` headers (and body, for argument rules) and this
+service's caller credential for the policy's check (``ext_authz.policy_caller_*``).
 
 Fail closed: only a policy ``200`` whose JSON says ``"allow": true`` allows. A ``403`` is the
 policy's denial; anything else (unreachable, timeout, 5xx, an answer that is not JSON) is a 503.
@@ -64,6 +65,7 @@ class PolicyClient:
         timeout_s: float,
         upstream_headers: Sequence[str],
         metrics: ExchangeMetrics,
+        caller_headers: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self._session = session
@@ -71,6 +73,7 @@ class PolicyClient:
         self._timeout_s = timeout_s
         self._upstream = tuple(h.lower() for h in upstream_headers)
         self._metrics = metrics
+        self._caller = dict(caller_headers or {})  # this service's credential at the policy
 
     def _result(self, result: str, started: float) -> None:
         self._metrics.policy_calls.labels(result).inc()
@@ -98,6 +101,7 @@ class PolicyClient:
         if body and "content-type" in headers:
             outgoing["content-type"] = headers["content-type"]
         outgoing["authorization"] = f"Bearer {token}"
+        outgoing.update(self._caller)
         url = URL(self.url + path, encoded=True)
         started = time.perf_counter()
         try:

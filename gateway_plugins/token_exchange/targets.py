@@ -34,11 +34,16 @@ class Target:
     final_audience: str
     steps: tuple[Step, ...]
     allowed_scopes: frozenset[str]
-    skip_when: str = "aud_contains"
+    skip_when: str = "aud_exact"
+    subject_audiences: frozenset[str] = frozenset()
 
     @property
     def needs_exchange(self) -> bool:
         return bool(self.steps)
+
+    def accepts_subject(self, audiences: Sequence[str]) -> bool:
+        """Whether a subject token with these audiences may get a token for this target."""
+        return not self.subject_audiences or not self.subject_audiences.isdisjoint(audiences)
 
     def already_satisfied_by(self, audiences: Sequence[str]) -> bool:
         """Whether a token with these audiences can go to the target unchanged."""
@@ -86,6 +91,7 @@ class TargetRegistry:
                 steps=tuple(_step(t, s) for s in t.steps),
                 allowed_scopes=frozenset(t.allowed_scopes),
                 skip_when=t.skip_when,
+                subject_audiences=frozenset(t.subject_audiences),
             )
             for t in targets
         }

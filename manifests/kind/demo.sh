@@ -3,12 +3,15 @@
 #  1. user "mcp" logs in to realm mcp (password grant of the public demo client mcp-cli);
 #  2. the token-exchange facade (RFC 8693) gives a token for the backend's audience;
 #  3. the Kind API server accepts that token as user oidc:mcp (structured authentication config);
-#  4. the MCP backend lists namespaces with the user's own RBAC (token passthrough).
+#  4. the MCP backend lists namespaces with the user's own RBAC (token passthrough);
+#  5. the same user through the real MCP Gateway (Istio's gateway: the router's ext_proc, our
+#     combined ext_authz check, the broker): the tools list, then kube_namespaces_list.
 # Demo-only credentials, the same as manifests/keycloak/*.json. Tokens are never printed.
 set -euo pipefail
-: "${KUBECTL:?}" "${PKI:?}" "${RUN_DIR:?}"
+: "${KUBECTL:?}" "${PKI:?}" "${RUN_DIR:?}" "${PY:?}"
 KEYCLOAK_HOST=keycloak.keycloak.svc.cluster.local
-KC_PORT=18443 TE_PORT=18081 BE_PORT=18080
+MCP_HOST=mcp.127-0-0-1.sslip.io  # the Gateway's "mcp" listener (manifests/kind/gateway.yaml)
+KC_PORT=18443 TE_PORT=18081 BE_PORT=18080 GW_PORT=18888
 
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
@@ -20,7 +23,8 @@ forward() {  # namespace service local:remote
 forward keycloak keycloak "$KC_PORT:8443"
 forward kmg-system token-exchange "$TE_PORT:8080"
 forward kmg-system mcp-backend "$BE_PORT:8080"
-for port in "$KC_PORT" "$TE_PORT" "$BE_PORT"; do
+forward gateway-system mcp-gateway-istio "$GW_PORT:8080"  # Istio names it <gateway>-istio
+for port in "$KC_PORT" "$TE_PORT" "$BE_PORT" "$GW_PORT"; do
   for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
 done
 
@@ -49,3 +53,7 @@ curl -sf "http://127.0.0.1:$BE_PORT/mcp" \
   -H 'Accept: application/json, text/event-stream' \
   -d '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"namespaces_list","arguments":{}}}' \
   | python3 -c 'import json, sys; r = json.load(sys.stdin); print(r.get("result", {}).get("content", [{}])[0].get("text", r))'
+
+echo "5. the same user through the MCP Gateway (router, ext_authz exchange + policy, broker):"
+KMG_TOKEN="$user_token" "$PY" -m tests.manifests.kind_flow demo \
+  --url "http://127.0.0.1:$GW_PORT/mcp" --host "$MCP_HOST"

@@ -9,10 +9,15 @@
 #   read-only tool, group grants, namespace rules on tool arguments, and a deny list that wins
 #   over any grant.
 #
+#   Prompts follow the same shape: a prompt is allowed when the user holds the client role
+#   prompt:<name> (data.mcp.config.prompt_role_prefixes) of the server, or a group grant names
+#   prompt:<name>; the deny list denies prompts its entries name under "prompts".
+#
 #   Input (built by gateway_plugins.policy.input):
-#     method     JSON-RPC method ("tools/call", "tools/list", "initialize", ...)
+#     method     JSON-RPC method ("tools/call", "prompts/get", "tools/list", "initialize", ...)
 #     server     the MCP server, x-mcp-servername ("namespace/name")
 #     tool       {"name": "pods_list", "annotations": {"readOnly": true, ...}}
+#     prompt     {"name": "cluster-health-check"} (prompts/get only)
 #     arguments  the tools/call arguments the policy reads, projected by the service
 #                (gateway_plugins.policy.input.POLICY_ARGUMENTS): namespace (string) and
 #                all_namespaces (boolean) only; never access_token, manifests or other values.
@@ -39,6 +44,8 @@ _configured := data.mcp.config
 
 _role_prefixes := object.get(_configured, "role_prefixes", ["", "tool:"])
 
+_prompt_role_prefixes := object.get(_configured, "prompt_role_prefixes", ["prompt:"])
+
 default _read_only_role := "read-only"
 
 _read_only_role := _configured.read_only_role if is_string(_configured.read_only_role)
@@ -61,6 +68,8 @@ _server := object.get(input, "server", "")
 
 _tool_name := object.get(input, ["tool", "name"], "")
 
+_prompt_name := object.get(input, ["prompt", "name"], "")
+
 _annotations := object.get(input, ["tool", "annotations"], {})
 
 _username := input.subject.name if is_string(input.subject.name)
@@ -74,19 +83,81 @@ _method := input.method if is_string(input.method)
 # METADATA
 # title: Decision for one request
 # description: |
-#   {"allow": bool, "reason": string}. tools/call (and the router's initialize on behalf of a
-#   tool call, which names a backend tool) is decided per tool; methods that name no tool are
-#   allowed. Order: a malformed request denies; then the deny list and namespace rules deny;
-#   then the first grant allows (a role naming the tool, the read-only role, a group grant);
-#   else deny.
+#   {"allow": bool, "reason": string}. tools/call (and any other method that names a backend
+#   tool) is decided per tool, prompts/get per prompt; methods that name neither are allowed, and
+#   so is the session setup (initialize, notifications/initialized) the MCP Gateway's router sends
+#   a server on behalf of a call: it calls no tool, and the call that follows is decided on its
+#   own. Order: a malformed request denies; then the deny list and namespace rules deny; then the
+#   first grant allows (a role naming the tool, the read-only role, a group grant); else deny.
 # entrypoint: true
 decision := _tool_decision if {
 	input.method == "tools/call"
+} else := _prompt_decision if {
+	input.method == "prompts/get"
 } else := _tool_decision if {
 	_names_backend_tool
+	not _session_setup
 } else := {"allow": true, "reason": _no_tool_reason}
 
+# The router's hairpin initialize carries the call's x-mcp-toolname. Deciding it like the call
+# would make a denial the router's own opaque "failed to create session" error (403 text), which
+# hides the policy's reason from the client; the call itself is denied with its reason instead.
+_session_setup if input.method == "initialize"
+
+_session_setup if input.method == "notifications/initialized"
+
 _no_tool_reason := sprintf("method %s names no tool: no tool decision needed", [_method])
+
+# --- prompts/get -------------------------------------------------------------------------------
+
+_prompt_decision := {"allow": false, "reason": _first(_prompt_request_errors)} if {
+	count(_prompt_request_errors) > 0
+} else := {"allow": false, "reason": _first(_prompt_denials)} if {
+	count(_prompt_denials) > 0
+} else := {"allow": true, "reason": _first(reasons)} if {
+	reasons := _prompt_grants(_claims, _server, _prompt_name)
+	count(reasons) > 0
+} else := {"allow": false, "reason": _prompt_not_granted}
+
+_prompt_not_granted := sprintf("%s holds no role of %s that grants prompt %s", [_username, _server, _prompt_name])
+
+_prompt_request_errors contains "the request names no MCP server (x-mcp-servername is missing)" if {
+	not _valid_name(_server)
+}
+
+_prompt_request_errors contains "the request names no prompt (x-mcp-promptname is missing)" if {
+	not _valid_name(_prompt_name)
+}
+
+_prompt_denials := {reason |
+	some entry in _deny_entries(_claims, _server)
+	_matches_any(object.get(entry, "prompts", []), _prompt_name)
+	reason := sprintf("prompt %s of %s is on the deny list: %s", [_prompt_name, _server, _deny_reason(entry)])
+}
+
+# Every reason the claims grant the prompt: a role prompt:<name>, or a group grant naming it.
+_prompt_grants(claims, server, prompt) := _prompt_role_grants(claims, server, prompt) | _prompt_group_grants(claims, server, prompt)
+
+_prompt_role_grants(claims, server, prompt) := {reason |
+	some role in _client_roles(claims, server)
+	_prompt_role_names(role, prompt)
+	reason := sprintf("%s holds role %s of %s", [_name_of(claims), role, server])
+}
+
+_prompt_role_names(role, prompt) if {
+	some prefix in _prompt_role_prefixes
+	startswith(role, prefix)
+	trim_prefix(role, prefix) == prompt
+}
+
+_prompt_group_grants(claims, server, prompt) := {reason |
+	some group in _granting_groups(claims)
+	some pattern in object.keys(_group_grant_config[group])
+	_matches(pattern, server)
+	some spec in _group_grant_config[group][pattern]
+	_prompt_role_names(spec, prompt)
+	reason := sprintf("group %s grants %s on %s", [group, spec, server])
+}
 
 _names_backend_tool if {
 	_tool_name != ""
@@ -257,8 +328,8 @@ _applies_to(entry, claims) if {
 
 # --- namespace rules on arguments --------------------------------------------------------------
 
-# Namespace rules look at tools/call arguments only: the router's initialize on behalf of a call
-# carries no arguments, and the call itself is checked when it comes.
+# Namespace rules look at tools/call arguments only: other methods naming a tool carry no
+# arguments, and the call itself is checked when it comes.
 _namespace_rules := [rule |
 	input.method == "tools/call"
 	some rule in _namespace_rule_config
@@ -346,12 +417,18 @@ _catalogue := input.catalogue if {
 _tools_from_roles(roles) := [tool |
 	some role in roles
 	role != _read_only_role
+	not _is_prompt_role(role)
 	some prefix in _role_prefixes
 	startswith(role, prefix)
 	name := trim_prefix(role, prefix)
 	not _prefixed(name)
 	tool := {"name": name}
 ]
+
+_is_prompt_role(role) if {
+	some prefix in _prompt_role_prefixes
+	startswith(role, prefix)
+}
 
 _prefixed(name) if {
 	some prefix in _role_prefixes
@@ -449,4 +526,43 @@ _group_specs(server) := {spec |
 _denied_patterns(server) := {pattern |
 	some entry in _deny_entries(_claims, server)
 	some pattern in object.get(entry, "tools", ["*"])
+}
+
+# --- prompts/list ------------------------------------------------------------------------------
+
+# METADATA
+# title: Prompts each server allows this user (prompts/list, the signed header's "prompts")
+# description: |
+#   {server: [prompt, ...]}: names sorted, [] when none, over the same servers as
+#   allowed_tools. Names come from the grants (roles prompt:<name>, group grants naming
+#   prompt:<name>); the broker lists only prompts its servers really offer.
+# entrypoint: true
+allowed_prompts := {server: names |
+	some server in object.keys(_catalogue)
+	names := _allowed_prompts_on(server)
+}
+
+_allowed_prompts_on(server) := [] if {
+	"*" in _denied_prompt_patterns(server)
+} else := sort(_granted_prompt_names(server) - _denied_prompt_patterns(server))
+
+_granted_prompt_names(server) := _role_prompt_names(server) | _group_prompt_names(server)
+
+_role_prompt_names(server) := {name |
+	some role in _client_roles(_claims, server)
+	some prefix in _prompt_role_prefixes
+	startswith(role, prefix)
+	name := trim_prefix(role, prefix)
+}
+
+_group_prompt_names(server) := {name |
+	some spec in _group_specs(server)
+	some prefix in _prompt_role_prefixes
+	startswith(spec, prefix)
+	name := trim_prefix(spec, prefix)
+}
+
+_denied_prompt_patterns(server) := {pattern |
+	some entry in _deny_entries(_claims, server)
+	some pattern in object.get(entry, "prompts", [])
 }

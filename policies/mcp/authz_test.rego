@@ -121,8 +121,20 @@ test_missing_method_is_allowed_without_tool if {
 	d.reason == "method (none) names no tool: no tool decision needed"
 }
 
-test_router_initialize_for_tool_is_decided if {
-	inp := object.union(_call("pods_delete", _rw, _claims(["pods_list"])), {"method": "initialize"})
+test_router_session_setup_for_a_tool_is_not_a_tool_decision if {
+	# The hairpin names the call's tool; the call is decided on its own (with its reason).
+	for_delete := _call("pods_delete", _rw, _claims(["pods_list"]))
+	init := authz.decision with input as object.union(for_delete, {"method": "initialize"})
+	init.allow == true
+	init.reason == "method initialize names no tool: no tool decision needed"
+	done := authz.decision with input as object.union(for_delete, {"method": "notifications/initialized"})
+	done.allow == true
+	call := authz.decision with input as for_delete
+	call.allow == false
+}
+
+test_other_methods_naming_a_backend_tool_are_decided if {
+	inp := object.union(_call("pods_delete", _rw, _claims(["pods_list"])), {"method": "x/custom"})
 	d := authz.decision with input as inp
 	d.allow == false
 }
@@ -497,7 +509,7 @@ _if(flag, values) := values if flag
 else := set()
 
 test_broker_name_switchable_by_data if {
-	inp := {"method": "initialize", "server": "broker", "tool": {"name": "pods_delete"}, "claims": _claims([])}
+	inp := {"method": "x/custom", "server": "broker", "tool": {"name": "pods_delete"}, "claims": _claims([])}
 	default_name := authz.decision with input as inp
 	renamed := authz.decision with input as inp with data.mcp.config as {"broker_server_name": "broker"}
 	default_name.allow == false
@@ -508,4 +520,93 @@ test_namespace_rule_without_reason if {
 	d := authz.decision with input as _exec("kube-system")
 		with data.mcp.config as {"namespace_rules": [{"tools": ["pods_exec"], "denied_namespaces": ["kube-system"]}]}
 	d.reason == "pods_exec may not run in namespace kube-system: namespace rule"
+}
+
+# --- prompts -------------------------------------------------------------------------------
+
+_get_prompt(prompt, claims) := {
+	"method": "prompts/get",
+	"server": _server,
+	"prompt": {"name": prompt},
+	"claims": claims,
+}
+
+test_prompt_role_allows_the_prompt if {
+	d := authz.decision with input as _get_prompt("cluster-health-check", _claims(["prompt:cluster-health-check"]))
+	d.allow == true
+	d.reason == "mcp holds role prompt:cluster-health-check of mcp-test/kubernetes-mcp"
+}
+
+test_prompt_without_its_role_is_denied if {
+	# A tool role of the same spelling is not a prompt grant.
+	d := authz.decision with input as _get_prompt("cluster-health-check", _claims(["cluster-health-check", "pods_list"]))
+	d.allow == false
+	d.reason == "mcp holds no role of mcp-test/kubernetes-mcp that grants prompt cluster-health-check"
+}
+
+test_prompt_role_of_another_server_does_not_grant if {
+	claims := {"preferred_username": "mcp", "resource_access": {_other: {"roles": ["prompt:cluster-health-check"]}}}
+	d := authz.decision with input as _get_prompt("cluster-health-check", claims)
+	d.allow == false
+}
+
+test_prompt_group_grant_allows if {
+	claims := object.union(_claims([]), {"groups": ["ops"]})
+	d := authz.decision with input as _get_prompt("cluster-health-check", claims)
+		with data.mcp.config as {"group_grants": {"ops": {"*": ["prompt:cluster-health-check"]}}}
+	d.allow == true
+	d.reason == "group ops grants prompt:cluster-health-check on mcp-test/kubernetes-mcp"
+}
+
+test_prompt_deny_list_wins if {
+	claims := object.union(_claims(["prompt:cluster-health-check"]), {"groups": ["mcp-suspended"]})
+	d := authz.decision with input as _get_prompt("cluster-health-check", claims)
+		with data.mcp.config as {"deny_list": [{"prompts": ["*"], "groups": ["mcp-suspended"], "reason": "suspended"}]}
+	d.allow == false
+	d.reason == "prompt cluster-health-check of mcp-test/kubernetes-mcp is on the deny list: suspended"
+}
+
+test_tool_deny_entry_leaves_prompts_alone if {
+	d := authz.decision with input as _get_prompt("cluster-health-check", _claims(["prompt:cluster-health-check"]))
+		with data.mcp.config as {"deny_list": [{"tools": ["*"], "reason": "no tools"}]}
+	d.allow == true
+}
+
+test_prompt_request_without_name_is_denied if {
+	d := authz.decision with input as {"method": "prompts/get", "server": _server, "claims": _claims(["prompt:x"])}
+	d.allow == false
+	d.reason == "the request names no prompt (x-mcp-promptname is missing)"
+}
+
+test_allowed_prompts_lists_granted_prompts_per_server if {
+	claims := {
+		"preferred_username": "mcp",
+		"groups": ["ops"],
+		"resource_access": {
+			_server: {"roles": ["prompt:cluster-health-check", "pods_list"]},
+			_other: {"roles": ["pods_list"]},
+		},
+	}
+	catalogue := {_server: [{"name": "pods_list"}], _other: [{"name": "pods_list"}]}
+	p := authz.allowed_prompts with input as {"method": "prompts/list", "claims": claims, "catalogue": catalogue}
+		with data.mcp.config as {"group_grants": {"ops": {_other: ["prompt:triage"]}}}
+	p == {_server: ["cluster-health-check"], _other: ["triage"]}
+}
+
+test_allowed_prompts_honours_the_deny_list if {
+	claims := object.union(_claims(["prompt:a", "prompt:b"]), {"groups": ["g"]})
+	catalogue := {_server: [{"name": "pods_list"}]}
+	named := authz.allowed_prompts with input as {"method": "prompts/list", "claims": claims, "catalogue": catalogue}
+		with data.mcp.config as {"deny_list": [{"prompts": ["a"], "groups": ["g"], "reason": "x"}]}
+	named == {_server: ["b"]}
+	all_denied := authz.allowed_prompts with input as {"method": "prompts/list", "claims": claims, "catalogue": catalogue}
+		with data.mcp.config as {"deny_list": [{"prompts": ["*"], "groups": ["g"], "reason": "x"}]}
+	all_denied == {_server: []}
+}
+
+test_prompt_roles_are_not_tools_without_a_catalogue if {
+	t := authz.allowed_tools with input as {"method": "tools/list", "claims": _claims(["pods_list", "prompt:cluster-health-check"])}
+	t == {_server: ["pods_list"]}
+	p := authz.allowed_prompts with input as {"method": "prompts/list", "claims": _claims(["pods_list", "prompt:cluster-health-check"])}
+	p == {_server: ["cluster-health-check"]}
 }

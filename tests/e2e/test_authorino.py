@@ -1,7 +1,7 @@
-"""End to end through the REAL Authorino configured from the Kuadrant overlay: a real MCP client →
-Envoy (router stand-in, then gRPC ext_authz to Authorino) → broker stand-in / mcp_backend →
-cluster A, with real Keycloak tokens of the demo users ``mcp`` (every tool) and ``viewer``
-(read-only tools).
+"""End to end through the REAL Authorino configured from the Kuadrant overlay, behind the REAL MCP
+Gateway: a real MCP client → Envoy (the broker/router v0.9.0 as ext_proc, then gRPC ext_authz to
+Authorino) → the broker or the server the router picked → clusters A and B, with real Keycloak
+tokens of the demo users ``mcp`` (every tool) and ``viewer`` (read-only tools).
 
 Authorino evaluates the overlay's own AuthPolicy rules (``manifests/overlays/kuadrant``,
 translated as Kuadrant does, only addresses rewritten): JWT authentication at realm ``mcp``, the
@@ -25,14 +25,17 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes_asyncio.client.exceptions import ApiException
+from mcp.shared.exceptions import MCPError
 
 from tests.e2e.mcp_http import (
     UserTokens,
     assert_filtered_per_user,
     call,
-    catalogue_of,
+    catalogues_by_prefix,
     listed_names,
+    open_session,
     post,
+    result_of,
     rpc,
     session,
     tampered,
@@ -47,7 +50,7 @@ from tests.testbed.mcp_gateway.authorino_stack import (
 )
 from tests.testbed.mcp_gateway.stack import DEMO_NAMESPACE, DEMO_USERS, SERVER_NAME
 
-LIST_PODS = call("pods_list_in_namespace", namespace=DEMO_NAMESPACE)
+LIST_PODS = call("a_pods_list_in_namespace", namespace=DEMO_NAMESPACE)
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +59,9 @@ async def tokens(authorino_gateway: AuthorinoGateway) -> UserTokens:
 
 
 @pytest.fixture(scope="module")
-def catalogue(authorino_gateway: AuthorinoGateway) -> dict[str, dict[str, Any]]:
-    """The backend's real, unfiltered tools/list (fetched when the stack started)."""
-    return catalogue_of(authorino_gateway.gateway.gateway_dir, SERVER_NAME)
+def catalogues(authorino_gateway: AuthorinoGateway) -> dict[str, dict[str, dict[str, Any]]]:
+    """Both backends' real, unfiltered tools/list by tool prefix (fetched at start)."""
+    return catalogues_by_prefix(authorino_gateway.gateway)
 
 
 def deny_with(gateway: AuthorinoGateway, policy: str, kind: str) -> dict[str, Any]:
@@ -177,8 +180,9 @@ async def test_allowed_call_reaches_the_backend_with_an_exchanged_token(
 
     before = exchanges_for(authorino_gateway, SERVER_NAME)
     async with session(authorino_gateway.mcp_url, token) as client:
-        ok = await client.call_tool("pods_list_in_namespace", {"namespace": DEMO_NAMESPACE})
-        other = await client.call_tool("pods_list_in_namespace", {"namespace": "kube-system"})
+        ok = await client.call_tool("a_pods_list_in_namespace", {"namespace": DEMO_NAMESPACE})
+        other = await client.call_tool("a_pods_list_in_namespace", {"namespace": "kube-system"})
+        on_b = await client.call_tool("b_pods_list_in_namespace", {"namespace": DEMO_NAMESPACE})
     # Authorino's `exchange` metadata call reached our /token facade for the backend's audience,
     assert exchanges_for(authorino_gateway, SERVER_NAME) > before
     # and cluster A accepted the token the backend forwarded: so it was the exchanged one
@@ -189,24 +193,34 @@ async def test_allowed_call_reaches_the_backend_with_an_exchanged_token(
     assert other.is_error
     assert "user 'mcp'" in text_of(other), text_of(other)
     assert "403 Forbidden" in text_of(other), text_of(other)
+    # Server B: its own audience, then the cross-domain exchange to cluster B.
+    assert not on_b.is_error, text_of(on_b)
+    assert "web-cluster-b" in text_of(on_b)
 
 
 # -- (b) a tool the viewer is not granted ---------------------------------------------------------
-async def test_viewer_gets_403_with_the_overlays_message_for_a_tool_not_granted(
+async def test_viewer_gets_the_policys_reason_for_a_tool_not_granted(
     authorino_gateway: AuthorinoGateway, tokens: dict[str, str]
 ) -> None:
     url = authorino_gateway.mcp_url
     async with session(url, tokens["viewer"]) as client:  # its read-only call is allowed
-        before = await client.call_tool("pods_list_in_namespace", {"namespace": DEMO_NAMESPACE})
+        before = await client.call_tool("a_pods_list_in_namespace", {"namespace": DEMO_NAMESPACE})
     assert not before.is_error, text_of(before)
     pod = next(w for w in text_of(before).split() if w.startswith("web-cluster-a-"))
+    sid = await open_session(url, tokens["viewer"])
     resp = await post(
-        url, call("pods_delete", namespace=DEMO_NAMESPACE, name=pod), tokens["viewer"]
-    )
+        url, call("a_pods_delete", namespace=DEMO_NAMESPACE, name=pod), tokens["viewer"],
+        session_id=sid,
+    )  # fmt: skip
     expected = deny_with(authorino_gateway, BACKEND_POLICY, "unauthorized")
     assert resp.status_code == expected["code"] == 403, resp.text
-    assert resp.json() == json.loads(expected["body"]["value"])
-    assert resp.json()["message"] == "MCP tool access denied by policy."
+    assert resp.headers["content-type"].startswith("application/json")
+    # The overlay's body is a JSON-RPC error carrying the policy service's reason.
+    answer = resp.json()
+    assert answer["jsonrpc"] == "2.0"
+    assert answer["error"]["code"] == -32003
+    reason = "viewer holds no role of mcp-test/kubernetes-mcp that grants tool pods_delete"
+    assert answer["error"]["message"] == f"MCP tool access denied by policy: {reason}"
     # It was the policy service's answer (via /v1/decide) that denied, naming user and tool.
     denial = [
         d
@@ -216,28 +230,43 @@ async def test_viewer_gets_403_with_the_overlays_message_for_a_tool_not_granted(
     assert denial, "the policy service was not asked"
     assert denial[-1]["decision"] == "deny"
     assert denial[-1]["user"] == "viewer"
-    # The real MCP client sees an error, and the pod is still there.
+    # The real MCP client raises the error with that reason, and the pod is still there.
     async with session(url, tokens["viewer"]) as client:
-        with pytest.raises(Exception, match=r"403|[Ff]orbidden|error"):
-            await client.call_tool("pods_delete", {"namespace": DEMO_NAMESPACE, "name": pod})
+        with pytest.raises(MCPError, match=reason):
+            await client.call_tool("a_pods_delete", {"namespace": DEMO_NAMESPACE, "name": pod})
         after = text_of(
-            await client.call_tool("pods_list_in_namespace", {"namespace": DEMO_NAMESPACE})
+            await client.call_tool("a_pods_list_in_namespace", {"namespace": DEMO_NAMESPACE})
         )
     assert pod in after
+
+
+async def test_prompts_through_authorino(
+    authorino_gateway: AuthorinoGateway, tokens: dict[str, str]
+) -> None:
+    url = authorino_gateway.mcp_url
+    async with session(url, tokens["viewer"]) as client:
+        listed = {p.name for p in (await client.list_prompts()).prompts}
+        got = await client.get_prompt("a_cluster-health-check", {})
+        with pytest.raises(MCPError, match="grants prompt cluster-health-check"):
+            await client.get_prompt("b_cluster-health-check", {})
+    assert listed == {"a_cluster-health-check"}
+    assert got.messages
 
 
 # -- (c) tools/list through the broker route -------------------------------------------------------
 async def test_tools_list_is_filtered_per_user_by_the_signed_header(
     authorino_gateway: AuthorinoGateway,
     tokens: dict[str, str],
-    catalogue: dict[str, dict[str, Any]],
+    catalogues: dict[str, dict[str, dict[str, Any]]],
 ) -> None:
     mcp_tools, viewer_tools = await tools_per_user(authorino_gateway.mcp_url, tokens)
     # The broker enforces capability filtering: without the signed header Authorino copies from
     # the policy's /v1/decide answer, every list would be empty.
-    assert_filtered_per_user(mcp_tools, viewer_tools, catalogue)
+    assert_filtered_per_user(mcp_tools, viewer_tools, catalogues)
     # The same through a plain JSON-RPC POST.
-    plain = listed_names(await post(authorino_gateway.mcp_url, rpc("tools/list"), tokens["viewer"]))
+    url = authorino_gateway.mcp_url
+    sid = await open_session(url, tokens["viewer"])
+    plain = listed_names(await post(url, rpc("tools/list"), tokens["viewer"], session_id=sid))
     assert set(plain) == viewer_tools
 
 
@@ -271,6 +300,11 @@ async def test_missing_forged_or_expired_token_gets_401_with_the_overlays_challe
         "not a JWT": "opaque-garbage",
     }
     routes = {BROKER_POLICY: rpc("tools/list"), BACKEND_POLICY: LIST_PODS}
+    # A session whose hairpin to server A is done (a real user's): the call's own AuthConfig
+    # answers (a bad token on a session's first call fails at the router's hairpin instead).
+    url = authorino_gateway.mcp_url
+    sid = await open_session(url, tokens["mcp"])
+    assert (await post(url, LIST_PODS, tokens["mcp"], session_id=sid)).status_code == 200
     for policy, body in routes.items():
         expected = deny_with(authorino_gateway, policy, "unauthenticated")
         challenge = expected["headers"]["WWW-Authenticate"]["value"]
@@ -278,7 +312,7 @@ async def test_missing_forged_or_expired_token_gets_401_with_the_overlays_challe
             f"Bearer resource_metadata={authorino_gateway.gateway.envoy.url}/"
         )
         for what, token in cases.items():
-            resp = await post(authorino_gateway.mcp_url, body, token)
+            resp = await post(url, body, token, session_id=sid)
             assert resp.status_code == expected["code"] == 401, (policy, what, resp.text)
             assert resp.headers.get("www-authenticate") == challenge, (policy, what)
             assert resp.json() == json.loads(expected["body"]["value"]), (policy, what)
@@ -293,10 +327,10 @@ async def test_missing_forged_or_expired_token_gets_401_with_the_overlays_challe
 
 # -- (e) fail closed -------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("service", "denied"),
+    ("service", "denied", "says"),
     [
-        ("policy", (rpc("tools/list"), LIST_PODS)),
-        ("token-exchange", (LIST_PODS,)),
+        ("policy", (rpc("tools/list"), LIST_PODS), "the policy service gave no decision"),
+        ("token-exchange", (LIST_PODS,), "the token exchange for this server failed"),
     ],
 )
 async def test_a_stopped_plugin_denies_then_recovers(
@@ -304,42 +338,46 @@ async def test_a_stopped_plugin_denies_then_recovers(
     tokens: dict[str, str],
     service: str,
     denied: tuple[dict[str, Any], ...],
+    says: str,
 ) -> None:
     url = authorino_gateway.mcp_url
-    assert (await post(url, LIST_PODS, tokens["mcp"])).status_code == 200
+    sid = await open_session(url, tokens["mcp"])
+    assert (await post(url, LIST_PODS, tokens["mcp"], session_id=sid)).status_code == 200
     svc = authorino_gateway.services[service]
     svc.stop()
     try:
         for body in denied:
-            resp = await post(url, body, tokens["mcp"])
+            resp = await post(url, body, tokens["mcp"], session_id=sid)
             # Authorino's metadata call failed: no `allow == true`, so the overlay denies.
-            policy = BROKER_POLICY if body["method"] == "tools/list" else BACKEND_POLICY
-            expected = deny_with(authorino_gateway, policy, "unauthorized")
             assert resp.status_code == 403, (service, body["method"], resp.status_code, resp.text)
-            assert resp.json() == json.loads(expected["body"]["value"])
             assert "web-cluster-a" not in resp.text
+            if body["method"] == "tools/list":
+                expected = deny_with(authorino_gateway, BROKER_POLICY, "unauthorized")
+                assert resp.json() == json.loads(expected["body"]["value"])
+            else:
+                assert says in resp.json()["error"]["message"]
     finally:
         svc.start()
-    resp = await post(url, LIST_PODS, tokens["mcp"])
-    assert resp.status_code == 200, resp.text
-    assert "web-cluster-a" in json.dumps(resp.json())
+    resp = await post(url, LIST_PODS, tokens["mcp"], session_id=sid)
+    assert "web-cluster-a" in json.dumps(result_of(resp))
 
 
 async def test_authorino_down_denies_then_recovers(
     authorino_gateway: AuthorinoGateway, tokens: dict[str, str]
 ) -> None:
     url = authorino_gateway.mcp_url
+    sid = await open_session(url, tokens["mcp"])
+    assert (await post(url, LIST_PODS, tokens["mcp"], session_id=sid)).status_code == 200
     authorino = authorino_gateway.authorino
     authorino.stop()
     try:
-        for body in (rpc("tools/list"), LIST_PODS):
-            resp = await post(url, body, tokens["mcp"])
+        for body in (rpc("initialize"), rpc("tools/list"), LIST_PODS):
+            resp = await post(url, body, tokens["mcp"], session_id=sid)
             # failure_mode_allow: false: Envoy denies when Authorino cannot be reached.
             assert resp.status_code == 502, (body["method"], resp.status_code, resp.text)
             assert resp.json()["allow"] is False
             assert "cannot be reached" in resp.json()["reason"]
     finally:
         authorino_gateway.restart_authorino()
-    resp = await post(url, LIST_PODS, tokens["mcp"])
-    assert resp.status_code == 200, resp.text
-    assert "web-cluster-a" in json.dumps(resp.json())
+    resp = await post(url, LIST_PODS, tokens["mcp"], session_id=sid)
+    assert "web-cluster-a" in json.dumps(result_of(resp))

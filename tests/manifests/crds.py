@@ -15,10 +15,15 @@ Sources (module proxy, ``go mod download -json MODULE@VERSION``):
   does not answer for them, so the module hash is pinned here (``pinned_sum``) and checked after
   the download instead: a different archive is refused.
 
-Not available: the MCP Gateway's ``MCPServerRegistration`` / ``MCPServer`` CRDs. Their module
-(``github.com/Kuadrant/mcp-gateway``, formerly ``github.com/kagenti/mcp-gateway``) is refused by the
-module proxy here (HTTP 403), so :data:`UNAVAILABLE_KINDS` lists the kinds the tests cannot send to
-the API server; ``test_manifests.py`` checks those objects field by field instead.
+* The MCP Gateway (``github.com/Kuadrant/mcp-gateway``, :data:`versions.MCP_GATEWAY`):
+  MCPServerRegistration, MCPGatewayExtension, MCPVirtualServer. The module proxy refuses that
+  module here, so the testbed's build (``tests/testbed/build.py``) takes it from a sha256-checked
+  source archive when needed and keeps its ``config/`` folder: the CRDs are read from
+  ``build.share_dir("mcp-gateway") / "config" / "crd"`` (``make testbed`` must have run).
+
+:data:`KIND_SOURCES` are the CRDs the Kind flow installs where they differ from the testbed's:
+the Gateway API standard channel of the version the MCP Gateway's own local environment installs
+beside Istio (:data:`versions.KIND_GATEWAY_API`; Istio 1.26 does not run with the newer bundle).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from tests.testbed import paths, versions
+from tests.testbed import build, paths, versions
 
 KUADRANT_OPERATOR = "v1.2.0"
 
@@ -92,10 +97,33 @@ SOURCES: tuple[CRDSource, ...] = (
     ),
 )
 
-# (apiVersion, kind) of objects in our manifests whose CRD cannot be fetched (see module doc).
-UNAVAILABLE_KINDS: frozenset[tuple[str, str]] = frozenset(
-    {("mcp.kuadrant.io/v1alpha1", "MCPServerRegistration")}
+# The Gateway API standard channel the Kind flow installs (all of its CRDs, as the release's
+# standard-install.yaml has them).
+KIND_SOURCES: tuple[CRDSource, ...] = (
+    CRDSource(
+        "gateway-api",
+        "sigs.k8s.io/gateway-api",
+        versions.KIND_GATEWAY_API,
+        tuple(
+            f"{_GATEWAY_API_STANDARD}{kind}.yaml"
+            for kind in (
+                "backendtlspolicies",
+                "gatewayclasses",
+                "gateways",
+                "grpcroutes",
+                "httproutes",
+                "referencegrants",
+            )
+        ),
+    ),
 )
+
+MCP_GATEWAY_GROUP = "mcp.kuadrant.io"
+
+
+def mcp_gateway_crd_dir() -> Path:
+    """The MCP Gateway's ``config/crd`` of the built release (its three CRDs, top level)."""
+    return build.share_dir("mcp-gateway") / "config" / "crd"
 
 
 class CRDFetchError(RuntimeError):
@@ -179,8 +207,15 @@ def _documents(folder: Path) -> Iterator[dict[str, Any]]:
 
 
 def load_crds(*, force: bool = False) -> list[dict[str, Any]]:
-    """All CRD objects of every source (fetched first when needed)."""
-    return [doc for folder in ensure_crds(force=force) for doc in _documents(folder)]
+    """All CRD objects of every source (fetched first when needed) and the MCP Gateway's."""
+    folders = [*ensure_crds(force=force), mcp_gateway_crd_dir()]
+    return [doc for folder in folders for doc in _documents(folder)]
+
+
+def load_kind_crds(*, force: bool = False) -> list[dict[str, Any]]:
+    """The Gateway API CRDs the Kind flow installs (:data:`KIND_SOURCES`)."""
+    folders = [ensure_source(source, force=force) for source in KIND_SOURCES]
+    return [doc for folder in folders for doc in _documents(folder)]
 
 
 def served_kinds(crds: list[dict[str, Any]]) -> set[tuple[str, str]]:
@@ -200,10 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         crds = load_crds(force=args.force)
-    except CRDFetchError as exc:
+        load_kind_crds(force=args.force)
+    except (CRDFetchError, FileNotFoundError) as exc:
         _log(str(exc))
         return 1
-    for source in SOURCES:
+    for source in (*SOURCES, *KIND_SOURCES):
         _log(f"{source.name} {source.version}: {source.cache_dir()}")
     _log(f"{len(crds)} CRDs, serving {len(served_kinds(crds))} kinds")
     return 0

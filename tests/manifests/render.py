@@ -28,6 +28,7 @@ TARGETS: tuple[str, ...] = (
     "base/token-exchange",
     "base/policy",
     "keycloak-server",
+    "redis",
     "gateway",
     "overlays/kuadrant",
     "overlays/istio-ext-authz",

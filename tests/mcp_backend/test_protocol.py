@@ -248,7 +248,8 @@ async def test_token_is_read_on_every_request_not_cached_per_session(
 async def test_host_and_origin_checks_are_configurable(
     backend_factory: Any, tokens: Tokens
 ) -> None:
-    """Behind a gateway the Host is the route's: only the configured hosts get through."""
+    """Behind a gateway the Host is the route's: the configured hosts get through, besides the
+    loopback names (tests/mcp_backend/test_host_origin_guard.py has the whole rule)."""
     running = await backend_factory(
         allowed_hosts=["mcp.example.com"], allowed_origins=["https://app.example.com"]
     )
@@ -257,20 +258,25 @@ async def test_host_and_origin_checks_are_configurable(
         "Accept": "application/json, text/event-stream",
         "Authorization": f"Bearer {tokens.nobody}",
         "MCP-Protocol-Version": "2025-11-25",
+        "Host": "mcp.example.com",
     }
     async with httpx2.AsyncClient() as http:
-        wrong_host = await http.post(running.url, json=body, headers=headers)
-        right_host = await http.post(
-            running.url, json=body, headers={**headers, "Host": "mcp.example.com"}
+        wrong_host = await http.post(
+            running.url, json=body, headers={**headers, "Host": "other.example.com"}
+        )
+        right_host = await http.post(running.url, json=body, headers=headers)
+        good_origin = await http.post(
+            running.url, json=body, headers={**headers, "Origin": "https://app.example.com"}
         )
         bad_origin = await http.post(
-            running.url,
-            json=body,
-            headers={**headers, "Host": "mcp.example.com", "Origin": "https://evil.example"},
+            running.url, json=body, headers={**headers, "Origin": "https://evil.example"}
         )
-    assert wrong_host.status_code in (400, 421), wrong_host.text
-    assert right_host.status_code == 200, right_host.text
-    assert bad_origin.status_code == 403, bad_origin.text
+    assert wrong_host.status_code == 421, wrong_host.text[:300]
+    assert wrong_host.json()["error"] == "host_not_allowed"
+    assert right_host.status_code == 200, right_host.text[:300]
+    assert good_origin.status_code == 200, good_origin.text[:300]
+    assert bad_origin.status_code == 403, bad_origin.text[:300]
+    assert bad_origin.json()["error"] == "origin_not_allowed"
 
 
 async def test_protected_resource_metadata_uses_the_configured_values(
@@ -316,3 +322,89 @@ async def test_tool_calls_on_the_2026_protocol(backend: Any, tokens: Tokens, mod
     assert backend.backend.handlers.tool_input_schema("no_such_tool") is None
     # Served by the SDK's 2026 entry, not by the handshake-era single exchange.
     assert registry.get_sample_value(*sample) == answered_before
+
+
+_MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+async def _modern_post(
+    url: str, token: str, method: str, params: dict[str, Any]
+) -> httpx2.Response:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 41,
+        "method": method,
+        "params": {**params, "_meta": _MODERN_META},
+    }
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": method,
+    }
+    async with httpx2.AsyncClient(timeout=30) as http:
+        return await http.post(url, json=body, headers=headers)
+
+
+async def test_subscriptions_listen_opens_a_stream_that_starts_with_its_acknowledgement(
+    backend: Any, tokens: Tokens
+) -> None:
+    """A 2026 client (the MCP Gateway broker's go-sdk among them) opens subscriptions/listen
+    right after server/discover and drops the connection when it is refused (the SDK answered
+    404 Method not found before the backend served it)."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": 41,
+        "method": "subscriptions/listen",
+        "params": {"notifications": {"toolsListChanged": True}, "_meta": _MODERN_META},
+    }
+    headers = {
+        "Authorization": f"Bearer {tokens.admin}",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "subscriptions/listen",
+    }
+    async with (
+        httpx2.AsyncClient(timeout=30) as http,
+        http.stream("POST", backend.url, json=body, headers=headers) as resp,
+    ):
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        async for line in resp.aiter_lines():
+            if line.startswith("data: "):
+                first = json.loads(line[len("data: ") :])
+                break
+    assert first["method"] == "notifications/subscriptions/acknowledged"
+    assert first["params"]["notifications"] == {"toolsListChanged": True}
+
+
+async def test_modern_protocol_off_refuses_2026_requests_and_clients_fall_back(
+    backend_factory: Any, tokens: Tokens
+) -> None:
+    """Behind the MCP Gateway v0.9.0 broker (it shows a server that negotiates 2026 to 2026
+    clients only), ``modern_protocol: false`` makes every client use the handshake."""
+    running = await backend_factory(modern_protocol=False)
+    for method in ("server/discover", "tools/list"):
+        resp = await _modern_post(running.url, tokens.admin, method, {})
+        assert resp.status_code == 400, resp.text
+        error = resp.json()
+        assert error["id"] == 41
+        assert error["error"]["code"] == -32022  # unsupported protocol version
+        assert error["error"]["data"]["requested"] == "2026-07-28"
+        assert "2025-11-25" in error["error"]["data"]["supported"]
+        assert "2026-07-28" not in error["error"]["data"]["supported"]
+    # A client in "auto" mode probes server/discover, gets the refusal, and falls back.
+    async with mcp_client(running.url, tokens.admin, mode="auto") as client:
+        got = await client.call_tool(
+            "resources_get", {"apiVersion": "v1", "kind": "Namespace", "name": NS}
+        )
+    assert not got.is_error, text_of(got)
+    assert f"name: {NS}" in text_of(got)
+    # The default backend serves the same 2026 request.
+    default = await backend_factory()
+    resp = await _modern_post(default.url, tokens.admin, "server/discover", {})
+    assert resp.status_code == 200, resp.text
+    assert "2026-07-28" in json.dumps(resp.json()["result"])

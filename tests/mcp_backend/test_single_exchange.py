@@ -209,11 +209,19 @@ async def test_host_and_origin_checks_apply(backend_factory: Any, tokens: Tokens
     checked = await backend_factory(allowed_hosts=["mcp.example.com"])
     checked_sdk = await backend_factory(allowed_hosts=["mcp.example.com"], single_exchange=False)
     body = json.dumps(_call("configuration_contexts_list", {})).encode()
-    for headers in ({}, {"Host": "mcp.example.com"}):
+    statuses = []
+    for headers in (
+        {},
+        {"Host": "mcp.example.com"},
+        {"Host": "evil.example"},
+        {"Origin": "http://evil.example"},
+        {"Origin": "http://localhost:6274"},
+    ):
         fast, sdk = await _both(checked, checked_sdk, body, tokens.viewer, headers)
         assert fast.status_code == sdk.status_code, headers
         assert fast.content == sdk.content, headers
-    assert fast.status_code == 200
+        statuses.append(fast.status_code)
+    assert statuses == [200, 200, 421, 403, 200]
 
 
 def test_used_only_where_one_request_gets_one_json_answer(tokens: Tokens) -> None:

@@ -19,13 +19,15 @@ from gateway_plugins.token_exchange.config import ValidationConfig
 from tests.gateway_plugins.common.issuer import LocalIssuer
 from tests.gateway_plugins.policy.running import RunningPolicy, policy_settings, running_policy
 from tests.gateway_plugins.token_exchange.running import (
+    CALLER_HEADERS,
+    GATEWAY_AUDIENCE,
     RunningService,
     running_service,
     service_settings,
 )
 from tests.reliability.hostile import LOCAL_AUDIENCE
 from tests.testbed import keycloak as kc
-from tests.testbed.identity_plan import REALM_MCP
+from tests.testbed.identity_plan import BACKEND_AUDIENCE, REALM_MCP
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +46,17 @@ async def untrusted_issuer() -> AsyncIterator[LocalIssuer]:
 
 @pytest.fixture(scope="module")
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=60), headers=CALLER_HEADERS
+    ) as session:
         yield session
 
 
 def _issuers(keycloak: kc.Keycloak, local: LocalIssuer) -> list[IssuerConfig]:
     return [
-        IssuerConfig(issuer=keycloak.issuer(REALM_MCP)),
+        IssuerConfig(
+            issuer=keycloak.issuer(REALM_MCP), audiences=[GATEWAY_AUDIENCE, BACKEND_AUDIENCE]
+        ),
         IssuerConfig(issuer=local.issuer, audiences=[LOCAL_AUDIENCE]),
     ]
 
@@ -67,6 +73,11 @@ async def token_service(
             issuers=_issuers(keycloak, local_issuer), jwks_min_refetch_interval_s=30.0
         ),
     )
+    # the local issuer's tokens are addressed to the gateway too (LOCAL_AUDIENCE)
+    ext_authz = settings.ext_authz.model_copy(
+        update={"audiences": [*settings.ext_authz.audiences, LOCAL_AUDIENCE]}
+    )
+    settings = settings.model_copy(update={"ext_authz": ext_authz})
     async with running_service(settings) as running:
         yield running
 

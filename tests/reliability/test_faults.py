@@ -29,7 +29,11 @@ import yaml
 
 from mcp_backend.config import Settings
 from tests.gateway_plugins.policy.running import SERVER, policy_settings, running_policy
-from tests.gateway_plugins.token_exchange.running import RunningService
+from tests.gateway_plugins.token_exchange.running import (
+    CALLER_HEADERS,
+    CALLER_SECRET,
+    RunningService,
+)
 from tests.mcp_backend.conftest import (
     RunningBackend,
     cluster_entry,
@@ -410,6 +414,9 @@ async def test_token_service_graceful_shutdown_finishes_in_flight_and_refuses_ne
     secret = tmp_path / "sts.secret"
     secret.write_text(keycloak.gateway_client_secret + "\n")
     secret.chmod(0o600)
+    caller = tmp_path / "caller.secret"
+    caller.write_text(CALLER_SECRET + "\n")
+    caller.chmod(0o600)
     config = tmp_path / "token-exchange.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -417,7 +424,13 @@ async def test_token_service_graceful_shutdown_finishes_in_flight_and_refuses_ne
                 "host": "127.0.0.1",
                 "port": port,
                 "ca_file": str(keycloak.ca_file),
-                "validation": {"issuers": [{"issuer": keycloak.issuer(REALM_MCP)}]},
+                "validation": {
+                    "issuers": [
+                        {"issuer": keycloak.issuer(REALM_MCP), "audiences": ["mcp-gateway"]}
+                    ]
+                },
+                "ext_authz": {"targets": [BACKEND_AUDIENCE]},
+                "caller_auth": {"secret_file": str(caller)},
                 "sts": {
                     "mcp": {
                         "token_url": keycloak.token_url(REALM_MCP),
@@ -445,7 +458,9 @@ async def test_token_service_graceful_shutdown_finishes_in_flight_and_refuses_ne
     with _service_process(
         argv, testbed_run_dir / "rel-token-exchange-shutdown.log", f"{base}/readyz"
     ) as proc:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=60), headers=CALLER_HEADERS
+        ) as http:
             # Keycloak frozen: the exchange stays in flight until it is resumed.
             os.killpg(os.getpgid(kc_proc.pid), signal.SIGSTOP)
             try:

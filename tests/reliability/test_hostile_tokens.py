@@ -211,10 +211,14 @@ async def test_policy_refuses_every_hostile_token_before_the_engine(
 async def test_gateway_refuses_every_hostile_token_before_any_upstream(
     local_gateway: Any, catalogue: dict[str, str]
 ) -> None:
-    """Through Envoy: token exchange and policy as ext_authz filters, then the backend. Nothing
-    reaches Keycloak's token endpoint (token service STS counter) or the backend (tool calls)."""
+    """Through Envoy and the real MCP Gateway: the router, then token exchange and policy as
+    ext_authz filters, then the backend. Nothing reaches Keycloak's token endpoint (token service
+    STS counter) or the backend (tool calls), whether the session's hairpin initialize to the
+    server is done (the call's own token check answers 401 + challenge) or not (the hairpin
+    carries the hostile token through the same check and fails: the router answers 401)."""
     import httpx2
 
+    from tests.e2e.mcp_http import open_session
     from tests.testbed.mcp_gateway.stack import DEMO_NAMESPACE
 
     backend = local_gateway.services["backend"].url
@@ -223,44 +227,52 @@ async def test_gateway_refuses_every_hostile_token_before_any_upstream(
         "jsonrpc": "2.0",
         "id": 1,
         "method": "tools/call",
-        "params": {"name": "pods_list_in_namespace", "arguments": {"namespace": DEMO_NAMESPACE}},
+        "params": {
+            "name": local_gateway.tool("pods_list_in_namespace"),
+            "arguments": {"namespace": DEMO_NAMESPACE},
+        },
     }
+    user = await asyncio.to_thread(local_gateway.user_token, "mcp")
+    warm = await open_session(local_gateway.mcp_url, user)
     async with httpx2.AsyncClient(timeout=60) as http:
 
         async def metric(url: str, name: str) -> float:
             return metric_total((await http.get(f"{url}/metrics")).text, name)
 
-        tools_before = await metric(backend, "kmg_backend_tool_calls_total")
-        sts_before = await metric(tx, "token_exchange_sts_calls_total")
-        statuses: dict[str, int] = {}
-        for kind, token in catalogue.items():
-            resp = await http.post(
+        async def call(token: str, session_id: str) -> httpx2.Response:
+            return await http.post(
                 local_gateway.mcp_url,
                 json=body,
                 headers={
                     "Authorization": f"Bearer {token}",
                     "Accept": "application/json, text/event-stream",
+                    "Mcp-Session-Id": session_id,
+                    "MCP-Protocol-Version": "2025-11-25",
                 },
             )
-            statuses[kind] = resp.status_code
-            assert token not in resp.text, kind
-            if kind == OVERSIZED:
-                assert resp.status_code in (400, 401, 431), (kind, resp.status_code)
-                continue
-            assert resp.status_code == 401, (kind, resp.status_code, resp.text[:300])
-            assert resp.headers.get("www-authenticate", "").startswith("Bearer"), kind
+
+        # A real user's session whose hairpin to server A is done.
+        assert (await call(user, warm)).status_code == 200
+        tools_before = await metric(backend, "kmg_backend_tool_calls_total")
+        sts_before = await metric(tx, "token_exchange_sts_calls_total")
+        statuses: dict[str, list[int]] = {}
+        for kind, token in catalogue.items():
+            fresh = await open_session(local_gateway.mcp_url, user)  # no hairpin yet
+            for session_id in (warm, fresh):
+                resp = await call(token, session_id)
+                statuses.setdefault(kind, []).append(resp.status_code)
+                assert token not in resp.text, kind
+                if kind == OVERSIZED:
+                    assert resp.status_code in (400, 401, 431), (kind, resp.status_code)
+                    continue
+                assert resp.status_code == 401, (kind, resp.status_code, resp.text[:300])
+                if session_id == warm:
+                    assert resp.headers.get("www-authenticate", "").startswith("Bearer"), kind
+                else:
+                    assert "failed to create session for mcp server" in resp.text, kind
         leak_scan.record_output("gateway statuses", json.dumps(statuses))
         assert await metric(backend, "kmg_backend_tool_calls_total") == tools_before
         assert await metric(tx, "token_exchange_sts_calls_total") == sts_before
-        # Control: a real user token goes all the way (the counters do count).
-        user = await asyncio.to_thread(local_gateway.user_token, "mcp")
-        resp = await http.post(
-            local_gateway.mcp_url,
-            json=body,
-            headers={
-                "Authorization": f"Bearer {user}",
-                "Accept": "application/json, text/event-stream",
-            },
-        )
-        assert resp.status_code == 200, resp.text[:300]
+        # Control: the real user token goes all the way (the counters do count).
+        assert (await call(user, warm)).status_code == 200
         assert await metric(backend, "kmg_backend_tool_calls_total") == tools_before + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from gateway_plugins.policy.wristband import LEGACY_HEADER
 from mcp_backend.config import Settings
+from tests.e2e.mcp_http import open_session, result_of
 from tests.gateway_plugins.policy.running import SERVER, RunningPolicy
 from tests.gateway_plugins.token_exchange.running import RunningService
 from tests.mcp_backend.conftest import RunningBackend, cluster_entry, start_backend, stop_backend
@@ -198,15 +200,24 @@ async def test_backend_data_never_crosses_users(
 
 # -- the whole gateway -------------------------------------------------------------------------
 async def test_gateway_two_users_concurrently(local_gateway: LocalGateway) -> None:
+    """Through the real MCP Gateway: each user in a gateway session of their own (the broker's
+    Mcp-Session-Id), lists and calls interleaved; nobody ever gets the other's list or rights."""
     tokens = {u: local_gateway.user_token(u) for u in USERS}
+    sessions = {u: await open_session(local_gateway.mcp_url, tokens[u]) for u in USERS}
+    pods_delete = local_gateway.tool("pods_delete")
+
+    ids = itertools.count(1)
 
     async def post(http: httpx2.AsyncClient, user: str, body: dict[str, Any]) -> httpx2.Response:
+        # The broker refuses a request id already in flight in the session: unique ids.
         return await http.post(
             local_gateway.mcp_url,
-            json=body,
+            json={**body, "id": next(ids)},
             headers={
                 "Authorization": f"Bearer {tokens[user]}",
                 "Accept": "application/json, text/event-stream",
+                "Mcp-Session-Id": sessions[user],
+                "MCP-Protocol-Version": "2025-11-25",
             },
         )
 
@@ -216,7 +227,7 @@ async def test_gateway_two_users_concurrently(local_gateway: LocalGateway) -> No
         "id": 2,
         "method": "tools/call",
         "params": {
-            "name": "pods_delete",
+            "name": pods_delete,
             "arguments": {"name": "rel-no-such-pod", "namespace": DEMO_NAMESPACE},
         },
     }
@@ -230,15 +241,16 @@ async def test_gateway_two_users_concurrently(local_gateway: LocalGateway) -> No
     seen: dict[str, set[tuple[str, ...]]] = {u: set() for u in USERS}
     for user, resp in zip(order, lists, strict=True):
         assert resp.status_code == 200, resp.text[:300]
-        seen[user].add(tuple(sorted(t["name"] for t in resp.json()["result"]["tools"])))
+        seen[user].add(tuple(sorted(t["name"] for t in result_of(resp)["tools"])))
     assert len(seen["mcp"]) == 1, seen
     assert len(seen["viewer"]) == 1, seen
-    assert "pods_delete" in next(iter(seen["mcp"]))
-    assert "pods_delete" not in next(iter(seen["viewer"]))
+    assert pods_delete in next(iter(seen["mcp"]))
+    assert pods_delete not in next(iter(seen["viewer"]))
     for user, resp in zip(order, deletes, strict=True):
         leak_scan.record_output(f"gateway pods_delete as {user}", resp.text)
         if user == "viewer":
             assert resp.status_code == 403, resp.text[:300]
+            assert "grants tool pods_delete" in resp.json()["error"]["message"]
         else:
             assert resp.status_code == 200, resp.text[:300]
             assert "rel-no-such-pod" in resp.text, resp.text[:300]

@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -239,10 +240,32 @@ def _module_from_archive(comp: GoComponent, archive: SourceArchive) -> Path:
     return dest
 
 
+def _go_default_name(package: str) -> str:
+    """The file name ``go build -o DIR/`` gives a main package: its last path element, or the one
+    before a major-version suffix (``.../server/v3`` -> ``server``)."""
+    parts = package.rstrip("/").split("/")
+    if len(parts) > 1 and re.fullmatch(r"v[0-9]+", parts[-1]):
+        return parts[-2]
+    return parts[-1]
+
+
+def _name_binaries(comp: GoComponent, out: Path) -> None:
+    """Several packages built into one folder get Go's default names (``github.com/Kuadrant/
+    mcp-gateway/cmd`` -> ``cmd``): rename each to the name it is asked for by. Idempotent, so it
+    also repairs a cached folder built before this step existed."""
+    if len(comp.packages) == 1:
+        return
+    for name, package in comp.packages.items():
+        built = out / _go_default_name(package)
+        if not (out / name).exists() and built.is_file():
+            built.rename(out / name)
+
+
 def build_go(comp: GoComponent, *, force: bool = False) -> Path:
     out = comp.out_dir()
     marker = out / _MARKER
     if marker.exists() and not force:
+        _name_binaries(comp, out)
         _log(f"{comp.name} {comp.version}: cached ({out})")
         return out
     if shutil.which("go") is None:
@@ -305,6 +328,7 @@ def build_go(comp: GoComponent, *, force: bool = False) -> Path:
             + "\n".join(tail)
         )
     scratch.cleanup()
+    _name_binaries(comp, tmp)
     for rel in comp.share:
         assert source_root is not None
         # plain copies: the module cache's files and folders are read-only

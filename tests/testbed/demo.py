@@ -1,15 +1,19 @@
 """``make demo`` (``python -m tests.testbed.demo``): the whole flow on this machine.
 
-Starts Keycloak, clusters A and B, OPA, our three services, the MCP Gateway router/broker
-stand-in and Envoy (see ``tests/testbed/mcp_gateway/stack.py``); prints the MCP URL, how to get a
-token for the demo users and a client config; then runs a scripted session with the real ``mcp``
-Python client through Envoy:
+Starts Keycloak, clusters A and B, OPA, our services (two MCP backends: server A for cluster A,
+server B for cluster B), the real MCP Gateway broker/router v0.9.0 and Envoy (see
+``tests/testbed/mcp_gateway/stack.py``); prints the MCP URL, how to get a token for the demo
+users and a client config; then runs a scripted session with the real ``mcp`` Python client
+through Envoy:
 
-1. the filtered ``tools/list`` of each demo user (``mcp``: every tool, ``viewer``: read-only);
+1. the aggregated ``tools/list`` of both servers (prefixes ``a_`` and ``b_``), filtered per demo
+   user by the policy's signed header (``mcp``: every tool, ``viewer``: read-only);
 2. an allowed call (``mcp`` lists the pods of namespace ``demo`` on cluster A);
-3. a denied call with the policy's reason (``viewer`` tries ``pods_delete``: HTTP 403);
-4. a call on cluster B (``context: cluster-b``), which trusts only realm ``cluster-b``: the
-   backend gets the user's token for it through the cross-domain exchange.
+3. a denied call whose reason the client prints (``viewer`` tries ``a_pods_delete``: the policy's
+   JSON-RPC error);
+4. a prompt (``b_cluster-health-check``, granted by the role ``prompt:cluster-health-check``);
+5. a call on cluster B (``b_pods_list_in_namespace``): server B reaches cluster B, which trusts
+   only realm ``cluster-b``, through the cross-domain exchange.
 
 Then it keeps the gateway running until Ctrl-C (``--once``: stop after the script). Exit code:
 0 when every step gave the expected outcome, 1 otherwise.
@@ -31,6 +35,7 @@ from typing import Any
 import httpx2
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from tests.testbed import process
 from tests.testbed.mcp_gateway.stack import DEMO_NAMESPACE, LocalGateway, start_stack
@@ -60,29 +65,6 @@ def text_of(result: Any) -> str:
     return "".join(getattr(c, "text", "") for c in result.content)
 
 
-async def raw_call(url: str, token: str, tool: str, arguments: dict[str, Any]) -> tuple[int, Any]:
-    """One ``tools/call`` as plain HTTP: shows the gateway's status and JSON body as sent."""
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments},
-    }
-    async with httpx2.AsyncClient(timeout=60) as http:
-        resp = await http.post(
-            url,
-            json=body,
-            headers={
-                "Authorization": f"Bearer {token}",
-                "Accept": "application/json, text/event-stream",
-            },
-        )
-    try:
-        return resp.status_code, resp.json()
-    except ValueError:
-        return resp.status_code, resp.text
-
-
 @dataclass
 class Step:
     name: str
@@ -100,32 +82,40 @@ def indent(text: str, prefix: str = "    ", limit: int = 12) -> str:
 
 async def scripted_session(stack: LocalGateway) -> list[Step]:
     url = stack.mcp_url
+    a, b = stack.server_a, stack.server_b
     steps: list[Step] = []
     tokens = {user: await asyncio.to_thread(stack.user_token, user) for user in ("mcp", "viewer")}
 
-    say("\n== 1. tools/list, filtered per user by the signed header ==")
+    say("\n== 1. tools/list: both servers aggregated under their prefixes, filtered per user ==")
+    for label, server in (("A", a), ("B", b)):
+        say(f"  server {label}: {server.name}, prefix {server.prefix}, cluster {label}")
     listed: dict[str, list[str]] = {}
+    prompts: dict[str, list[str]] = {}
     for user, token in tokens.items():
         async with mcp_session(url, token) as client:
             names = sorted(t.name for t in (await client.list_tools()).tools)
+            prompts[user] = sorted(p.name for p in (await client.list_prompts()).prompts)
         listed[user] = names
-        say(f"  {user}: {len(names)} tools: {', '.join(names)}")
-    ok = bool(listed["viewer"]) and set(listed["viewer"]) < set(listed["mcp"])
-    ok = ok and "pods_delete" in listed["mcp"] and "pods_delete" not in listed["viewer"]
+        for server in (a, b):
+            mine = [n for n in names if n.startswith(server.prefix)]
+            say(f"  {user} on {server.prefix}*: {len(mine)} tools: {', '.join(mine)}")
+        say(f"  {user}'s prompts: {', '.join(prompts[user]) or '(none)'}")
+    both = all(any(n.startswith(s.prefix) for n in listed["mcp"]) for s in (a, b))
+    ok = both and bool(listed["viewer"]) and set(listed["viewer"]) < set(listed["mcp"])
+    ok = ok and a.tool("pods_delete") in listed["mcp"]
+    ok = ok and a.tool("pods_delete") not in listed["viewer"]
     steps.append(
         Step(
-            "filtered tools/list",
+            "filtered aggregated tools/list",
             ok,
-            f"mcp {len(listed['mcp'])}, viewer {len(listed['viewer'])} tools",
+            f"mcp {len(listed['mcp'])}, viewer {len(listed['viewer'])} tools of 2 servers",
         )
     )
 
-    say(
-        f"\n== 2. allowed: mcp calls pods_list_in_namespace {{namespace: {DEMO_NAMESPACE}}} "
-        "on cluster A =="
-    )
+    tool = a.tool("pods_list_in_namespace")
+    say(f"\n== 2. allowed: mcp calls {tool} {{namespace: {DEMO_NAMESPACE}}} (cluster A) ==")
     async with mcp_session(url, tokens["mcp"]) as client:
-        result = await client.call_tool("pods_list_in_namespace", {"namespace": DEMO_NAMESPACE})
+        result = await client.call_tool(tool, {"namespace": DEMO_NAMESPACE})
     text = text_of(result)
     say(indent(text))
     steps.append(
@@ -136,26 +126,41 @@ async def scripted_session(stack: LocalGateway) -> list[Step]:
         )
     )
 
-    say("\n== 3. denied: viewer calls pods_delete (the policy answers 403 with its reason) ==")
-    status, body = await raw_call(
-        url, tokens["viewer"], "pods_delete", {"namespace": DEMO_NAMESPACE, "name": "anything"}
-    )
-    say(f"    HTTP {status}: {json.dumps(body)}")
-    reason = body.get("reason", "") if isinstance(body, dict) else ""
+    tool = a.tool("pods_delete")
+    say(f"\n== 3. denied: viewer calls {tool} (the policy's reason reaches the client) ==")
     async with mcp_session(url, tokens["viewer"]) as client:
         try:
-            await client.call_tool("pods_delete", {"namespace": DEMO_NAMESPACE, "name": "x"})
-            client_saw = "the call went through (unexpected)"
-        except Exception as exc:  # the mcp client surfaces the HTTP 403 as an error
-            client_saw = f"{type(exc).__name__}: {exc}"
-    say(f"    the mcp client reports: {client_saw[:300]}")
-    steps.append(Step("denied call", status == 403 and bool(reason), reason or str(body)[:200]))
-
-    say("\n== 4. cross-domain: mcp lists pods on cluster B (trusts only realm cluster-b) ==")
-    async with mcp_session(url, tokens["mcp"]) as client:
-        result = await client.call_tool(
-            "pods_list_in_namespace", {"namespace": DEMO_NAMESPACE, "context": "cluster-b"}
+            await client.call_tool(tool, {"namespace": DEMO_NAMESPACE, "name": "anything"})
+            client_saw = ""
+        except MCPError as exc:  # the JSON-RPC error the policy answered, with its reason
+            client_saw = str(exc)
+    say(f"    the mcp client raises: {client_saw or 'nothing: the call went through (unexpected)'}")
+    steps.append(
+        Step(
+            "denied call, reason shown",
+            "holds no role" in client_saw and "pods_delete" in client_saw,
+            client_saw[:200] or "not denied",
         )
+    )
+
+    prompt = b.tool("cluster-health-check")
+    say(f"\n== 4. a prompt: mcp gets {prompt} (granted by role prompt:cluster-health-check) ==")
+    async with mcp_session(url, tokens["mcp"]) as client:
+        got = await client.get_prompt(prompt, {"namespace": DEMO_NAMESPACE})
+    prompt_text = "".join(getattr(m.content, "text", "") for m in got.messages)
+    say(indent(prompt_text, limit=6))
+    steps.append(
+        Step(
+            "prompt",
+            "health" in prompt_text and prompt not in prompts["viewer"],
+            f"{prompt}: {len(got.messages)} message(s); viewer does not list it",
+        )
+    )
+
+    tool = b.tool("pods_list_in_namespace")
+    say(f"\n== 5. cross-domain: mcp calls {tool} (cluster B trusts only realm cluster-b) ==")
+    async with mcp_session(url, tokens["mcp"]) as client:
+        result = await client.call_tool(tool, {"namespace": DEMO_NAMESPACE})
     text = text_of(result)
     say(indent(text))
     steps.append(

@@ -1,5 +1,6 @@
-"""Session fixture ``local_gateway``: the local MCP gateway (Envoy + router/broker stand-in) in
-front of our three services, next to the session's Keycloak and clusters A and B.
+"""Session fixture ``local_gateway``: the local MCP gateway (Envoy + the real MCP Gateway
+broker/router v0.9.0) in front of our services (two backends, token exchange, policy), next to the
+session's Keycloak and clusters A and B.
 
 Started once per session (see ``tests/testbed/mcp_gateway/stack.py``); tests that stop a service
 (fault injection) must start it again before they end: ``local_gateway.services[name].start()``.

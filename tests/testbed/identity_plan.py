@@ -14,6 +14,7 @@ from tests.testbed.ports import free_port
 REALM_MCP = "mcp"  # where users log in; cluster A trusts it
 REALM_CLUSTER_B = "cluster-b"  # cluster B's own domain; cluster B trusts only this realm
 BACKEND_AUDIENCE = "mcp-test/kubernetes-mcp"  # clientId of the backend = x-mcp-servername
+SERVER_B_AUDIENCE = "mcp-test/kubernetes-mcp-b"  # the second MCP server (serves cluster B)
 CLUSTER_A_AUDIENCES = (BACKEND_AUDIENCE, "cluster-a")
 CLUSTER_B_AUDIENCES = ("cluster-b",)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from tests.testbed import build
 from tests.testbed import keycloak as _keycloak
+from tests.testbed import nginx_server as _nginx
+from tests.testbed import redis_server as _redis
 
 
 def keycloak(force: bool = False) -> None:
@@ -11,4 +13,14 @@ def keycloak(force: bool = False) -> None:
     _keycloak.provision(force)
 
 
-build.EXTRA_PROVISIONERS.append(keycloak)
+def redis(force: bool = False) -> None:
+    """redis-server from PATH, else Debian's redis-server package unpacked into the cache."""
+    _redis.provision(force)
+
+
+def nginx(force: bool = False) -> None:
+    """nginx from PATH (the OPA bundle server of the policy reload tests), else Debian's."""
+    _nginx.provision(force)
+
+
+build.EXTRA_PROVISIONERS.extend([keycloak, redis, nginx])

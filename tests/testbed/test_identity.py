@@ -58,6 +58,7 @@ WRITE_TOOLS = {
     "helm_uninstall",
 }
 ALL_TOOLS = READ_ONLY_TOOLS | WRITE_TOOLS
+PROMPT_ROLES = {"prompt:cluster-health-check"}  # prompts are granted by role prompt:<name>
 MCP_GROUPS = {"mcp-users", "engineering", "accounting"}
 RBAC_NAMESPACE = "tb-identity"
 RBAC_SETTLE = 15.0  # the RBAC authorizer sees new bindings through an informer: allow a moment
@@ -152,7 +153,7 @@ async def test_standard_token_exchange_narrows_to_backend_audience_with_tool_rol
     assert exchanged["azp"] == keycloak.gateway_client_id
     assert exchanged["preferred_username"] == "mcp"
     assert set(exchanged["groups"]) == MCP_GROUPS
-    assert set(exchanged["resource_access"][BACKEND_AUDIENCE]["roles"]) == ALL_TOOLS
+    assert set(exchanged["resource_access"][BACKEND_AUDIENCE]["roles"]) == ALL_TOOLS | PROMPT_ROLES
 
     viewer = await keycloak.aexchange(
         await keycloak.auser_token("viewer", "viewer"), audience=BACKEND_AUDIENCE
@@ -160,7 +161,7 @@ async def test_standard_token_exchange_narrows_to_backend_audience_with_tool_rol
     viewer_roles = set(
         decode_jwt(viewer["access_token"])["resource_access"][BACKEND_AUDIENCE]["roles"]
     )
-    assert viewer_roles == READ_ONLY_TOOLS
+    assert viewer_roles == READ_ONLY_TOOLS | PROMPT_ROLES
     assert not viewer_roles & WRITE_TOOLS
 
     # The exchanged token is what the backend sends on: cluster A accepts it as the same user.

@@ -15,6 +15,13 @@ GATEWAY_API = "v1.6.3"  # v1.7 needs Go 1.27
 ISTIO_API = "v1.31.1"  # istio.io/api: kubernetes/customresourcedefinitions.gen.yaml
 AUTHORINO = "v0.20.0"  # github.com/kuadrant/authorino: the server binary and the AuthConfig CRD
 KIND = "v0.30.0"
+# The Kind flow (make kind-up kind-deploy kind-demo) installs Istio as the MCP Gateway's own local
+# environment does (its build/istio.mk and config/istio/istio.yaml at MCP_GATEWAY): the Sail
+# operator's chart, then an Istio resource of this version; and the Gateway API CRDs that
+# environment installs (Istio <= 1.29 does not start with the Gateway API v1.5+ bundle).
+KIND_SAIL_OPERATOR = "1.27.0"
+KIND_ISTIO = "v1.26.3"
+KIND_GATEWAY_API = "v1.4.1"
 # github.com/containerd/containerd/v2: the CRI runtime of the testbed's real kubelet (kubelet
 # v1.36 needs containerd >= 2.0, which implements the CRI RuntimeConfig call).
 CONTAINERD = "v2.4.2"

@@ -12,6 +12,7 @@ import aiohttp
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from pydantic import ValidationError
 
 from gateway_plugins.common.jwks import JWKSCache
 from gateway_plugins.common.jwt_validation import (
@@ -30,8 +31,13 @@ def _validator(
 ) -> JWTValidator:
     audiences = kwargs.pop("audiences", [])
     jwks = JWKSCache(session, min_refetch_interval_s=0.0)
+    config = IssuerConfig(
+        issuer=issuer.issuer,
+        audiences=audiences,  # type: ignore[arg-type]
+        allow_any_audience=not audiences,
+    )
     return JWTValidator(
-        [IssuerConfig(issuer=issuer.issuer, audiences=audiences)],  # type: ignore[arg-type]
+        [config],
         jwks,
         **kwargs,  # type: ignore[arg-type]
     )
@@ -191,17 +197,28 @@ async def test_issuer_down_without_keys_is_unavailable_not_invalid(
     assert f"{issuer.issuer}/.well-known/openid-configuration" in caplog.text
 
 
-async def test_issuer_without_audiences_is_warned_about_at_start(
+def test_issuer_without_audiences_is_refused_at_load() -> None:
+    """Issue 14: an issuer without audiences accepted tokens issued to any client of the realm
+    (admin-cli's included). It is refused now, naming the settings that fix it."""
+    with pytest.raises(ValidationError) as refused:
+        IssuerConfig(issuer="https://kc.example/realms/mcp")
+    message = str(refused.value)
+    assert "'audiences' is empty" in message
+    assert "admin-cli" in message
+    assert "allow_any_audience: true" in message
+
+
+async def test_allow_any_audience_is_explicit_and_warned_about(
     issuer: LocalIssuer, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ):
     with caplog.at_level(logging.WARNING, logger="gateway_plugins.common.jwt_validation"):
         permissive = _validator(issuer, session)
-    assert f"issuer {issuer.issuer} has no audiences configured" in caplog.text
+    assert f"issuer {issuer.issuer} has no audiences and allow_any_audience is set" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="gateway_plugins.common.jwt_validation"):
         _validator(issuer, session, audiences=["gateway"])
-    assert "no audiences" not in caplog.text
-    # Still permissive (compatible default): any audience passes.
+    assert "allow_any_audience" not in caplog.text
+    # Development setting: any audience passes.
     assert (await permissive.validate(issuer.token(aud="anything")))["aud"] == "anything"
 
 
@@ -249,7 +266,11 @@ async def test_type_is_checked_after_the_signature(
 def test_unsafe_algorithms_rejected_at_construction(session: aiohttp.ClientSession) -> None:
     jwks = JWKSCache(session)
     with pytest.raises(ValueError, match="HS256"):
-        JWTValidator([IssuerConfig(issuer="https://x")], jwks, algorithms=["RS256", "HS256"])
+        JWTValidator(
+            [IssuerConfig(issuer="https://x", audiences=["gw"])],
+            jwks,
+            algorithms=["RS256", "HS256"],
+        )
 
 
 def test_looks_like_jwt() -> None:
@@ -257,6 +278,7 @@ def test_looks_like_jwt() -> None:
     assert looks_like_jwt(token)
     assert not looks_like_jwt("8f14e45fceea167a5a36dedd4bea2543")
     assert not looks_like_jwt("eyJhbGciOiJub25lIn0")
+    assert not looks_like_jwt(token + "\n"), "a trailing newline is not part of a JWT"
 
 
 async def test_cached_validation_still_expires(

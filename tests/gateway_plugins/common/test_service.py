@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from gateway_plugins.common.host_origin import HostOriginRule
 from gateway_plugins.common.service import NotReady, create_base_app, json_error, serve
 from tests.testbed.ports import free_port
 
@@ -132,3 +133,77 @@ async def test_metric_labels_stay_bounded(base_url: tuple[str, type[Flag]]) -> N
     assert "PURGE" not in text
     assert 'route="unmatched",status="404"' in text
     assert "random-" not in text
+
+
+# -- Host and Origin checks ---------------------------------------------------------------------
+@pytest.fixture
+async def guarded_url() -> AsyncIterator[str]:
+    """The scaffold with the rule of a service on loopback that also answers to svc.ns, an
+    ext_authz-like route under the unchecked prefix /check, and a checked route /checkout that
+    shares the prefix's letters (registered first, so it wins over ``/check{tail}``)."""
+    rule = HostOriginRule.derive(
+        "127.0.0.1", allowed_hosts=["svc.ns:*"], allowed_origins=["https://app.example.com"]
+    )
+    app = create_base_app("demo", host_origin=rule, unchecked_prefixes=("/check",))
+    app.router.add_get("/teapot", _teapot)
+    app.router.add_get("/checkout", _teapot)
+    app.router.add_route("*", "/check{tail:.*}", _teapot)
+    port = free_port()
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(app, "127.0.0.1", port, stop))
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as client:
+        for _ in range(100):
+            try:
+                async with client.get(f"{url}/healthz"):
+                    break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.02)
+    yield url
+    stop.set()
+    await task
+
+
+async def _get(url: str, **headers: str) -> tuple[int, dict[str, object], dict[str, str]]:
+    async with aiohttp.ClientSession() as client, client.get(url, headers=headers) as resp:
+        return resp.status, await resp.json(), {k.lower(): v for k, v in resp.headers.items()}
+
+
+async def test_foreign_host_and_origin_are_refused_as_json(guarded_url: str) -> None:
+    teapot = f"{guarded_url}/teapot"
+    status, body, headers = await _get(teapot, Host="evil.example:8081")
+    assert status == 421
+    assert body["allow"] is False
+    assert body["error"] == "host_not_allowed"
+    assert "'evil.example:8081'" in str(body["reason"])
+    assert body["request_id"] == headers["x-request-id"]
+    status, body, _ = await _get(teapot, Origin="http://evil.example")
+    assert (status, body["error"]) == (403, "origin_not_allowed")
+    assert "allowed_origins" in str(body["reason"])
+    # What is allowed reaches the handler.
+    for headers_ in (
+        {},
+        {"Host": "svc.ns:8081"},
+        {"Origin": "https://app.example.com"},
+        {"Origin": "http://localhost:6274"},
+    ):
+        status, body, _ = await _get(teapot, **headers_)
+        assert (status, body["error"]) == (418, "teapot"), headers_
+    async with aiohttp.ClientSession() as client, client.get(f"{guarded_url}/metrics") as resp:
+        text = await resp.text()
+    assert 'http_requests_total{method="GET",route="/teapot",status="421"} 1.0' in text
+
+
+async def test_probes_and_unchecked_routes_answer_any_host(guarded_url: str) -> None:
+    foreign = {"Host": "evil.example", "Origin": "http://evil.example"}
+    for path, expected in (("/healthz", 200), ("/readyz", 200), ("/check/mcp", 418)):
+        status, _, _ = await _get(f"{guarded_url}{path}", **foreign)
+        assert status == expected, path
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(f"{guarded_url}/metrics", headers=foreign) as resp,
+    ):
+        assert resp.status == 200
+    # Exempt is what the route is, not what the path starts with.
+    status, body, _ = await _get(f"{guarded_url}/checkout", **foreign)
+    assert (status, body["error"]) == (421, "host_not_allowed")

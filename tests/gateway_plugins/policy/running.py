@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway_plugins.common.caller_auth import CallerAuthConfig
 from gateway_plugins.common.jwt_validation import IssuerConfig
 from gateway_plugins.common.service import serve
 from gateway_plugins.policy.app import create_app, service_of
@@ -27,7 +28,9 @@ from gateway_plugins.policy.config import (
     WristbandSettings,
 )
 from gateway_plugins.policy.decision_log import DecisionLog
+from gateway_plugins.policy.engine_guard import EmbeddedVerifySettings
 from gateway_plugins.policy.wristband import generate_signing_key, private_key_pem
+from tests.testbed import build
 from tests.testbed import keycloak as kc
 from tests.testbed.identity_plan import REALM_MCP
 from tests.testbed.paths import REPO_ROOT
@@ -35,6 +38,23 @@ from tests.testbed.ports import free_port
 
 POLICIES = REPO_ROOT / "policies"
 SERVER = "mcp-test/kubernetes-mcp"  # = BACKEND_AUDIENCE, the server's Keycloak client
+GATEWAY_AUDIENCE = "mcp-gateway"  # what user tokens (client mcp-cli) are addressed to
+# The gateway's credential at /check, /v1/decide, /v1/filter (caller_auth); tests playing the
+# gateway send CALLER_HEADERS.
+CALLER_HEADER = "x-kmg-caller-secret"
+# test-only; the same as the token exchange tests' (one shared secret, as deployed)
+CALLER_SECRET = "caller-secret-test-only"
+CALLER_HEADERS = {CALLER_HEADER: CALLER_SECRET}
+
+
+def verified_by_opa() -> EmbeddedVerifySettings:
+    """The embedded engine checked against the testbed's real OPA on the repo's corpus at every
+    load: how a policy that changes at run time (a watched ConfigMap, a bundle) passes the
+    engine guard when its volume carries no verification record of the new modules."""
+    return EmbeddedVerifySettings(
+        opa_binary=build.binary("opa"), corpus_files=[POLICIES / "mcp/testdata/corpus.json"]
+    )
+
 
 # The tools of the testbed's backend (names and annotations as in the tool catalogue).
 READ_ONLY_TOOLS = (
@@ -80,6 +100,10 @@ def policy_settings(
     key = work / "wristband.pem"
     if not key.exists():
         write_key(key)
+    caller = work / "caller.secret"
+    caller.write_text(CALLER_SECRET + "\n")
+    caller.chmod(0o600)
+    overrides.setdefault("caller_auth", CallerAuthConfig(header=CALLER_HEADER, secret_file=caller))
     return PolicySettings(
         port=free_port(),
         engine=engine,  # type: ignore[arg-type]
@@ -88,7 +112,11 @@ def policy_settings(
         catalogue_file=catalogue,
         opa=OpaSettings(url=opa_url or "http://127.0.0.1:1", timeout_s=1.0),
         auth=AuthSettings(
-            issuers=[IssuerConfig(issuer=keycloak.issuer(REALM_MCP))],
+            issuers=[
+                IssuerConfig(
+                    issuer=keycloak.issuer(REALM_MCP), audiences=[GATEWAY_AUDIENCE, SERVER]
+                )
+            ],
             ca_file=keycloak.ca_file,
             leeway_s=leeway_s,
         ),

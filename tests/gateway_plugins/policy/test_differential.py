@@ -103,12 +103,14 @@ _TOOLS = {
     "helm_install": False,
 }
 _CONFIG = next(c["config"] for c in CORPUS if c["name"] == "deny list wins over role")
+_PROMPTS = ("cluster-health-check", "triage")
 
 
 def _random_request(rng: random.Random) -> dict[str, Any]:
     roles = [rng.choice(["", "tool:"]) + tool for tool in _TOOLS if rng.random() < 0.3] + (
         ["read-only"] if rng.random() < 0.2 else []
     )
+    roles += [f"prompt:{p}" for p in _PROMPTS if rng.random() < 0.4]
     groups = [
         g for g in ("mcp-viewers", "/sre", "helm-users", "mcp-suspended") if rng.random() < 0.15
     ]
@@ -122,6 +124,13 @@ def _random_request(rng: random.Random) -> dict[str, Any]:
             _SERVER: [{"name": n, "annotations": {"readOnly": ro}} for n, ro in _TOOLS.items()]
         }
         return {"method": "tools/list", "claims": claims, "catalogue": catalogue}
+    if rng.random() < 0.2:
+        return {
+            "method": "prompts/get",
+            "server": rng.choice([_SERVER, _SERVER, "team-a/other-mcp"]),
+            "prompt": {"name": rng.choice([*_PROMPTS, "unknown"])},
+            "claims": claims,
+        }
     tool = rng.choice(list(_TOOLS))
     doc: dict[str, Any] = {
         "method": rng.choice(["tools/call", "tools/call", "initialize"]),
@@ -156,6 +165,8 @@ async def test_generated_requests_same_in_both_engines(
             doc = _random_request(rng)
             if doc["method"] == "tools/list":
                 assert await embedded.allowed_tools(doc) == await server.allowed_tools(doc), doc
+                prompts = await server.allowed_prompts(doc)
+                assert await embedded.allowed_prompts(doc) == prompts, doc
             else:
                 got_embedded, got_opa = await embedded.decide(doc), await server.decide(doc)
                 assert got_embedded == got_opa, doc

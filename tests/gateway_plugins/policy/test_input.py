@@ -129,11 +129,31 @@ def test_request_body_gives_method_tool_and_arguments() -> None:
     call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
             "params": {"name": "pods_exec", "arguments": {"namespace": "kube-system"}}}  # fmt: skip
     body = pi.parse_request_body(_body(call))
-    assert body == pi.RequestBody("tools/call", "pods_exec", {"namespace": "kube-system"})
-    ping = pi.parse_request_body(_body({"jsonrpc": "2.0", "id": 2, "method": "ping"}))
-    assert ping == pi.RequestBody("ping", None, None)
+    assert body == pi.RequestBody(
+        "tools/call", "pods_exec", {"namespace": "kube-system"}, request_id=1
+    )
+    ping = pi.parse_request_body(_body({"jsonrpc": "2.0", "id": "p-2", "method": "ping"}))
+    assert ping == pi.RequestBody("ping", None, None, request_id="p-2")
     response = pi.parse_request_body(_body({"jsonrpc": "2.0", "id": 3, "result": {}}))
-    assert response == pi.RequestBody(None, None, None)
+    assert response == pi.RequestBody(None, None, None, request_id=3)
+    # Only strings and integers are ids worth echoing in an error answer.
+    for odd in (None, True, 1.5, [1], {"a": 1}):
+        notice = pi.parse_request_body(_body({"jsonrpc": "2.0", "id": odd, "method": "ping"}))
+        assert notice.request_id is None, odd
+
+
+def test_request_body_gives_the_prompt_of_prompts_get() -> None:
+    get = {"jsonrpc": "2.0", "id": 9, "method": "prompts/get",
+           "params": {"name": "cluster-health-check", "arguments": {"namespace": "x"}}}  # fmt: skip
+    body = pi.parse_request_body(_body(get))
+    assert body == pi.RequestBody("prompts/get", None, None, prompt="cluster-health-check",
+                                  request_id=9)  # fmt: skip
+    assert pi.reconcile_prompt("", body) == "cluster-health-check"
+    assert pi.reconcile_prompt("cluster-health-check", body) == "cluster-health-check"
+    with pytest.raises(pi.HeaderMismatch, match="x-mcp-promptname says other but the body"):
+        pi.reconcile_prompt("other", body)
+    with pytest.raises(pi.InputError, match=r"params\.name of the prompts/get body"):
+        pi.parse_request_body(_body({**get, "params": {"name": "a b"}}))
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from gateway_plugins.policy.app import service_of
 from gateway_plugins.policy.engines import EmbeddedEngine
 from gateway_plugins.policy.wristband import LEGACY_HEADER, verify
 from tests.gateway_plugins.policy.running import (
+    CALLER_HEADERS,
     CHANGING_TOOLS,
     READ_ONLY_TOOLS,
     SERVER,
@@ -46,7 +47,9 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=30), headers=CALLER_HEADERS
+    ) as session:
         yield session
 
 
@@ -454,6 +457,144 @@ async def test_decide_api_answers_json_with_explicit_allow(
         assert "JSON object" in body["reason"]
 
 
+# --- prompts and denials an agent can read
+
+
+SERVER_B = "mcp-test/kubernetes-mcp-b"
+PROMPT = "cluster-health-check"
+
+
+@pytest.fixture(scope="module")
+async def both_forms(keycloak: Any, policy_work: Path) -> AsyncIterator[RunningPolicy]:
+    """The service signing both header forms (as manifests/base configures it)."""
+    settings = policy_settings(keycloak, policy_work / "both", wristband={"form": "both"})
+    async with running_policy(settings) as running:
+        yield running
+
+
+def _prompt_body(prompt: str, request_id: int | str = 9) -> bytes:
+    return json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "method": "prompts/get",
+            "params": {"name": prompt, "arguments": {}},
+        }
+    ).encode()
+
+
+def _prompt_headers(token: str, server: str, prompt: str) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {token}",
+        "x-mcp-method": "prompts/get",
+        "x-mcp-servername": server,
+        "x-mcp-promptname": prompt,
+    }
+
+
+async def test_prompts_get_is_decided_by_the_prompt_role(
+    http: aiohttp.ClientSession, service: RunningPolicy, mcp_token: str, viewer_token: str
+) -> None:
+    # Realm mcp: mcp-users hold prompt:cluster-health-check on both servers, viewers on A only.
+    for token, server, allowed in (
+        (mcp_token, SERVER, True),
+        (mcp_token, SERVER_B, True),
+        (viewer_token, SERVER, True),
+        (viewer_token, SERVER_B, False),
+    ):
+        status, payload, _ = await _check(
+            http, service, _prompt_headers(token, server, PROMPT), _prompt_body(PROMPT)
+        )
+        assert (status, payload["allow"]) == ((200, True) if allowed else (403, False)), payload
+        user = kc.decode_jwt(token)["preferred_username"]
+        if allowed:
+            assert payload["reason"] == f"{user} holds role prompt:{PROMPT} of {server}"
+        else:
+            assert (
+                payload["reason"] == f"{user} holds no role of {server} that grants prompt {PROMPT}"
+            )
+    # The header must name the prompt the body gets.
+    status, payload, _ = await _check(
+        http, service, _prompt_headers(viewer_token, SERVER, "other"), _prompt_body(PROMPT)
+    )
+    assert (status, payload["allow"]) == (403, False)
+    assert "x-mcp-promptname says other" in payload["reason"]
+
+
+async def test_a_denied_json_rpc_request_is_answered_with_a_json_rpc_error(
+    http: aiohttp.ClientSession, service: RunningPolicy, viewer_token: str
+) -> None:
+    """MCP clients surface a JSON-RPC error body as the request's error (the model sees why)."""
+    for headers, body, request_id, names in (
+        (_headers(viewer_token, "tools/call", "pods_delete"),
+         json.dumps({"jsonrpc": "2.0", "id": "call-1", "method": "tools/call",
+                     "params": {"name": "pods_delete", "arguments": {}}}).encode(),
+         "call-1", "grants tool pods_delete"),
+        (_prompt_headers(viewer_token, SERVER_B, PROMPT), _prompt_body(PROMPT, 12), 12,
+         "grants prompt cluster-health-check"),
+    ):  # fmt: skip
+        status, payload, resp_headers = await _check(http, service, headers, body)
+        assert status == 403
+        assert payload["jsonrpc"] == "2.0"
+        assert payload["id"] == request_id
+        assert payload["error"]["code"] == -32003
+        message = payload["error"]["message"]
+        assert message.startswith("the gateway's policy denied this request: viewer holds no role")
+        assert names in message
+        assert payload["error"]["data"] == {"allow": False, "reason": payload["reason"]}
+        assert "www-authenticate" not in {k.lower() for k in resp_headers}
+    # Without a body (or with one that carries no id) the answer stays {allow, reason}.
+    status, payload, _ = await _check(
+        http, service, _headers(viewer_token, "tools/call", "pods_delete")
+    )
+    assert status == 403
+    assert "jsonrpc" not in payload
+    # A refusal that is not a denial keeps its status: 401 stays a plain challenge.
+    status, payload, _ = await _check(
+        http, service, _headers(None, "tools/call", "pods_delete"), _call_body("pods_delete", {})
+    )
+    assert status == 401
+    assert "jsonrpc" not in payload
+
+
+async def test_the_signed_header_carries_the_prompts_each_server_grants(
+    http: aiohttp.ClientSession, both_forms: RunningPolicy, mcp_token: str, viewer_token: str
+) -> None:
+    for method in ("tools/list", "prompts/list"):
+        for token, prompts in ((mcp_token, [PROMPT]), (viewer_token, [PROMPT])):
+            status, payload, headers = await _check(http, both_forms, _headers(token, method))
+            assert status == 200
+            claims = verify(headers["x-mcp-authorized"], both_forms.public_key_pem)
+            capabilities = json.loads(claims["allowed-capabilities"])
+            # The catalogue's servers: SERVER (the prompt role) and OTHER (no roles at all).
+            assert capabilities["prompts"] == {SERVER: prompts, OTHER: []}
+            assert capabilities["tools"][SERVER]
+            assert payload["allowed_prompts"] == capabilities["prompts"]
+            # The older form carries tools only.
+            legacy = verify(headers[LEGACY_HEADER], both_forms.public_key_pem)
+            assert json.loads(legacy["allowed-tools"]) == capabilities["tools"]
+
+
+async def test_decide_api_decides_prompts_too(
+    http: aiohttp.ClientSession, both_forms: RunningPolicy, viewer_token: str
+) -> None:
+    async def decide(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {viewer_token}"}
+        async with http.post(f"{both_forms.url}/v1/decide", json=body, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    status, payload = await decide({"method": "prompts/get", "server": SERVER, "prompt": PROMPT})
+    assert (status, payload["allow"]) == (200, True)
+    status, payload = await decide({"method": "prompts/get", "server": SERVER_B, "prompt": PROMPT})
+    assert (status, payload["allow"]) == (200, False)
+    assert payload["reason"] == f"viewer holds no role of {SERVER_B} that grants prompt {PROMPT}"
+    status, payload = await decide({"method": "prompts/list"})
+    assert (status, payload["allow"]) == (200, True)
+    assert payload["allowed_prompts"] == {SERVER: [PROMPT], OTHER: []}
+    signed = verify(payload["headers"]["x-mcp-authorized"], both_forms.public_key_pem)
+    assert json.loads(signed["allowed-capabilities"])["prompts"] == payload["allowed_prompts"]
+
+
 async def test_filter_api_returns_the_allowed_subset(
     http: aiohttp.ClientSession, service: RunningPolicy, viewer_token: str, mcp_token: str
 ) -> None:
@@ -618,9 +759,19 @@ async def test_headers_that_match_the_body_behave_as_before(
     )
     assert (status, payload["allow"]) == (200, True)
     assert payload["reason"] == "method initialize names no tool: no tool decision needed"
-    # The router's initialize on behalf of a call: the tool is in the header only.
+    # The router's hairpin initialize on behalf of a call names the tool in the header only: it
+    # calls no tool and is allowed; the call that follows is denied with its reason. (Denying the
+    # hairpin would turn that denial into the router's opaque "failed to create session".)
     status, payload, _ = await _check(
         http, service, _headers(viewer_token, "initialize", "pods_delete"), initialize
+    )
+    assert (status, payload["allow"]) == (200, True)
+    assert payload["reason"] == "method initialize names no tool: no tool decision needed"
+    status, payload, _ = await _check(
+        http,
+        service,
+        _headers(viewer_token, "tools/call", "pods_delete"),
+        _call_body("pods_delete", {}),
     )
     assert (status, payload["allow"]) == (403, False)
     assert payload["reason"] == f"viewer holds no role of {SERVER} that grants tool pods_delete"
@@ -697,7 +848,7 @@ async def test_tool_arguments_beyond_the_policys_never_reach_opa(
 async def test_decision_cache_key_ignores_arguments_the_policy_does_not_read(
     http: aiohttp.ClientSession, service: RunningPolicy, mcp_token: str, viewer_token: str
 ) -> None:
-    engine = service_of(service.app).engine
+    engine = service_of(service.app).engine.current  # in force (LiveEngine wraps it)
     assert isinstance(engine, EmbeddedEngine)
     tool = "resources_create_or_update"
     headers = _headers(mcp_token, "tools/call", tool)

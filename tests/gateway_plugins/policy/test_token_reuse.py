@@ -22,7 +22,12 @@ from gateway_plugins.policy.app import service_of
 from gateway_plugins.policy.config import PolicySettings
 from gateway_plugins.policy.engines import EmbeddedEngine
 from tests.gateway_plugins.common.issuer import LocalIssuer, new_rsa
-from tests.gateway_plugins.policy.running import SERVER, policy_settings, running_policy
+from tests.gateway_plugins.policy.running import (
+    CALLER_HEADERS,
+    SERVER,
+    policy_settings,
+    running_policy,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -39,7 +44,10 @@ async def issuers() -> AsyncIterator[tuple[LocalIssuer, LocalIssuer]]:
 
 
 def _trusting(settings: PolicySettings, *issuers: LocalIssuer, **auth: Any) -> PolicySettings:
-    trusted = [*settings.auth.issuers, *(IssuerConfig(issuer=i.issuer) for i in issuers)]
+    trusted = [
+        *settings.auth.issuers,
+        *(IssuerConfig(issuer=i.issuer, allow_any_audience=True) for i in issuers),
+    ]
     return settings.model_copy(
         update={"auth": settings.auth.model_copy(update={"issuers": trusted, **auth})}
     )
@@ -75,7 +83,10 @@ async def test_a_token_whose_key_was_withdrawn_is_refused_after_the_recheck_inte
         jwks_min_refetch_interval_s=0.0,
     )
     old = local.sign(_claims(local, "rotating-user"))  # kid rsa-1, valid for 5 minutes
-    async with running_policy(settings) as svc, aiohttp.ClientSession() as http:
+    async with (
+        running_policy(settings) as svc,
+        aiohttp.ClientSession(headers=CALLER_HEADERS) as http,
+    ):
         status, payload = await _call(http, svc.url, old)
         assert (status, payload["allow"]) == (200, True), payload
         # The issuer rotates: rsa-1 is withdrawn. A token of the new key makes the service
@@ -102,8 +113,11 @@ async def test_two_issuers_with_the_same_subject_never_share_a_cached_answer(
     sub = f"same-{uuid.uuid4().hex[:8]}"
     token_a = first.token(sub, resource_access={SERVER: {"roles": ["pods_list"]}})
     token_b = second.token(sub, resource_access={SERVER: {"roles": ["pods_list"]}})
-    async with running_policy(settings) as svc, aiohttp.ClientSession() as http:
-        engine = service_of(svc.app).engine
+    async with (
+        running_policy(settings) as svc,
+        aiohttp.ClientSession(headers=CALLER_HEADERS) as http,
+    ):
+        engine = service_of(svc.app).engine.current  # in force (LiveEngine wraps it)
         assert isinstance(engine, EmbeddedEngine)
         assert (await _call(http, svc.url, token_a))[0] == 200
         hits = engine.cache_hits

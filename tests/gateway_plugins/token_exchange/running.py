@@ -15,11 +15,13 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from gateway_plugins.common.caller_auth import CallerAuthConfig
 from gateway_plugins.common.jwt_validation import IssuerConfig
 from gateway_plugins.common.service import serve
 from gateway_plugins.token_exchange.app import RUNTIME, Runtime, create_app
 from gateway_plugins.token_exchange.config import (
     BreakerConfig,
+    ExtAuthzConfig,
     FacadeClient,
     FacadeConfig,
     Settings,
@@ -36,6 +38,12 @@ FACADE_CLIENT_ID = "mcp-backend"
 FACADE_CLIENT_SECRET = "facade-secret-test-only"
 REFUSED_TARGET = "refused-by-keycloak"  # a target whose exchange Keycloak refuses
 CLUSTER_B_TARGET = "cluster-b"
+GATEWAY_AUDIENCE = "mcp-gateway"  # what user tokens (client mcp-cli) are addressed to
+# The gateway's credential at /check and /ext-authz/* (caller_auth); tests playing the gateway
+# send CALLER_HEADERS.
+CALLER_HEADER = "x-kmg-caller-secret"
+CALLER_SECRET = "caller-secret-test-only"  # test-only credential
+CALLER_HEADERS = {CALLER_HEADER: CALLER_SECRET}
 
 
 def service_settings(keycloak: kc.Keycloak, secrets_dir: Path, **overrides: object) -> Settings:
@@ -45,6 +53,7 @@ def service_settings(keycloak: kc.Keycloak, secrets_dir: Path, **overrides: obje
         "mcp": (keycloak.gateway_client_secret, "sts-mcp.secret"),
         "cluster-b": (kc.CLUSTER_B_CLIENT_SECRET, "sts-cluster-b.secret"),
         "facade": (FACADE_CLIENT_SECRET, "facade.secret"),
+        "caller": (CALLER_SECRET, "caller.secret"),
     }
     paths: dict[str, Path] = {}
     for name, (secret, filename) in files.items():
@@ -54,7 +63,15 @@ def service_settings(keycloak: kc.Keycloak, secrets_dir: Path, **overrides: obje
         paths[name] = path
     settings = Settings(
         ca_file=keycloak.ca_file,
-        validation=ValidationConfig(issuers=[IssuerConfig(issuer=keycloak.issuer(REALM_MCP))]),
+        # user tokens are addressed to the gateway; the backend's (exchanged) tokens reach /token
+        validation=ValidationConfig(
+            issuers=[
+                IssuerConfig(
+                    issuer=keycloak.issuer(REALM_MCP),
+                    audiences=[GATEWAY_AUDIENCE, BACKEND_AUDIENCE],
+                )
+            ]
+        ),
         sts={
             "mcp": STSConfig(
                 token_url=keycloak.token_url(REALM_MCP),
@@ -71,7 +88,10 @@ def service_settings(keycloak: kc.Keycloak, secrets_dir: Path, **overrides: obje
             # Keycloak's user tokens carry every audience the user has roles for; "aud_exact"
             # narrows them to the one backend (least privilege) unless already narrow.
             TargetConfig(
-                audience=BACKEND_AUDIENCE, steps=[StepConfig(sts="mcp")], skip_when="aud_exact"
+                audience=BACKEND_AUDIENCE,
+                steps=[StepConfig(sts="mcp")],
+                skip_when="aud_exact",
+                subject_audiences=[GATEWAY_AUDIENCE],
             ),
             TargetConfig(
                 audience="cluster-a", steps=[StepConfig(sts="mcp")], skip_when="aud_exact"
@@ -95,6 +115,12 @@ def service_settings(keycloak: kc.Keycloak, secrets_dir: Path, **overrides: obje
             clients=[FacadeClient(client_id=FACADE_CLIENT_ID, client_secret_file=paths["facade"])]
         ),
         breaker=BreakerConfig(failures=3, cooldown_s=1.0),
+        # the checks route the backend and cluster A; cluster B (cross-domain) is /token only
+        ext_authz=ExtAuthzConfig(
+            targets=[BACKEND_AUDIENCE, "cluster-a", REFUSED_TARGET],
+            audiences=[GATEWAY_AUDIENCE],
+        ),
+        caller_auth=CallerAuthConfig(header=CALLER_HEADER, secret_file=paths["caller"]),
     )
     return settings.model_copy(update=overrides)
 

@@ -32,20 +32,23 @@ async def test_serve_logs_json_and_stops_gracefully(issuer: LocalIssuer, tmp_pat
         yaml.safe_dump(
             {
                 "port": 1,  # overridden by the flag below
-                "validation": {"issuers": [{"issuer": issuer.issuer}]},
+                "validation": {"issuers": [{"issuer": issuer.issuer, "audiences": ["gw"]}]},
                 "targets": [{"audience": "no-exchange"}],
+                "ext_authz": {"targets": ["no-exchange"]},
+                "caller_auth": {"secret_env": "KMG_TEST_CALLER_SECRET"},
             }
         )
     )
     port = free_port()
-    env = dict(os.environ, KMG_TOKEN_EXCHANGE_LOG_LEVEL="info")
+    caller = "cli-caller-secret-test-only"  # test-only credential
+    env = dict(os.environ, KMG_TOKEN_EXCHANGE_LOG_LEVEL="info", KMG_TEST_CALLER_SECRET=caller)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway_plugins.token_exchange", "serve",
         "--config", str(config), "--port", str(port),
         cwd=REPO_ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    token = issuer.token("dave", aud="no-exchange")
+    token = issuer.token("dave", aud=["gw", "no-exchange"])
     try:
         async with aiohttp.ClientSession() as client:
             for _ in range(200):
@@ -56,6 +59,10 @@ async def test_serve_logs_json_and_stops_gracefully(issuer: LocalIssuer, tmp_pat
                 except aiohttp.ClientConnectionError:
                     await asyncio.sleep(0.05)
             headers = {"authorization": f"Bearer {token}", "x-mcp-servername": "no-exchange"}
+            async with client.post(f"http://127.0.0.1:{port}/check", headers=headers) as resp:
+                assert resp.status == 403  # not the gateway: no caller secret
+                assert (await resp.json())["error"] == "caller_unauthenticated"
+            headers["x-kmg-caller-secret"] = caller
             async with client.post(f"http://127.0.0.1:{port}/check", headers=headers) as resp:
                 assert resp.status == 200
                 assert resp.headers["authorization"] == f"Bearer {token}"
@@ -84,4 +91,43 @@ async def test_config_error_exits_2_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     text = stderr.decode()
     assert "validation.issuers" in text
+    assert "Traceback" not in text
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (  # an issuer without audiences: tokens of any client of the realm would pass
+            {"validation": {"issuers": [{"issuer": "https://kc.example/realms/mcp"}]},
+             "caller_auth": {"mode": "off"}},
+            ["'audiences' is empty", "admin-cli", "allow_any_audience: true"],
+        ),
+        (  # no caller credential for the checks: any pod could ask them
+            {"validation": {"issuers": [{"issuer": "https://kc.example/realms/mcp",
+                                         "audiences": ["mcp-gateway"]}]}},
+            ["caller_auth.secret_file", "caller_auth.mode: mtls", "caller_auth.mode: off"],
+        ),
+        (  # a check target that is not configured
+            {"validation": {"issuers": [{"issuer": "https://kc.example/realms/mcp",
+                                         "audiences": ["mcp-gateway"]}]},
+             "caller_auth": {"mode": "off"}, "ext_authz": {"targets": ["cluster-b"]}},
+            ["ext_authz.targets ['cluster-b'] are not configured"],
+        ),
+    ],
+)  # fmt: skip
+async def test_unsafe_configs_are_refused_at_start_naming_the_setting(
+    tmp_path: Path, config: dict[str, object], expected: list[str]
+) -> None:
+    path = tmp_path / "te.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway_plugins.token_exchange", "check-config",
+        "--config", str(path),
+        cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(proc.communicate(), timeout=20)
+    text = stderr.decode()
+    assert proc.returncode == 2, text
+    for fragment in expected:
+        assert fragment in text
     assert "Traceback" not in text

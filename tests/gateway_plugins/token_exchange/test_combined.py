@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from gateway_plugins.policy.config import PolicySettings
 from gateway_plugins.policy.wristband import LEGACY_HEADER, verify
-from gateway_plugins.token_exchange.config import ExtAuthzConfig
+from gateway_plugins.token_exchange.config import ExtAuthzConfig, Settings
 from tests.gateway_plugins.policy.running import (
     CHANGING_TOOLS,
     READ_ONLY_TOOLS,
@@ -31,6 +31,7 @@ from tests.gateway_plugins.policy.running import (
     running_policy,
 )
 from tests.gateway_plugins.token_exchange.running import (
+    CALLER_HEADERS,
     RunningService,
     running_service,
     service_settings,
@@ -79,11 +80,15 @@ async def token_exchange(
     keycloak: SessionKeycloak, work: Path, policy_config: PolicySettings
 ) -> AsyncIterator[RunningService]:
     base = service_settings(keycloak, work / "te-secrets")
-    ext_authz = ExtAuthzConfig(
-        policy_url=f"http://127.0.0.1:{policy_config.port}/check", policy_timeout_s=2.0
-    )
-    async with running_service(base.model_copy(update={"ext_authz": ext_authz})) as running:
+    url = f"http://127.0.0.1:{policy_config.port}/check"
+    async with running_service(_with_policy_url(base, url, policy_timeout_s=2.0)) as running:
         yield running
+
+
+def _with_policy_url(settings: Settings, url: str, **extra: Any) -> Settings:
+    """``settings`` whose combined check asks the policy service at ``url``."""
+    ext_authz = settings.ext_authz.model_copy(update={"policy_url": url, **extra})
+    return settings.model_copy(update={"ext_authz": ext_authz})
 
 
 @pytest.fixture
@@ -95,7 +100,12 @@ async def policy(policy_config: PolicySettings) -> AsyncIterator[RunningPolicy]:
 def _headers(
     token: str | None, method: str, *, server: str = SERVER, tool: str | None = None
 ) -> dict[str, str]:
-    headers = {"x-mcp-method": method, "x-mcp-servername": server, "host": "gw.example"}
+    headers = {
+        "x-mcp-method": method,
+        "x-mcp-servername": server,
+        "host": "gw.example",
+        **CALLER_HEADERS,
+    }
     if tool is not None:
         headers["x-mcp-toolname"] = tool
     if token is not None:
@@ -273,9 +283,8 @@ async def test_policy_engine_down_is_503(
     config = policy_settings(
         keycloak, work / "policy-opa", engine="opa", opa_url=f"http://127.0.0.1:{free_port()}"
     )
-    ext_authz = ExtAuthzConfig(policy_url=f"http://127.0.0.1:{config.port}/check")
-    settings = service_settings(keycloak, work / "te-secrets").model_copy(
-        update={"ext_authz": ext_authz}
+    settings = _with_policy_url(
+        service_settings(keycloak, work / "te-secrets"), f"http://127.0.0.1:{config.port}/check"
     )
     async with running_policy(config), running_service(settings) as te:
         status, _, payload = await _combined(
@@ -300,9 +309,10 @@ async def test_policy_service_too_slow_is_503(
 
     server = await asyncio.start_server(accept, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    ext_authz = ExtAuthzConfig(policy_url=f"http://127.0.0.1:{port}/check", policy_timeout_s=0.5)
-    settings = service_settings(keycloak, work / "te-secrets").model_copy(
-        update={"ext_authz": ext_authz}
+    settings = _with_policy_url(
+        service_settings(keycloak, work / "te-secrets"),
+        f"http://127.0.0.1:{port}/check",
+        policy_timeout_s=0.5,
     )
     try:
         async with running_service(settings) as te:

@@ -16,6 +16,9 @@ CONFIG = """
 validation:
   issuers:
     - issuer: https://kc.example/realms/mcp
+      audiences: [mcp-gateway]
+caller_auth:
+  secret_env: TEST_CALLER_SECRET
 sts:
   mcp:
     token_url: https://kc.example/realms/mcp/protocol/openid-connect/token

@@ -66,10 +66,16 @@ def _exchanger(
         [
             TargetConfig(audience=BACKEND, steps=[StepConfig(sts="mcp")]),
             TargetConfig(audience="no-exchange"),
+            TargetConfig(
+                audience="gateway-only",
+                steps=[StepConfig(sts="mcp")],
+                subject_audiences=["mcp-gateway"],
+            ),
         ]
     )
     validator = JWTValidator(
-        [IssuerConfig(issuer=issuer.issuer)], JWKSCache(session, min_refetch_interval_s=0)
+        [IssuerConfig(issuer=issuer.issuer, allow_any_audience=True)],
+        JWKSCache(session, min_refetch_interval_s=0),
     )
     exchanger = Exchanger(
         validator=validator,
@@ -119,11 +125,36 @@ async def test_audience_already_right_needs_no_exchange(
     issuer: LocalIssuer, session: aiohttp.ClientSession
 ) -> None:
     exchanger, metrics = _exchanger(issuer, session)
-    token = issuer.token(aud=["mcp-gateway", BACKEND])
+    token = issuer.token(aud=[BACKEND])
     result = await exchanger.exchange(token, BACKEND)
     assert result.outcome == "unchanged"
     assert result.token == token
     assert await exchanger.token_for(token, "no-exchange") == token
+    assert metrics.sts_call_count() == 0
+
+
+async def test_a_broad_token_listing_the_target_is_exchanged_by_default(
+    issuer: LocalIssuer, session: aiohttp.ClientSession
+) -> None:
+    """Issue 14: with ``aud_contains`` (the old default) a user's token whose ``aud`` lists the
+    server among others went to it unchanged, every other audience included. The default is
+    ``aud_exact`` now: such a token is exchanged (here: the STS is a closed port, so the attempt
+    shows as one failed STS call instead of the token passing through)."""
+    exchanger, metrics = _exchanger(issuer, session)
+    token = issuer.token(aud=["mcp-gateway", BACKEND, "cluster-a"])
+    with pytest.raises(STSUnavailable):
+        await exchanger.exchange(token, BACKEND)
+    assert metrics.sts_call_count() == 1
+
+
+async def test_a_target_refuses_subjects_not_addressed_to_its_callers(
+    issuer: LocalIssuer, session: aiohttp.ClientSession
+) -> None:
+    """``subject_audiences``: a token exchanged for the backend (aud = the backend) cannot be
+    exchanged again for a target meant for the gateway's users; no STS call is made."""
+    exchanger, metrics = _exchanger(issuer, session)
+    with pytest.raises(InvalidToken, match=r"'aud' must contain one of \['mcp-gateway'\]"):
+        await exchanger.exchange(issuer.token(aud=[BACKEND]), "gateway-only")
     assert metrics.sts_call_count() == 0
 
 

@@ -26,6 +26,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.gateway_plugins.common.issuer import new_rsa
 from tests.gateway_plugins.token_exchange.running import (
+    CALLER_HEADERS,
     CLUSTER_B_TARGET,
     FACADE_CLIENT_ID,
     FACADE_CLIENT_SECRET,
@@ -64,7 +65,12 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def _check(
     http: aiohttp.ClientSession, service: RunningService, token: str | None, target: str
 ) -> tuple[int, dict[str, str], dict[str, Any]]:
-    headers = {"x-mcp-servername": target, "x-mcp-method": "tools/call", "host": "gw.example"}
+    headers = {
+        "x-mcp-servername": target,
+        "x-mcp-method": "tools/call",
+        "host": "gw.example",
+        **CALLER_HEADERS,
+    }
     if token is not None:
         headers["authorization"] = f"Bearer {token}"
     async with http.post(f"{service.url}/check/mcp", headers=headers) as resp:
@@ -150,17 +156,108 @@ async def test_exchange_success_and_cache_hit(
 
 
 async def test_audience_already_right_needs_no_keycloak_call(
-    keycloak: kc.Keycloak, service: RunningService, http: aiohttp.ClientSession
+    keycloak: kc.Keycloak, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
+    """A subject token already exactly for the target (here: cluster A, at the /token facade of
+    a service that accepts tokens for cluster A) goes out unchanged, without a Keycloak call."""
+    settings = service_settings(keycloak, tmp_path)
+    issuer = settings.validation.issuers[0]
+    accepting = issuer.model_copy(update={"audiences": [*issuer.audiences, "cluster-a"]})
+    settings = settings.model_copy(
+        update={"validation": settings.validation.model_copy(update={"issuers": [accepting]})}
+    )
     user_token = await _user_token(keycloak, "mcp", "mcp")
-    narrow = (await asyncio.to_thread(keycloak.exchange, user_token, audience=BACKEND_AUDIENCE))[
+    narrow = (await asyncio.to_thread(keycloak.exchange, user_token, audience="cluster-a"))[
         "access_token"
     ]
+    assert decode_jwt(narrow)["aud"] == "cluster-a"
+    form = {
+        "grant_type": GRANT,
+        "subject_token": narrow,
+        "subject_token_type": ACCESS,
+        "audience": "cluster-a",
+    }
+    async with running_service(settings) as service:
+        status, body = await _facade(http, service, form)
+        assert service.sts_calls() == 0
+    assert status == 200, body
+    assert body["access_token"] == narrow
+
+
+async def test_a_token_exchanged_for_the_backend_is_refused_at_the_check(
+    keycloak: kc.Keycloak, service: RunningService, http: aiohttp.ClientSession
+) -> None:
+    """Issue 14 replay: a token the gateway exchanged for the backend (leaked from the backend,
+    its logs or the path behind the gateway) used to pass the check unchanged (its audience was
+    "already right"). The check accepts only tokens addressed to the gateway now."""
+    user_token = await _user_token(keycloak, "viewer", "viewer")
+    status, headers, body = await _check(http, service, user_token, BACKEND_AUDIENCE)
+    assert status == 200, body
+    exchanged = _issued(headers)
+    assert decode_jwt(exchanged)["aud"] == BACKEND_AUDIENCE
     before = service.sts_calls()
-    status, headers, body = await _check(http, service, narrow, BACKEND_AUDIENCE)
-    assert status == 200
-    assert body == {"allow": True, "exchanged": False}
-    assert _issued(headers) == narrow
+    for target in (BACKEND_AUDIENCE, "mcpBroker"):
+        status, headers, body = await _check(http, service, exchanged, target)
+        assert status == 401, (target, body)
+        assert body["allow"] is False
+        assert "not addressed to this gateway" in body["reason"]
+        assert "mcp-gateway" in body["reason"]
+        assert "Authorization" not in headers
+    # The facade (the backend's and Authorino's door) refuses it for the backend too: the target
+    # takes only subject tokens addressed to the gateway.
+    form = {
+        "grant_type": GRANT,
+        "subject_token": exchanged,
+        "subject_token_type": ACCESS,
+        "audience": BACKEND_AUDIENCE,
+    }
+    status, answer = await _facade(http, service, form)
+    assert status == 400, answer
+    assert answer["error"] == "invalid_request"
+    assert "mcp-gateway" in answer["error_description"]
+    assert service.sts_calls() == before
+
+
+async def test_a_token_of_another_client_is_refused(
+    keycloak: kc.Keycloak, service: RunningService, http: aiohttp.ClientSession
+) -> None:
+    """Issue 14: a genuine realm-mcp token issued to another client (admin-cli: no audience of
+    the gateway) was accepted by the check. The validation audiences refuse it now."""
+    other = await _user_token(keycloak, "viewer", "viewer", client_id="admin-cli")
+    assert decode_jwt(other)["azp"] == "admin-cli"
+    before = service.sts_calls()
+    for target in (BACKEND_AUDIENCE, "mcpBroker"):
+        status, headers, body = await _check(http, service, other, target)
+        assert status == 401, (target, body)
+        assert "audience" in body["reason"]
+        assert 'error="invalid_token"' in headers["WWW-Authenticate"]
+    assert service.sts_calls() == before
+
+
+async def test_the_check_issues_no_cross_domain_token(
+    keycloak: kc.Keycloak, service: RunningService, http: aiohttp.ClientSession
+) -> None:
+    """Issue 14: the viewer asked /check for x-mcp-servername: cluster-b and got a realm
+    cluster-b token, while /token demands client credentials for the same. Cross-domain targets
+    are not among ext_authz.targets: the check refuses them before any Keycloak call."""
+    viewer = await _user_token(keycloak, "viewer", "viewer")
+    before = service.sts_calls()
+    status, headers, body = await _check(http, service, viewer, CLUSTER_B_TARGET)
+    assert status == 403, body
+    assert (body["allow"], body["error"]) == (False, "target_not_routable")
+    assert "POST /token" in body["reason"]
+    assert "Authorization" not in headers
+    assert service.sts_calls() == before
+    # and without the gateway's caller credential the check answers nothing at all
+    async with http.post(
+        f"{service.url}/check/mcp",
+        headers={"authorization": f"Bearer {viewer}", "x-mcp-servername": BACKEND_AUDIENCE},
+    ) as resp:
+        assert resp.status == 403
+        refused = await resp.json()
+        assert "Authorization" not in resp.headers
+    assert (refused["allow"], refused["error"]) == (False, "caller_unauthenticated")
+    assert "x-kmg-caller-secret" in refused["reason"]
     assert service.sts_calls() == before
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway_plugins.common.caller_auth import CallerAuthConfig
 from gateway_plugins.common.jwt_validation import KEYS_UNAVAILABLE, IssuerConfig
 from gateway_plugins.token_exchange.config import (
+    ExtAuthzConfig,
     FacadeClient,
     FacadeConfig,
     Settings,
@@ -26,7 +28,12 @@ from gateway_plugins.token_exchange.config import (
     ValidationConfig,
 )
 from tests.gateway_plugins.common.issuer import LocalIssuer
-from tests.gateway_plugins.token_exchange.running import running_service
+from tests.gateway_plugins.token_exchange.running import (
+    CALLER_HEADER,
+    CALLER_HEADERS,
+    CALLER_SECRET,
+    running_service,
+)
 from tests.testbed.ports import free_port
 
 FACADE_SECRET = "facade-secret-test-only"
@@ -43,18 +50,26 @@ async def issuer() -> AsyncIterator[LocalIssuer]:
 
 def _settings(issuer: LocalIssuer, secrets: Path) -> Settings:
     secrets.mkdir(parents=True, exist_ok=True)
-    for name, value in (("sts", "sts-secret-test-only"), ("facade", FACADE_SECRET)):
+    for name, value in (
+        ("sts", "sts-secret-test-only"),
+        ("facade", FACADE_SECRET),
+        ("caller", CALLER_SECRET),
+    ):
         (secrets / name).write_text(value + "\n")
         (secrets / name).chmod(0o600)
     closed = f"http://127.0.0.1:{free_port()}/realms/mcp/protocol/openid-connect/token"
     sts = STSConfig(token_url=closed, client_id="gw", client_secret_file=secrets / "sts")
     return Settings(
-        validation=ValidationConfig(issuers=[IssuerConfig(issuer=issuer.issuer)]),
+        validation=ValidationConfig(
+            issuers=[IssuerConfig(issuer=issuer.issuer, audiences=["backend"])]
+        ),
         sts={"mcp": sts},
         targets=[TargetConfig(audience="backend", steps=[StepConfig(sts="mcp")])],
         facade=FacadeConfig(
             clients=[FacadeClient(client_id="mcp-backend", client_secret_file=secrets / "facade")]
         ),
+        ext_authz=ExtAuthzConfig(targets=["backend"]),
+        caller_auth=CallerAuthConfig(header=CALLER_HEADER, secret_file=secrets / "caller"),
     )
 
 
@@ -74,7 +89,11 @@ async def test_check_and_facade_answer_a_generic_503_and_log_the_detail(
             async with aiohttp.ClientSession() as http:
                 async with http.post(
                     f"{service.url}/check/mcp",
-                    headers={"authorization": f"Bearer {token}", "x-mcp-servername": "backend"},
+                    headers={
+                        "authorization": f"Bearer {token}",
+                        "x-mcp-servername": "backend",
+                        **CALLER_HEADERS,
+                    },
                 ) as resp:
                     status, body = resp.status, await resp.json()
                 assert status == 503, body

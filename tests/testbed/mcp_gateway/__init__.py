@@ -1,22 +1,15 @@
-"""A local MCP Gateway for the testbed: a real Envoy plus a STAND-IN for the MCP Gateway's
-router and broker.
+"""The local MCP gateway for the testbed, ``make demo`` and the e2e tests: a real Envoy with the
+REAL MCP Gateway broker/router (``github.com/Kuadrant/mcp-gateway`` v0.9.0, built by
+``make testbed``) in front of our services.
 
-The real router/broker (Go module ``github.com/Kuadrant/mcp-gateway``, ``cmd/mcp-broker-router``)
-cannot be fetched here (the Go module proxy answers 403 for it), so this package emulates the two
-parts our plugins depend on, following the upstream sources (``internal/mcp-router/
-request_handlers.go``, ``internal/mcp-router/headers.go``, ``internal/broker/
-filtered_tools_handler.go``):
+* :mod:`.envoy_config`: Envoy's configuration as upstream wires it (the router as ext_proc first,
+  then the auth layer, routes to the broker and to each server by ``:authority``), assembled as
+  data; the auth layer is our token exchange and policy (ext_authz) or Authorino.
+* :mod:`.broker_router`: the ``mcp-broker-router`` process without Kubernetes (servers config
+  file, signing keys, flags).
+* :mod:`.stack`: starts everything (two backends serving clusters A and B with tool prefixes
+  ``a_`` / ``b_``, token exchange, policy, the broker/router, Envoy); :mod:`.authorino_stack`:
+  the same behind the real Authorino; :mod:`.seed`: the demo content of the clusters.
 
-* :mod:`.router`: an Envoy ext_authz HTTP service (``with_request_body``) that parses the JSON-RPC
-  body and returns the ``x-mcp-method``, ``x-mcp-servername``, ``x-mcp-toolname`` and
-  ``x-mcp-annotation-hints`` headers Envoy then sets upstream (the real router is an ext_proc
-  gRPC filter; ext_authz can set headers but cannot rewrite the body, so tool prefixes are not
-  supported: every server must have ``prefix: ""``).
-* :mod:`.broker`: the ``/mcp`` default backend for every non-``tools/call`` request; it proxies
-  to the MCP server and filters ``tools/list`` by the ES256-signed ``x-mcp-authorized`` (or
-  legacy ``x-authorized-tools``) header exactly as the upstream broker does.
-
-Both run in one process (as the upstream binary does) and share the tool catalogue the router
-reads annotation hints from. :mod:`.stack` starts the whole local stack (testbed, our three
-services, this stand-in, Envoy); ``envoy.yaml.tmpl`` is the gateway's Envoy configuration.
+See ``README.md`` in this folder for the request path and what of the real gateway is exercised.
 """

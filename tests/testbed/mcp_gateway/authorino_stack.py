@@ -5,13 +5,15 @@ What starts, next to a running testbed (Keycloak, clusters A and B):
 
 1. the AuthConfig CRD and namespace ``kmg-authorino`` on cluster A, then ``authorino server``
    watching that namespace (``tests/testbed/authorino.py``);
-2. our three services, the router/broker stand-in and Envoy through :func:`start_gateway`, with
-   ``envoy-authorino.yaml.tmpl`` (one gRPC ext_authz filter to Authorino instead of our two HTTP
-   ext_authz filters), the ``/token`` facade client ``authorino`` the overlay authenticates as, and
-   the policy service signing both tool-list header forms (as ``manifests/base`` configures it);
+2. our services, the real MCP Gateway broker/router and Envoy through :func:`start_gateway`, with
+   Authorino as the auth layer (one gRPC ext_authz filter instead of our two HTTP ext_authz
+   filters, :func:`.envoy_config.authorino_auth`), the ``/token`` facade client ``authorino`` the
+   overlay authenticates as, and the policy service signing both tool-list header forms (as
+   ``manifests/base`` configures it);
 3. the overlay's two AuthPolicies translated into AuthConfigs as Kuadrant does
-   (``tests/testbed/kuadrant_authconfig.py``), the ``sharedSecretRef`` Secret with the facade
-   client's HTTP Basic credentials, both applied and reported ready by Authorino.
+   (``tests/testbed/kuadrant_authconfig.py``), the ``sharedSecretRef`` Secrets (the facade
+   client's HTTP Basic credentials; the gateway's caller secret for the policy service), all
+   applied and reported ready by Authorino.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +35,8 @@ from tests.testbed.authorino import Authorino
 from tests.testbed.cluster import Cluster
 from tests.testbed.identity_plan import REALM_MCP
 from tests.testbed.kuadrant_authconfig import Environment, OverlayMismatch, overlay_authconfigs
+from tests.testbed.mcp_gateway.envoy_config import AuthLayer, authorino_auth
 from tests.testbed.mcp_gateway.stack import (
-    HERE,
     LocalGateway,
     Progress,
     _quiet,
@@ -43,10 +45,11 @@ from tests.testbed.mcp_gateway.stack import (
 )
 from tests.testbed.ports import free_port
 
-ENVOY_TEMPLATE = HERE / "envoy-authorino.yaml.tmpl"
 SUBDIR = "authorino-gateway"
 NAMESPACE = "kmg-authorino"  # Authorino's namespace (kuadrant-system in a Kuadrant install)
-# The overlay's AuthPolicies -> the AuthConfig name = host key the Envoy route names.
+# The overlay's AuthPolicies -> the AuthConfig name = host key the Envoy route names: the backend
+# policy on the servers' routes (tools/call, prompts/get, the router's hairpin initialize), the
+# broker policy on /mcp of the gateway host.
 BACKEND_POLICY = "kubernetes-mcp"
 BROKER_POLICY = "mcp-broker-tool-list"
 AUTHCONFIG_HOSTS = {BACKEND_POLICY: "kmg-backend-route", BROKER_POLICY: "kmg-broker-route"}
@@ -55,7 +58,10 @@ FACADE_CLIENT_ID = "authorino"
 FACADE_CLIENT_SECRET = "authorino-facade-secret-demo-only"  # test-only credential
 # sharedSecretRef of the overlay -> what it must hold: base64("authorino:<secret>") (see overlay)
 SHARED_SECRET = ("kmg-token-exchange-client", "authorization")
+# issue 14: the overlay's policy calls present the gateway's caller secret (policy caller_auth)
+CALLER_SECRET_REF = ("kmg-policy-caller", "secret")
 SERVED_TIMEOUT = 60.0
+PROBE_TOOL = "configuration_contexts_list"  # answers without calling any API server
 
 
 @dataclass
@@ -83,44 +89,109 @@ class AuthorinoGateway:
         """Start Authorino again (fault tests) and wait until it serves both AuthConfigs."""
         started = time.monotonic()
         self.authorino.start(timeout)
-        wait_served(self.mcp_url, self.authorino, timeout)
+        wait_served(
+            self.mcp_url, self.authorino, self._probe_token, self.gateway.tool(PROBE_TOOL), timeout
+        )
         seconds = time.monotonic() - started
         self.startup_seconds["authorino_restart"] = seconds
         return seconds
+
+    def _probe_token(self) -> str:
+        return self.gateway.user_token("mcp")
 
     def stop(self) -> None:
         self.gateway.stop()
         self.authorino.stop()
 
 
-def _unauthenticated_status(url: str, method: str) -> int:
-    """Status of an MCP request without a token (the route's AuthConfig answers 401)."""
-    params = {"name": "pods_list", "arguments": {}} if method == "tools/call" else {}
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
-    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
-    req = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+def _post(
+    url: str, body: dict[str, Any], headers: Mapping[str, str]
+) -> tuple[int, dict[str, str], str]:
+    """One JSON-RPC POST: status, headers (lower-case names) and body text."""
+    data = json.dumps(body).encode()
+    all_headers = {
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        **headers,
+    }
+    req = urllib.request.Request(url, data=data, headers=all_headers, method="POST")  # noqa: S310
     try:
-        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - loopback URL
-            return int(resp.status)
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback URL
+            return (
+                int(resp.status),
+                {k.lower(): v for k, v in resp.headers.items()},
+                resp.read().decode(),
+            )
     except urllib.error.HTTPError as err:
-        return int(err.code)
+        return int(err.code), {k.lower(): v for k, v in err.headers.items()}, err.read().decode()
 
 
-def wait_served(mcp_url: str, authorino: Authorino, timeout: float = SERVED_TIMEOUT) -> None:
-    """Wait until Authorino has indexed the AuthConfigs of both routes: a request without a token
-    gets their 401 instead of Authorino's 404 "service not found". (Authorino's ``/readyz`` is
-    already ready before its first reconciliation, and AuthConfig status survives a restart.)"""
+def _served(mcp_url: str, token: str, probe_tool: str) -> dict[str, int]:
+    """Statuses that show whether Authorino serves both AuthConfigs: ``tools/list`` without a
+    token (broker route: 401), and a session's first ``tools/call`` with a real token (the
+    router's hairpin initialize and the call itself pass the backend route's AuthConfig: 200).
+    An AuthConfig Authorino has not indexed yet answers 404 "service not found"."""
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    anonymous, _, _ = _post(mcp_url, listing, {})
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "kmg-testbed", "version": "1"},
+        },
+    }
+    auth = {"authorization": f"Bearer {token}"}
+    initialized, headers, _ = _post(mcp_url, init, auth)
+    sid = headers.get("mcp-session-id", "")
+    if initialized != 200 or not sid:
+        return {"tools/list (no token)": anonymous, "initialize": initialized}
+    session = {**auth, "mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": probe_tool, "arguments": {}}}  # fmt: skip
+    called, _, _ = _post(mcp_url, call, session)
+    return {"tools/list (no token)": anonymous, "initialize": initialized, "tools/call": called}
+
+
+def wait_served(
+    mcp_url: str,
+    authorino: Authorino,
+    token: Callable[[], str],
+    probe_tool: str,
+    timeout: float = SERVED_TIMEOUT,
+) -> None:
+    """Wait until Authorino has indexed the AuthConfigs of both routes (see :func:`_served`).
+    (Authorino's ``/readyz`` is already ready before its first reconciliation, and AuthConfig
+    status survives a restart.)"""
     deadline = time.monotonic() + timeout
     statuses: dict[str, int] = {}
+    user_token = token()
     while time.monotonic() < deadline:
-        statuses = {m: _unauthenticated_status(mcp_url, m) for m in ("tools/list", "tools/call")}
-        if set(statuses.values()) == {401}:
+        statuses = _served(mcp_url, user_token, probe_tool)
+        if statuses == {"tools/list (no token)": 401, "initialize": 200, "tools/call": 200}:
             return
-        time.sleep(0.2)
+        time.sleep(0.3)
     raise process.ComponentError(
-        f"Authorino does not serve the AuthConfigs within {timeout:.0f}s (statuses without a "
-        f"token: {statuses}).\nLog {authorino.log_path} ends with:\n{authorino.tail()}"
+        f"Authorino does not serve the AuthConfigs within {timeout:.0f}s (statuses: "
+        f"{statuses}).\nLog {authorino.log_path} ends with:\n{authorino.tail()}"
     )
+
+
+def authorino_layer(grpc_port: int) -> Callable[[Mapping[str, int], str], AuthLayer]:
+    """The gateway's auth layer: Authorino, the backend AuthConfig on the servers' routes and
+    the broker AuthConfig on the gateway's ``/mcp``. Envoy calls no plugin check here: Authorino
+    presents the caller secret itself (the overlay's ``sharedSecretRef``)."""
+
+    def layer(_ports: Mapping[str, int], _caller_secret: str) -> AuthLayer:
+        return authorino_auth(
+            grpc_port,
+            server_authconfig=AUTHCONFIG_HOSTS[BACKEND_POLICY],
+            broker_authconfig=AUTHCONFIG_HOSTS[BROKER_POLICY],
+        )
+
+    return layer
 
 
 def shared_secret_refs(spec: Any) -> Iterator[tuple[str, str]]:
@@ -143,6 +214,12 @@ def facade_secret_object() -> dict[str, Any]:
     return authorino_mod.opaque_secret(name, NAMESPACE, {key: basic})
 
 
+def caller_secret_object(gateway: LocalGateway) -> dict[str, Any]:
+    """The Secret the overlay's ``policy`` calls read: the stack's caller secret."""
+    name, key = CALLER_SECRET_REF
+    return authorino_mod.opaque_secret(name, NAMESPACE, {key: gateway.caller_secret})
+
+
 def environment(gateway: LocalGateway, keycloak: kc.Keycloak) -> Environment:
     """The testbed's addresses for the overlay's environment-specific strings."""
     issuer = keycloak.issuer(REALM_MCP)
@@ -157,7 +234,7 @@ def environment(gateway: LocalGateway, keycloak: kc.Keycloak) -> Environment:
 def _configure(gateway: LocalGateway, keycloak: kc.Keycloak) -> dict[str, dict[str, Any]]:
     authconfigs = overlay_authconfigs(environment(gateway, keycloak), NAMESPACE, AUTHCONFIG_HOSTS)
     refs = {ref for config in authconfigs.values() for ref in shared_secret_refs(config["spec"])}
-    if refs != {SHARED_SECRET}:
+    if refs != {SHARED_SECRET, CALLER_SECRET_REF}:
         raise OverlayMismatch(f"the overlay's sharedSecretRefs changed: {sorted(refs)}")
     return authconfigs
 
@@ -190,12 +267,7 @@ def start_authorino_gateway(
             progress=progress,
             listen_port=listen_port,
             subdir=SUBDIR,
-            envoy_template=ENVOY_TEMPLATE,
-            envoy_values={
-                "AUTHORINO_GRPC_PORT": authorino.grpc_port,
-                "BACKEND_AUTHCONFIG": AUTHCONFIG_HOSTS[BACKEND_POLICY],
-                "BROKER_AUTHCONFIG": AUTHCONFIG_HOSTS[BROKER_POLICY],
-            },
+            auth=authorino_layer(authorino.grpc_port),
             extra_facade_clients={FACADE_CLIENT_ID: FACADE_CLIENT_SECRET},
             wristband_form="both",
         )
@@ -206,11 +278,16 @@ def start_authorino_gateway(
             authorino_mod.apply_authconfigs(
                 cluster_a,
                 list(authconfigs.values()),
-                [facade_secret_object()],
+                [facade_secret_object(), caller_secret_object(gateway)],
                 authorino=authorino,
             )
         )
-        wait_served(gateway.mcp_url, authorino)
+        wait_served(
+            gateway.mcp_url,
+            authorino,
+            lambda: keycloak.user_token("mcp", "mcp"),
+            gateway.tool(PROBE_TOOL),
+        )
         timings["authconfigs_ready"] = time.monotonic() - applied
     except BaseException:
         if gateway is not None:

