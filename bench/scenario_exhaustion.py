@@ -140,6 +140,13 @@ def _status_kib(pid: int, field: str) -> int:
     raise RuntimeError(f"/proc/{pid}/status has no {field}")
 
 
+def _machine_cpu() -> tuple[int, int]:
+    """(busy, total) CPU jiffies of the whole machine so far (``/proc/stat``)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def _reset_peak(pid: int) -> None:
     """Reset the process's peak RSS (VmHWM) to its current RSS (``clear_refs`` value 5)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
@@ -201,6 +208,7 @@ async def _phase(
     attack rounds back to back meanwhile."""
     _reset_peak(pid)
     cpu_before = cpu_seconds(pid)
+    machine_before = _machine_cpu()
     rounds: list[Any] = []
     stop = asyncio.Event()
 
@@ -225,7 +233,10 @@ async def _phase(
             await asyncio.sleep(1 / PING_RATE)
         await attacker
     samples = pings.pop("samples_s") + extra
+    busy, total = (a - b for a, b in zip(_machine_cpu(), machine_before, strict=True))
     return {
+        "machine_cpu_busy": round(busy / max(total, 1), 3),
+        "load_average_1m_at_end": os.getloadavg()[0],
         "peak_rss_kib": _status_kib(pid, "VmHWM"),
         "rss_kib_at_end": _status_kib(pid, "VmRSS"),
         "backend_cpu_s": round(cpu_seconds(pid) - cpu_before, 3),
@@ -263,6 +274,10 @@ def _summary(phases: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "peak_rss_mb_per_round": [round(r["peak_rss_kib"] / 1024, 1) for r in runs],
             "rss_mb_at_end_per_round": [round(r["rss_kib_at_end"] / 1024, 1) for r in runs],
             "backend_cpu_s_per_round": [r["backend_cpu_s"] for r in runs],
+            # the whole machine's CPU use (both cores, every process, other work included) and
+            # load: the ping latency includes waiting for a core
+            "machine_cpu_busy_per_round": [r["machine_cpu_busy"] for r in runs],
+            "load_average_1m_per_round": [round(r["load_average_1m_at_end"], 2) for r in runs],
             "ping": {**percentiles(samples), "errors": sum(r["ping_errors"] for r in runs)},
         }
         calls = [c for r in runs for attack in r["attack_rounds"] for c in attack]
