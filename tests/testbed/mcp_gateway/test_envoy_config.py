@@ -33,8 +33,8 @@ def _bootstrap(layer: str) -> dict[str, Any]:
     return envoy_config.bootstrap(
         listen_port=10000,
         admin_port=10003,
-        router_port=10004,
-        broker_port=10005,
+        router_ports=[10004],
+        broker_ports=[10005],
         servers=SERVERS,
         auth=LAYERS[layer](),
     )
