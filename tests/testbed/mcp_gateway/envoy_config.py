@@ -52,6 +52,9 @@ STRIP_FILTER = "kmg.strip_client_headers"
 SERVER_NAME_FILTER = "kmg.server_name"
 ROUTER_CLUSTER = "mcp_router"  # the broker/router replicas' ext_proc (gRPC) ports
 BROKER_CLUSTER = "mcp_broker"  # the broker/router replicas' HTTP ports (/mcp, metadata)
+# With several broker replicas: the answer of the broker's /mcp route names the replica that
+# served it (its loopback address), so tests can tell replicas apart request by request.
+BROKER_REPLICA_HEADER = "x-kmg-broker-replica"
 AUTHZ_ERROR_STATUS = 502  # an auth service that cannot be reached (never one of their answers)
 UNAVAILABLE_BODY = (
     '{"allow":false,"error":"authorization_unavailable","reason":"an authorization service of '
@@ -326,6 +329,19 @@ def _router_filter() -> dict[str, Any]:
     }
 
 
+def _replica_header(broker_ports: Sequence[int]) -> dict[str, Any]:
+    """Several broker replicas: :data:`BROKER_REPLICA_HEADER` on the broker's answers (one: none,
+    the single-replica gateway stays as it was)."""
+    if len(broker_ports) < 2:
+        return {}
+    header = {"key": BROKER_REPLICA_HEADER, "value": "%UPSTREAM_REMOTE_ADDRESS%"}
+    return {
+        "response_headers_to_add": [
+            {"header": header, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        ]
+    }
+
+
 def bootstrap(
     *,
     listen_port: int,
@@ -400,6 +416,7 @@ def bootstrap(
                 "match": {"path": MCP_PATH},
                 "route": {"cluster": BROKER_CLUSTER, "timeout": ROUTE_TIMEOUT},
                 "typed_per_filter_config": dict(auth.broker_route),
+                **_replica_header(broker_ports),
             },
             not_found,
         ],
