@@ -50,6 +50,7 @@ from tests.testbed.redis_server import RedisServer
 
 TOOL = "pods_list_in_namespace"
 PROMPT = "cluster-health-check"
+BROKER_METHODS = ("tools/list", "prompts/list")  # answered by the broker itself, not a server
 MAX_ROUNDS = 8  # round robin alternates; both replicas have served every kind well before this
 SESSION_SECONDS = 24 * 3600  # the broker's default --session-length (24 h): the JWT's lifetime
 
@@ -180,9 +181,14 @@ def _text(result: Any) -> str:
     return "".join(getattr(c, "text", "") for c in result.content)
 
 
-async def _one_round(client: Client, gateway: LocalGateway) -> None:
-    """Lists, a prefixed call on each server, the prompts: every answer right."""
+async def _one_round(client: Client, gateway: LocalGateway, *, extra: bool) -> None:
+    """Lists, a prefixed call on each server, the prompts: every answer right. ``extra`` adds one
+    broker request (a second ``tools/list``): rounds alternate with and without it, so that
+    round robin (which alternates request by request) hands each kind of request to each
+    replica within a few rounds."""
     a, b = gateway.server_a, gateway.server_b
+    if extra:
+        assert (await client.list_tools()).tools
     listed = {t.name for t in (await client.list_tools()).tools}
     assert {a.tool(TOOL), b.tool(TOOL)} <= listed
     on_a = await client.call_tool(a.tool(TOOL), {"namespace": DEMO_NAMESPACE})
@@ -201,8 +207,7 @@ def _spread(recorder: Recorder, audit: RouterAudit, gateway: LocalGateway) -> bo
     """Both replicas answered the session's broker requests and routed its calls to A and B."""
     everyone = set(gateway.brokers)
     sid = recorder.session_id
-    broker_side = {e.replica for e in recorder.exchanges if e.replica}
-    return broker_side == everyone and all(
+    return all(set(recorder.answered_by(method)) == everyone for method in BROKER_METHODS) and all(
         audit.routed_by(sid, s.name) == everyone for s in gateway.servers
     )
 
@@ -226,8 +231,8 @@ async def _session_on_every_replica(gateway: LocalGateway, token: str, db: Any) 
     broker requests and routed its calls to both servers (at most :data:`MAX_ROUNDS`)."""
     recorder, audit = Recorder.of(gateway), RouterAudit(gateway)
     async with recorded_client(gateway.mcp_url, token, recorder) as client:
-        for _ in range(MAX_ROUNDS):
-            await _one_round(client, gateway)
+        for number in range(MAX_ROUNDS):
+            await _one_round(client, gateway, extra=number % 2 == 1)
             if _spread(recorder, audit, gateway):
                 break
         sid = recorder.session_id
@@ -272,7 +277,7 @@ def _assert_served_everywhere(served: Served, gateway: LocalGateway) -> None:
     (first,) = recorder.answered_by("initialize")
     others = everyone - {first}
     # the broker's own /mcp: the session created on `first` is answered by the other replica
-    for method in ("tools/list", "prompts/list"):
+    for method in BROKER_METHODS:
         assert set(recorder.answered_by(method)) == everyone, (method, recorder.exchanges)
     assert others & set(recorder.answered_by("tools/list"))
     assert all(e.status in (200, 202) for e in recorder.exchanges if e.method != "DELETE")
