@@ -619,17 +619,20 @@ async def test_broker_replicas_from_the_component_share_the_session_store(
             wanted = flag in cmd if flag else not present
             return got if wanted else None
 
-        objects = k8s.CustomObjectsApi(api)
+        ext_path = (
+            f"/apis/{GROUP}/{VERSION}/namespaces/{extension['metadata']['namespace']}"
+            f"/mcpgatewayextensions/{extension['metadata']['name']}"
+        )
 
         async def set_log_level(level: str | None) -> None:
-            await objects.patch_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                extension["metadata"]["namespace"],
-                "mcpgatewayextensions",
-                extension["metadata"]["name"],
-                {"spec": {"logLevel": level}},  # a merge patch (null removes the field)
+            code, text = await asyncio.to_thread(
+                cluster_a.admin_request,
+                "PATCH",
+                ext_path,
+                {"spec": {"logLevel": level}},  # null removes the field
+                content_type="application/merge-patch+json",
             )
+            assert code == 200, text
 
         async with KubeApplier(cluster_a) as applier:
             for obj in component:
