@@ -44,7 +44,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.e2e.mcp_http import call, open_session, post, result_of, rpc
 from tests.testbed.fixtures_gateway import BROKER_SESSION_DB
-from tests.testbed.mcp_gateway.envoy_config import BROKER_REPLICA_HEADER
+from tests.testbed.mcp_gateway.envoy_config import BROKER_REPLICA_HEADER, GatewayServer
 from tests.testbed.mcp_gateway.stack import DEMO_NAMESPACE, LocalGateway
 from tests.testbed.redis_server import RedisServer
 
@@ -313,66 +313,79 @@ async def test_a_session_is_served_by_both_replicas_and_each_server_initialized_
     assert sessions_db.exists(served.session_id) == 0
 
 
+async def _call_on_every_replica(
+    gateway: LocalGateway, token: str, session_id: str, server: GatewayServer
+) -> list[httpx2.Response]:
+    """``tools/call`` of ``server``'s tool in the session until every replica has routed one
+    (their audit lines say which did; round robin makes it two calls, a few at most)."""
+    audit, answers = RouterAudit(gateway), []
+    request = call(server.tool(TOOL), namespace=DEMO_NAMESPACE)
+    for _ in range(MAX_ROUNDS):
+        answers.append(await post(gateway.mcp_url, request, token, session_id=session_id))
+        if audit.routed_by(session_id, server.name) == set(gateway.brokers):
+            return answers
+    raise AssertionError(f"not every replica routed a call: {audit.tool_calls(session_id)}")
+
+
+def _ran_on_its_cluster(answer: httpx2.Response, server: GatewayServer) -> None:
+    result = result_of(answer)
+    assert not result.get("isError"), result
+    cluster = "web-cluster-a" if server.prefix == "a_" else "web-cluster-b"
+    assert cluster in json.dumps(result)
+
+
 async def test_upstream_sessions_survive_a_restart_of_every_replica(
     replicated_gateway: LocalGateway, token: str, sessions_db: Any, redis_server: RedisServer
 ) -> None:
     """A rolling restart of the brokers keeps the gateway session AND its upstream sessions: the
-    calls after it need no new hairpin initialize (in memory, a restarted replica would)."""
+    calls after it need no new hairpin initialize, on either replica (in memory, a restarted
+    replica would initialize each server again)."""
     gateway = replicated_gateway
-    a, b = gateway.server_a, gateway.server_b
     sid = await open_session(gateway.mcp_url, token)
     hairpins = Hairpins(gateway)
-
-    async def calls_succeed() -> None:
-        for server, cluster in ((a, "web-cluster-a"), (b, "web-cluster-b")):
-            resp = await post(
-                gateway.mcp_url, call(server.tool(TOOL), namespace=DEMO_NAMESPACE), token,
-                session_id=sid,
-            )  # fmt: skip
-            result = result_of(resp)
-            assert not result.get("isError"), result
-            assert cluster in json.dumps(result)
-
-    await calls_succeed()
-    assert hairpins.per_server() == {a.name: 1, b.name: 1}
+    for server in gateway.servers:
+        for answer in await _call_on_every_replica(gateway, token, sid, server):
+            _ran_on_its_cluster(answer, server)
+    assert hairpins.per_server() == {s.name: 1 for s in gateway.servers}
     before = sessions_db.hgetall(sid)
     gateway.set_session_store(redis_server.connection_string(BROKER_SESSION_DB))  # restart both
-    await calls_succeed()
-    await calls_succeed()  # round robin: each restarted replica routed a call to each server
-    assert hairpins.per_server() == {a.name: 1, b.name: 1}, "a restarted replica re-initialized"
+    for server in gateway.servers:
+        for answer in await _call_on_every_replica(gateway, token, sid, server):
+            _ran_on_its_cluster(answer, server)
+    assert hairpins.per_server() == {s.name: 1 for s in gateway.servers}, "initialized again"
     assert sessions_db.hgetall(sid) == before
     listed = await post(gateway.mcp_url, rpc("tools/list"), token, session_id=sid)
-    assert a.tool(TOOL) in json.dumps(result_of(listed))
+    assert gateway.server_a.tool(TOOL) in json.dumps(result_of(listed))
 
 
 async def test_calls_fail_while_redis_is_down_and_work_again_when_it_returns(
     replicated_gateway: LocalGateway, token: str, sessions_db: Any, redis_server: RedisServer
 ) -> None:
     """v0.9.0 has no fallback: with Redis unreachable the router answers every call of a session
-    with an error (it cannot read the session's upstream map); the broker's lists, which need
-    no store, keep working. When Redis is back (empty: it keeps nothing on disk) the next call
-    initializes the server again and succeeds, in the same gateway session."""
+    with an error, on every replica (it cannot read the session's upstream map); the broker's
+    lists, which need no store, keep working. When Redis is back (empty: it keeps nothing on
+    disk) the next call initializes the server again and succeeds, in the same gateway
+    session."""
     gateway = replicated_gateway
     a = gateway.server_a
     sid = await open_session(gateway.mcp_url, token)
-    request = call(a.tool(TOOL), namespace=DEMO_NAMESPACE)
-    assert "web-cluster-a" in json.dumps(
-        result_of(await post(gateway.mcp_url, request, token, session_id=sid))
-    )
+    _ran_on_its_cluster(
+        await post(gateway.mcp_url, call(a.tool(TOOL), namespace=DEMO_NAMESPACE), token,
+                   session_id=sid),
+        a,
+    )  # fmt: skip
     hairpins = Hairpins(gateway)
     redis_server.stop()
     try:
-        for _ in gateway.brokers:  # round robin: each replica gets a call
-            down = await post(gateway.mcp_url, request, token, session_id=sid)
+        for down in await _call_on_every_replica(gateway, token, sid, a):
             assert down.status_code == 500, down.text
             assert "internal error" in down.text
         listed = await post(gateway.mcp_url, rpc("tools/list"), token, session_id=sid)
         assert a.tool(TOOL) in json.dumps(result_of(listed))
     finally:
         redis_server.start()
-    for _ in gateway.brokers:
-        back = await post(gateway.mcp_url, request, token, session_id=sid)
-        assert "web-cluster-a" in json.dumps(result_of(back))
+    for back in await _call_on_every_replica(gateway, token, sid, a):
+        _ran_on_its_cluster(back, a)
     assert hairpins.per_server() == {a.name: 1}
     assert sessions_db.hgetall(sid) == {a.name.encode(): b""}
 
@@ -381,13 +394,13 @@ async def test_a_deleted_session_clears_the_shared_map_but_its_id_stays_valid(
     replicated_gateway: LocalGateway, token: str, sessions_db: Any
 ) -> None:
     """DELETE on one replica removes the session's upstream map for every replica (Redis), so the
-    next call initializes the server again; v0.9.0 keeps no revocation list, so the JWT still
-    opens the session on any replica until it expires (a limit, documented in the README)."""
+    next call initializes the server again, once; v0.9.0 keeps no revocation list, so the JWT
+    still opens the session on any replica until it expires (a limit, see the README)."""
     gateway = replicated_gateway
     a = gateway.server_a
     sid = await open_session(gateway.mcp_url, token)
-    request = call(a.tool(TOOL), namespace=DEMO_NAMESPACE)
-    result_of(await post(gateway.mcp_url, request, token, session_id=sid))
+    for answer in await _call_on_every_replica(gateway, token, sid, a):
+        _ran_on_its_cluster(answer, a)
     assert sessions_db.exists(sid) == 1
     async with httpx2.AsyncClient(timeout=30) as http:
         deleted = await http.delete(
@@ -397,9 +410,8 @@ async def test_a_deleted_session_clears_the_shared_map_but_its_id_stays_valid(
     assert deleted.status_code == 200, deleted.text
     assert sessions_db.exists(sid) == 0
     hairpins = Hairpins(gateway)
-    for _ in gateway.brokers:
-        again = await post(gateway.mcp_url, request, token, session_id=sid)
-        assert "web-cluster-a" in json.dumps(result_of(again))
+    for again in await _call_on_every_replica(gateway, token, sid, a):
+        _ran_on_its_cluster(again, a)
     assert hairpins.per_server() == {a.name: 1}
     assert sessions_db.hgetall(sid) == {a.name.encode(): b""}
 
