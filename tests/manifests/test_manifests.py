@@ -710,14 +710,18 @@ def test_network_policies_admit_only_the_gateway_path(rendered: dict[str, list[O
             names = {
                 o["metadata"]["name"] for o in rendered[target] if o["kind"] == "NetworkPolicy"
             }
-            assert names - {"redis-from-token-exchange"} == {"default-deny-ingress", *policies}
+            assert names - REDIS_RULES == {"default-deny-ingress", *policies}
             _every_pod_admits_someone(rendered[target], target)
+
+
+# Redis' own rules (components/shared-token-cache, components/gateway-sessions)
+REDIS_RULES = {"redis-from-token-exchange", "redis-from-mcp-broker"}
 
 
 def _every_pod_admits_someone(objs: list[Obj], target: str) -> None:
     """Under the default deny, every workload of kmg-system (Redis of the shared token cache
     too) is selected by a policy that admits someone: none is cut off by the deny alone. Redis
-    admits only token-exchange."""
+    admits only token-exchange and, with the gateway sessions on it, the broker/router pods."""
     rules = [
         o
         for o in objs
@@ -732,8 +736,9 @@ def _every_pod_admits_someone(objs: list[Obj], target: str) -> None:
         ]
         assert selecting, f"{target}: {deployment['metadata']['name']} admits nobody"
         if labels["app.kubernetes.io/name"] == "redis":
-            (rule,) = selecting
-            assert rule["spec"]["ingress"] == [
+            admitted = {r["metadata"]["name"]: r["spec"]["ingress"] for r in selecting}
+            port = [{"port": "redis", "protocol": "TCP"}]
+            assert admitted.pop("redis-from-token-exchange") == [
                 {
                     "from": [
                         {
@@ -742,9 +747,17 @@ def _every_pod_admits_someone(objs: list[Obj], target: str) -> None:
                             }
                         }
                     ],
-                    "ports": [{"port": "redis", "protocol": "TCP"}],
+                    "ports": port,
                 }
             ], target
+            broker = {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": BROKER_PODS[0]}
+                },
+                "podSelector": {"matchLabels": BROKER_PODS[1]},
+            }
+            # components/gateway-sessions: the broker/router replicas' session store
+            assert admitted in ({}, {"redis-from-mcp-broker": [{"from": [broker], "ports": port}]})
 
 
 def test_istio_overlay_requires_mtls_from_known_principals(rendered: dict[str, list[Obj]]) -> None:
