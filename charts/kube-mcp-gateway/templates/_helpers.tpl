@@ -394,3 +394,34 @@ spec:
       protocol: TCP
     {{- end }}
 {{- end }}
+
+{{/* authMode istio-ext-authz: the extension provider for istiod's meshConfig (NOTES.txt). */}}
+{{- define "kmg.meshConfig" -}}
+meshConfig:
+  extensionProviders:
+    - name: {{ .Values.istio.provider }}
+      envoyExtAuthzHttp:
+        service: token-exchange.{{ .Release.Namespace }}.svc.cluster.local
+        port: 8080
+        pathPrefix: /ext-authz/combined
+        timeout: 5s
+        failOpen: false
+        statusOnError: "503"
+        includeRequestHeadersInCheck:
+          - authorization
+          - x-mcp-method
+          - x-mcp-servername
+          - x-mcp-toolname
+          - x-mcp-annotation-hints
+          - mcp-session-id
+          - x-request-id
+        includeAdditionalHeadersInCheck:
+          {{ .Values.callerAuth.header }}: "<value of Secret {{ .Release.Namespace }}/{{ .Values.callerAuth.secretName }}, key secret>"
+        headersToUpstreamOnAllow:
+          - authorization
+          - x-mcp-authorized
+          - x-authorized-tools
+        headersToDownstreamOnDeny:
+          - www-authenticate
+          - content-type
+{{- end }}
