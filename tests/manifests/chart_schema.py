@@ -67,7 +67,11 @@ def name(description: str, pattern: str = DNS_LABEL, max_length: int = 63) -> Sc
 
 
 def string_map(description: str) -> Schema:
-    return {"type": "object", "description": description, "additionalProperties": {"type": "string"}}
+    return {
+        "type": "object",
+        "description": description,
+        "additionalProperties": {"type": "string"},
+    }
 
 
 def label_map(description: str) -> Schema:
@@ -165,7 +169,11 @@ def service(
         "resources": resources("The service container's requests and limits."),
         "podAnnotations": string_map("Extra pod annotations."),
         "nodeSelector": string_map("Pod nodeSelector."),
-        "tolerations": {"type": "array", "description": "Pod tolerations.", "items": {"type": "object"}},
+        "tolerations": {
+            "type": "array",
+            "description": "Pod tolerations.",
+            "items": {"type": "object"},
+        },
         "affinity": {"type": "object", "description": "Pod affinity."},
         "extraAllowedHosts": {
             "type": "array",
@@ -199,9 +207,7 @@ def build() -> Schema:
                         "Redis (redis.enabled).",
                         pattern=r"^$|^rediss?://[^@\s]+$",
                     ),
-                    "passwordSecret": name(
-                        "Secret with key 'password'.", DNS_SUBDOMAIN, 253
-                    ),
+                    "passwordSecret": name("Secret with key 'password'.", DNS_SUBDOMAIN, 253),
                     "encryptionKeysSecret": name(
                         "Secret with key 'keys' (one per line, newest first).", DNS_SUBDOMAIN, 253
                     ),
@@ -450,4 +456,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -89,10 +89,8 @@ The services' settings files: the values' config with what the chart owns (liste
 Host names, mounted files, the public URL, the engine) set over it.
 */}}
 {{- define "kmg.backendConfig" -}}
-{{- $hosts := list -}}
-{{- if .Values.registration.enabled -}}
-{{- $hosts = concat $hosts (list .Values.registration.hostname (printf "%s:*" .Values.registration.hostname)) -}}
-{{- end -}}
+{{- /* the route hostname: the :authority the router sets on a routed tools/call */ -}}
+{{- $hosts := list .Values.registration.hostname (printf "%s:*" .Values.registration.hostname) -}}
 {{- $hosts = concat $hosts (include "kmg.serviceHosts" (list . "mcp-backend") | fromYamlArray) .Values.mcpBackend.extraAllowedHosts -}}
 {{- $owned := dict
   "host" "0.0.0.0"
@@ -241,14 +239,14 @@ spec:
           nodeTaintsPolicy: Honor
           labelSelector:
             matchLabels:
-              app.kubernetes.io/name: {{ $name }}
+              {{- include "kmg.selectorLabels" (list $root $name) | nindent 14 }}
           matchLabelKeys: [pod-template-hash]
         - maxSkew: 1
           topologyKey: topology.kubernetes.io/zone
           whenUnsatisfiable: ScheduleAnyway
           labelSelector:
             matchLabels:
-              app.kubernetes.io/name: {{ $name }}
+              {{- include "kmg.selectorLabels" (list $root $name) | nindent 14 }}
           matchLabelKeys: [pod-template-hash]
       {{- end }}
       {{- with $v.nodeSelector }}
