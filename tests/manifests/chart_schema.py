@@ -79,18 +79,22 @@ def label_map(description: str) -> Schema:
         "type": "object",
         "description": description,
         "minProperties": 1,
-        "propertyNames": {"pattern": LABEL_KEY},
-        "additionalProperties": {"type": "string", "maxLength": 63},
+        "patternProperties": {LABEL_KEY: {"type": "string", "maxLength": 63}},
+        "additionalProperties": False,
     }
 
 
+# (patternProperties, not propertyNames: helm's validator reports a propertyNames failure at the
+# wrong path, patternProperties + additionalProperties names the key and where it is)
 QUANTITIES: Schema = {
     "type": "object",
-    "propertyNames": {"pattern": LABEL_KEY},
-    "additionalProperties": {
-        "type": ["string", "number"],
-        "pattern": r"^[0-9.]+([eE][-+]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$",
+    "patternProperties": {
+        LABEL_KEY: {
+            "type": ["string", "number"],
+            "pattern": r"^[0-9.]+([eE][-+]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$",
+        }
     },
+    "additionalProperties": False,
 }
 
 
@@ -234,8 +238,8 @@ def build() -> Schema:
                 "type": "object",
                 "description": "The policy data: one JSON document per file of ConfigMap "
                 "policy-data (default: policies/data/). Watched, reloaded without restarts.",
-                "propertyNames": {"pattern": r"^[A-Za-z0-9_-]+\.json$"},
-                "additionalProperties": {"type": "object"},
+                "patternProperties": {r"^[A-Za-z0-9_-]+\.json$": {"type": "object"}},
+                "additionalProperties": False,
             },
         },
     )
