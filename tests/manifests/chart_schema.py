@@ -412,7 +412,12 @@ def render_schema() -> str:
 # -- README table ------------------------------------------------------------------------------
 def _rows(schema: Schema, values: Any, path: str) -> Iterator[tuple[str, str, str]]:
     props = schema.get("properties") if schema.get("additionalProperties") is False else None
-    if props is None or path.endswith(".config"):
+    # a leaf: free-form, a service's settings, or parts without their own description
+    if (
+        props is None
+        or path.endswith(".config")
+        or not all(sub.get("description") for sub in props.values())
+    ):
         default = json.dumps(values, separators=(", ", ": "))
         if len(default) > 60:
             default = "see values.yaml"
@@ -426,7 +431,7 @@ def render_table() -> str:
     values = yaml.safe_load(VALUES_FILE.read_text(encoding="utf-8"))
     lines = ["| value | default | what |", "|---|---|---|"]
     for path, default, description in _rows(build(), values, ""):
-        text = description.replace("|", "\\|")
+        text = description.replace("|", "\\|").replace("<", "&lt;")
         lines.append(f"| `{path}` | `{default}` | {text} |")
     return "\n".join(lines)
 
