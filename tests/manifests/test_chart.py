@@ -146,6 +146,12 @@ WRONG: list[tuple[dict[str, Any], tuple[str, ...]]] = [
 ]
 
 
+def test_an_old_kubernetes_is_refused() -> None:
+    with pytest.raises(HelmError) as refused:
+        chart.helm(["template", "kmg", str(chart.CHART), "--kube-version", "1.29.9"])
+    assert "Kubernetes v1.29.9 is too old for this chart: it needs 1.30" in refused.value.stderr
+
+
 @pytest.mark.parametrize(("overrides", "says"), WRONG, ids=lambda v: str(v)[:48])
 def test_wrong_values_fail_with_a_clear_message(
     overrides: dict[str, Any], says: tuple[str, ...]
