@@ -262,9 +262,9 @@ def test_services_load_the_rendered_settings_and_find_their_files(
         find(objs, "Service", "redis")
     else:
         assert exchange.cache.backend == "memory"
-    for service, file, source in expected:
-        assert file is not None, (service, source)
-        assert _source(objs, service, file) == source, (service, file)
+    for service, mounted, source in expected:
+        assert mounted is not None, (service, source)
+        assert _source(objs, service, mounted) == source, (service, mounted)
     assert policy.data_dirs is not None
     (data_dir,) = policy.data_dirs
     assert _source(objs, "policy", data_dir / "deny_list.json")[:2] == ("ConfigMap", "policy-data")
