@@ -323,7 +323,10 @@ def build() -> Schema:
                 {
                     "enabled": boolean("Register the backend with the MCP Gateway."),
                     "namespace": name("Namespace of the route and registration."),
-                    "createNamespace": boolean("Create that namespace (Pod Security restricted)."),
+                    "createNamespace": boolean(
+                        "Create that namespace (Pod Security restricted; helm uninstall deletes "
+                        "it)."
+                    ),
                     "name": name("Route and registration name (server = <namespace>/<name>)."),
                     "hostname": string(
                         "HTTPRoute hostname (the router's :authority).",
