@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,7 +27,6 @@ from mcp_backend.host_origin_guard import host_origin_rule
 from tests.manifests import crds, render
 from tests.manifests.kube_apply import ApplyError, KubeApplier
 from tests.testbed import keycloak, paths
-from tests.testbed.cluster import Cluster
 from tests.testbed.identity_plan import BACKEND_AUDIENCE
 from tests.testbed.mcp_gateway.stack import SERVER_PLANS
 
@@ -956,22 +955,7 @@ def console_scripts() -> set[str]:
     return set(data["project"]["scripts"])
 
 
-# -- the real API server ---------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def crd_objects() -> list[Obj]:
-    return crds.load_crds()
-
-
-@pytest.fixture(scope="session")
-async def applier(cluster_a: Cluster, crd_objects: list[Obj]) -> AsyncIterator[KubeApplier]:
-    """Cluster A's API server with the real CRDs installed; test namespaces removed afterwards."""
-    async with KubeApplier(cluster_a) as api:
-        await api.install_crds(crd_objects)
-        yield api
-        for name in sorted(api.created_namespaces):
-            await api.delete_namespace(name)
-
-
+# -- the real API server (fixtures crd_objects and applier: tests/manifests/conftest.py) -------
 def test_crds_cover_every_kind_we_use(
     rendered: dict[str, list[Obj]], crd_objects: list[Obj]
 ) -> None:
