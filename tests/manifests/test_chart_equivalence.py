@@ -14,7 +14,9 @@ NetworkPolicy peer, AuthPolicy rule ...) fails:
 * the chart creates the backend's copy of the broker's discovery credential from the same value
   as the registration's (``discoveryCredential.create``); kustomize leaves it to the user (the
   Kind overlay generates it);
-* the Kind overlay also holds Keycloak, the demo RBAC and demo-only Secrets, not the chart's.
+* the Kind overlay also holds Keycloak, the demo RBAC and demo-only Secrets, not the chart's,
+  and the ``gateway-sessions`` component: scaling and Redis access for the MCP Gateway's own
+  broker (namespace ``mcp-system``), which the gateway's installation owns, not this chart.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ NS = chart.NAMESPACE
 RELEASE_NAMESPACE = ("Namespace", "", NS)
 BACKEND_DISCOVERY = ("Secret", NS, "mcp-backend-discovery")
 SERVICES = ("mcp-backend", "token-exchange", "policy")
-# what the Kind overlay adds beyond the services: Keycloak, demo RBAC, demo-only Secrets
+# what the Kind overlay adds beyond the services: Keycloak, demo RBAC, demo-only Secrets, and the
+# gateway broker's sessions component
 KIND_ONLY = {
     ("ClusterRoleBinding", "", "kmg-demo-mcp-edit"),
     ("ClusterRoleBinding", "", "kmg-demo-viewer-view"),
@@ -47,6 +50,10 @@ KIND_ONLY = {
     ("Secret", NS, "redis-auth"),
     ("Secret", NS, "token-cache-encryption"),
     ("Secret", NS, "token-exchange-credentials"),
+    # manifests/components/gateway-sessions: the MCP Gateway broker's replicas and Redis access
+    ("HorizontalPodAutoscaler", "mcp-system", "mcp-gateway"),
+    ("PodDisruptionBudget", "mcp-system", "mcp-gateway"),
+    ("NetworkPolicy", NS, "redis-from-mcp-broker"),
 }
 
 # values file (None: the chart's defaults) -> kustomize targets, and what only kustomize has /
