@@ -133,7 +133,9 @@ def test_tool_and_server_name_checks(name: str) -> None:
         outcome = _outcome(check, name, InputError)
         assert outcome in (name, "error with a message")
         if outcome == name:  # an accepted name is printable ASCII without spaces (full match)
-            assert name.isascii() and name.isprintable() and " " not in name, repr(name)
+            assert name.isascii(), repr(name)
+            assert name.isprintable(), repr(name)
+            assert " " not in name, repr(name)
 
 
 @PURE
