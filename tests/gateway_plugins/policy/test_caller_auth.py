@@ -52,6 +52,10 @@ async def viewer_token(keycloak: Any) -> str:
     return token
 
 
+def _route(method: str, server: str) -> dict[str, str]:
+    return {"x-mcp-method": method, "x-mcp-servername": server}
+
+
 def _requests(token: str) -> dict[str, tuple[str, dict[str, str], bytes]]:
     """One request per protected endpoint, as the gateway sends it: path, headers, body."""
     auth = {"Authorization": f"Bearer {token}"}
@@ -61,13 +65,12 @@ def _requests(token: str) -> dict[str, tuple[str, dict[str, str], bytes]]:
     return {
         "check tools/call": (
             "/check/mcp",
-            {**auth, "x-mcp-method": "tools/call", "x-mcp-servername": SERVER,
-             "x-mcp-toolname": "pods_list"},
+            {**auth, **_route("tools/call", SERVER), "x-mcp-toolname": "pods_list"},
             json.dumps(call).encode(),
-        ),  # fmt: skip
+        ),
         "check tools/list": (
             "/check/mcp",
-            {**auth, "x-mcp-method": "tools/list", "x-mcp-servername": "mcpBroker"},
+            {**auth, **_route("tools/list", "mcpBroker")},
             b"",
         ),
         "decide": (
