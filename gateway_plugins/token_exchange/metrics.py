@@ -32,7 +32,8 @@ class ExchangeMetrics:
         self.policy_calls = Counter(
             "token_exchange_policy_calls_total",
             "Calls of the combined check to the policy service, by result (allow, deny, "
-            "bad_request, token_refused, error, timeout, unreachable, not_configured).",
+            "bad_request, token_refused, caller_refused, error, timeout, unreachable, "
+            "not_configured).",
             ["result"],
             registry=registry,
         )

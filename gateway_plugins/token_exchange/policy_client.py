@@ -7,7 +7,10 @@ exchanges the caller's token and then asks the policy service (``ext_authz.polic
 service's caller credential for the policy's check (``ext_authz.policy_caller_*``).
 
 Fail closed: only a policy ``200`` whose JSON says ``"allow": true`` allows. A ``403`` is the
-policy's denial; anything else (unreachable, timeout, 5xx, an answer that is not JSON) is a 503.
+policy's denial, unless it refused this service's own caller credential
+(``caller_unauthenticated``): that is a 503 ``policy_caller_refused`` and an ERROR in the log, a
+broken deployment rather than a decision about the user. Anything else (unreachable, timeout,
+5xx, an answer that is not JSON) is a 503.
 """
 
 from __future__ import annotations
@@ -52,6 +55,11 @@ def _reason(payload: Any, fallback: str) -> str:
         return fallback
     reason = reason.strip()
     return reason if len(reason) <= _MAX_REASON else reason[: _MAX_REASON - 1] + "…"
+
+
+def _caller_refused(payload: Any) -> bool:
+    """The policy's answer to a caller without its credential (``caller_auth``)."""
+    return isinstance(payload, dict) and payload.get("error") == "caller_unauthenticated"
 
 
 class PolicyClient:
@@ -145,6 +153,23 @@ class PolicyClient:
             log.warning("policy service at %s answered 200 without allow: true", self.url)
             return self._unavailable(
                 "policy_error", 'the policy service answered 200 without "allow": true'
+            )
+        if status == 403 and _caller_refused(payload):
+            # Not a decision about the user: the policy did not take this service's own
+            # credential (issue 14 caller_auth), so no request can pass. Fail closed, tell the
+            # operator which settings to look at.
+            self._result("caller_refused", started)
+            log.error(
+                "policy service at %s refused this service's caller credential: %s; check "
+                "ext_authz.policy_caller_secret_file / _env and policy_caller_header against the "
+                "policy service's caller_auth",
+                self.url,
+                _reason(payload, "no reason given"),
+            )
+            return self._unavailable(
+                "policy_caller_refused",
+                "the policy service refused the gateway's caller credential (a deployment "
+                "problem: ext_authz.policy_caller_secret_* / policy_caller_header)",
             )
         if status == 403:
             self._result("deny", started)

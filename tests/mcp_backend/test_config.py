@@ -3,9 +3,11 @@ credentials, registry selection by annotations, duplicate refusal."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mcp_backend.config import (
     Settings,
@@ -181,3 +183,21 @@ def test_helm_chart_sources_default_and_refuse_an_empty_prefix() -> None:
         load_settings(overrides={"helm_chart_sources": ["https://", " "]}, environ={})
     env = {"KMG_BACKEND_HELM_CHART_SOURCES": '["oci://", "/srv/charts"]'}
     assert load_settings(environ=env).helm_chart_sources == ["oci://", "/srv/charts"]
+
+
+def test_the_readme_documents_every_setting_and_its_example_loads() -> None:
+    """Each setting has a row in mcp_backend/README.md's options table (the token-binding
+    settings of issue 14 were missing), and the example configuration is one the backend
+    accepts, bound to the gateway as the manifests bind it."""
+    readme = (Path(__file__).parents[2] / "mcp_backend" / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"| `{name}` |" not in readme]
+    assert missing == [], f"settings without a row in mcp_backend/README.md: {missing}"
+    example = re.search(r"```yaml\n# backend.yaml\n(.*?)```", readme, flags=re.DOTALL)
+    assert example is not None
+    doc = yaml.safe_load(example.group(1))
+    for cluster in doc["clusters"]:  # the README abbreviates these; the rest loads as written
+        cluster.pop("ca_file", None)
+        cluster.pop("ca_data", None)
+    settings = Settings.model_validate(doc)
+    assert settings.accepted_audiences == ["mcp-test/kubernetes-mcp"]
+    assert settings.authorized_parties == ["mcp-gateway"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 from typing import Any
 
@@ -53,6 +54,22 @@ json_values = st.recursive(
     max_leaves=25,
 )
 header_text = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=300)
+# Issue 14 item 5: look-alikes of a denied namespace (what re.match with "$" let through: a final
+# newline), built around "kube-system" with a few characters of any kind on either side.
+LOOKALIKE_EXAMPLES = ("kube-system\n", "kube-system\r\n", "\nkube-system", "kube-system\u2028",
+                      "kube\u2011system", "kube-system\u200b", "\uff4bube-system")  # fmt: skip
+namespace_lookalikes = st.one_of(
+    st.builds(lambda a, b: a + "kube-system" + b, st.text(max_size=2), st.text(max_size=2)),
+    st.text(max_size=70),
+)
+# An independent statement of a Kubernetes namespace name (RFC 1123 label), for the oracles.
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _is_label(value: str) -> bool:
+    return _LABEL.fullmatch(value) is not None
+
+
 PURE = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 HTTP = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -108,10 +125,31 @@ def test_annotation_hints_are_booleans_of_known_keys(header: str | None) -> None
 
 @PURE
 @given(st.text(max_size=200))
+@example("pods_exec\n")
+@example("mcp-test/kubernetes-mcp\n")
+@example("pods_exec\u2028")
 def test_tool_and_server_name_checks(name: str) -> None:
     for check in (check_tool_name, check_server_name):
         outcome = _outcome(check, name, InputError)
         assert outcome in (name, "error with a message")
+        if outcome == name:  # an accepted name is printable ASCII without spaces (full match)
+            assert name.isascii(), repr(name)
+            assert name.isprintable(), repr(name)
+            assert " " not in name, repr(name)
+
+
+@PURE
+@given(namespace_lookalikes)
+def test_namespace_check_accepts_only_namespace_names(namespace: str) -> None:
+    for example_ in LOOKALIKE_EXAMPLES:  # the findings, every run
+        assert _outcome(check_arguments, {"namespace": example_}, InputError) != {
+            "namespace": example_
+        }, repr(example_)
+    outcome = _outcome(check_arguments, {"namespace": namespace}, InputError)
+    if namespace == "" or _is_label(namespace):
+        assert outcome == {"namespace": namespace}
+    else:
+        assert outcome == "error with a message", repr(namespace)
 
 
 @PURE
@@ -124,10 +162,15 @@ def test_check_arguments(arguments: Any) -> None:
 @PURE
 @given(st.one_of(st.binary(max_size=300), json_values.map(lambda v: json.dumps(v).encode())))
 @example(b'{"params":{"arguments":{"namespace":"kube-system/../x"}}}')
+@example(b'{"params":{"arguments":{"namespace":"kube-system\\n"}}}')
+@example(b'{"params":{"arguments":{"namespace":"kube-system\\u2028"}}}')
 @example(b"\xff\xfe")
 def test_policy_body_parser_raises_only_input_errors(body: bytes) -> None:
     outcome = _outcome(arguments_from_body, body, InputError)
     assert outcome is None or outcome == "error with a message" or isinstance(outcome, dict)
+    if isinstance(outcome, dict) and isinstance(outcome.get("namespace"), str):
+        namespace = outcome["namespace"]
+        assert namespace == "" or _is_label(namespace), repr(namespace)
 
 
 @PURE
@@ -261,6 +304,59 @@ async def test_policy_json_apis(
             http, "POST", f"{policy_service.url}{path}", headers=headers, data=body
         )
         _assert_json_non_5xx(status, text, ctype, (path, body[:120]))
+
+
+@pytest.fixture(scope="module")
+def exec_token(local_issuer: LocalIssuer) -> str:
+    """A local user holding pods_exec (the default namespace rule keeps it out of kube-system)."""
+    return local_issuer.sign(
+        local_issuer.claims(
+            "exec-user",
+            aud=[LOCAL_AUDIENCE],
+            exp=int(time.time()) + 3600,
+            resource_access={SERVER: {"roles": ["pods_exec"]}},
+        )
+    )
+
+
+@HTTP
+@given(namespace=namespace_lookalikes, api=st.booleans())
+@example(namespace="kube-system\n", api=False)
+@example(namespace="kube-system\n", api=True)
+@example(namespace="kube-system", api=False)
+@example(namespace="default", api=True)
+async def test_policy_namespace_rule_has_no_lookalike_bypass(
+    http: aiohttp.ClientSession,
+    policy_service: RunningPolicy,
+    exec_token: str,
+    namespace: str,
+    api: bool,
+) -> None:
+    """Issue 14 item 5: pods_exec is denied in kube-system; no spelling of a namespace gets it
+    allowed unless it is a genuine namespace name other than kube-system."""
+    arguments = {"name": "p", "namespace": namespace}
+    auth = {"Authorization": f"Bearer {exec_token}"}
+    if api:
+        url = f"{policy_service.url}/v1/decide"
+        kwargs: dict[str, Any] = {
+            "headers": auth,
+            "json": {"server": SERVER, "tool": "pods_exec", "arguments": arguments},
+        }
+    else:
+        url = f"{policy_service.url}/check/mcp"
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "pods_exec", "arguments": arguments}}  # fmt: skip
+        headers = {**auth, "x-mcp-method": "tools/call", "x-mcp-servername": SERVER,
+                   "x-mcp-toolname": "pods_exec"}  # fmt: skip
+        kwargs = {"headers": headers, "data": json.dumps(body).encode()}
+    status, text, ctype = await _answer(http, "POST", url, **kwargs)
+    _assert_json_non_5xx(status, text, ctype, (api, namespace))
+    allowed = json.loads(text)["allow"]
+    genuine = namespace == "" or _is_label(namespace)
+    assert allowed is (genuine and namespace != "kube-system"), (api, repr(namespace), text[:300])
+    if not genuine:
+        assert status == 400, (status, text[:300])
+        assert "not a valid Kubernetes namespace name" in json.loads(text)["reason"]
 
 
 @HTTP

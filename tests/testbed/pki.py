@@ -83,10 +83,12 @@ class CertificateAuthority:
         organizations: tuple[str, ...] = (),
         client: bool = False,
         server: bool = True,
+        uris: tuple[str, ...] = (),
     ) -> CertPair:
         """Issue a leaf certificate ``<name>.crt``/``<name>.key`` for ``hosts`` (IPs or DNS names).
 
         ``organizations`` become O= entries: the API server maps them to groups for client certs.
+        ``uris`` become URI SANs (a workload's SPIFFE id, as Istio's certificates carry it).
         """
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
@@ -108,10 +110,10 @@ class CertificateAuthority:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
-        if server and hosts:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False
-            )
+        names = [_san(h) for h in hosts] if server else []
+        names += [x509.UniformResourceIdentifier(u) for u in uris]
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(self._key, hashes.SHA256())
         pair = CertPair(self.directory / f"{name}.crt", self.directory / f"{name}.key")
         pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -225,3 +225,66 @@ def test_allowed_lists_are_never_null() -> None:
         "ns/a": [],
         "ns/b": ["a", "z"],
     }
+
+
+# -- issue 14 item 5: names are full matches ----------------------------------------------------
+# With re.match and a pattern ending in "$", a final newline passed ("$" also matches before it):
+# "kube-system\n" was a valid namespace for the input check and, not being "kube-system", got past
+# the namespace rule's denied list. Each look-alike below must be refused, not normalized.
+LOOKALIKE_NAMESPACES = [
+    "kube-system\n",  # the finding
+    "kube-system\r\n",
+    "kube-system\r",
+    "\nkube-system",
+    "kube-system\n\n",
+    "kube-system ",
+    " kube-system",
+    "kube-system\t",
+    "kube-system\x00",
+    "kube-system\x0b",
+    "kube-system\u2028",  # line separator
+    "kube-system\u200b",  # zero-width space
+    "kube\u2011system",  # non-breaking hyphen
+    "kube\u2010system",  # hyphen
+    "\uff4bube-system",  # fullwidth k
+    "kube-syste\u0307m",  # combining dot
+    "KUBE-SYSTEM",
+    "kube-system.",
+]
+
+
+@pytest.mark.parametrize("namespace", LOOKALIKE_NAMESPACES)
+def test_namespace_lookalikes_are_refused(namespace: str) -> None:
+    with pytest.raises(pi.InputError, match="not a valid Kubernetes namespace name"):
+        pi.check_arguments({"namespace": namespace, "name": "p"})
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "pods_exec", "arguments": {"namespace": namespace}}}  # fmt: skip
+    with pytest.raises(pi.InputError, match="namespace"):
+        pi.arguments_from_body(_body(call))
+    with pytest.raises(pi.InputError, match="namespace"):
+        pi.parse_request_body(_body(call))
+
+
+@pytest.mark.parametrize("suffix", ["\n", "\r\n", "\n\n", " ", "\u2028"])
+def test_tool_prompt_and_server_names_with_a_trailing_newline_are_refused(suffix: str) -> None:
+    with pytest.raises(pi.InputError, match="not a valid MCP tool name"):
+        pi.check_tool_name("pods_exec" + suffix)
+    with pytest.raises(pi.InputError, match="not a valid MCP prompt name"):
+        pi.check_prompt_name("cluster-health-check" + suffix)
+    with pytest.raises(pi.InputError, match="x-mcp-servername"):
+        pi.check_server_name("mcp-test/kubernetes-mcp" + suffix)
+    for method in ("tools/call", "prompts/get"):
+        body = {"jsonrpc": "2.0", "id": 1, "method": method,
+                "params": {"name": "pods_exec" + suffix}}  # fmt: skip
+        with pytest.raises(pi.InputError, match=r"params\.name"):
+            pi.parse_request_body(_body(body))
+    # A catalogue entry named so is dropped, not listed under a name the policy never grants.
+    tools = [{"name": "pods_list" + suffix}, {"name": "pods_get"}]
+    assert [t["name"] for t in pi.catalogue_from_tools(tools)] == ["pods_get"]
+
+
+def test_the_genuine_names_still_pass() -> None:
+    assert pi.check_arguments({"namespace": "kube-system"}) == {"namespace": "kube-system"}
+    assert pi.check_tool_name("pods_exec") == "pods_exec"
+    assert pi.check_prompt_name("cluster-health-check") == "cluster-health-check"
+    assert pi.check_server_name("mcp-test/kubernetes-mcp") == "mcp-test/kubernetes-mcp"

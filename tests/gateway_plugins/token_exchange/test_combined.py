@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from tests.gateway_plugins.policy.running import (
     running_policy,
 )
 from tests.gateway_plugins.token_exchange.running import (
+    CALLER_HEADER,
     CALLER_HEADERS,
     RunningService,
     running_service,
@@ -329,6 +331,66 @@ async def test_policy_service_too_slow_is_503(
     assert status == 503, payload
     assert (payload["allow"], payload["error"]) == (False, "policy_timeout")
     assert "0.5s" in payload["reason"]
+
+
+# --- who may ask (issue 14 item 1) ---------------------------------------------------------------
+
+
+async def test_the_combined_check_answers_only_the_gateway(
+    http: aiohttp.ClientSession,
+    token_exchange: RunningService,
+    policy: RunningPolicy,
+    mcp_token: str,
+) -> None:
+    """A pod around the gateway gets neither an exchanged token nor a decision."""
+    metrics = token_exchange.runtime.metrics
+    sts, asked = metrics.sts_call_count(), metrics.policy_call_count()
+    for credential in ({}, {CALLER_HEADER: "not-the-gateways-secret-test-only"}):
+        headers = {
+            k: v for k, v in _headers(mcp_token, "tools/call", tool="pods_list").items()
+            if k != CALLER_HEADER
+        }  # fmt: skip
+        status, answer_headers, payload = await _combined(
+            http, token_exchange, headers | credential
+        )
+        assert (status, payload["allow"]) == (403, False), payload
+        assert payload["error"] == "caller_unauthenticated"
+        assert "authorization" not in answer_headers
+        assert LEGACY_HEADER not in answer_headers
+    assert (metrics.sts_call_count(), metrics.policy_call_count()) == (sts, asked)
+
+
+async def test_a_policy_refusing_this_services_credential_is_a_503_not_the_users_denial(
+    http: aiohttp.ClientSession,
+    keycloak: SessionKeycloak,
+    work: Path,
+    policy_config: PolicySettings,
+    mcp_token: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The combined check presents a credential the policy service does not take (a rotated
+    secret, ext_authz.policy_caller_* pointing at the wrong one): that is a broken deployment,
+    not a decision about the user. Fail closed with 503 and say so to the operator."""
+    monkeypatch.setenv("KMG_TEST_STALE_POLICY_SECRET", "stale-policy-secret-test-only")
+    base = service_settings(keycloak, work / "te-secrets")
+    settings = _with_policy_url(
+        base,
+        f"http://127.0.0.1:{policy_config.port}/check",
+        policy_caller_secret_env="KMG_TEST_STALE_POLICY_SECRET",
+    )
+    headers = _headers(mcp_token, "tools/call", tool="pods_list")
+    with caplog.at_level(logging.ERROR, logger="gateway_plugins.token_exchange.policy_client"):
+        async with running_policy(policy_config), running_service(settings) as te:
+            status, answer_headers, payload = await _combined(http, te, headers)
+            assert te.runtime.metrics.policy_call_count("caller_refused") == 1
+    assert status == 503, payload
+    assert (payload["allow"], payload["error"]) == (False, "policy_caller_refused")
+    assert "ext_authz.policy_caller_secret" in payload["reason"]
+    assert "fail closed" in payload["reason"]
+    assert "authorization" not in answer_headers
+    assert "refused this service's caller credential" in caplog.text
+    assert "stale-policy-secret-test-only" not in caplog.text + json.dumps(payload)
 
 
 # --- configuration -------------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway_plugins.common.settings import SettingsError, load_settings
 from gateway_plugins.token_exchange import cli
@@ -137,3 +139,18 @@ def test_readme_lists_every_setting_with_its_default() -> None:
     readme = (Path(cli.__file__).parent / "README.md").read_text()
     missing = [line for line in cli.describe_options() if line not in readme]
     assert missing == [], "regenerate the README's settings block with `mcp-token-exchange options`"
+
+
+def test_the_readmes_example_configuration_is_one_the_service_accepts() -> None:
+    """The README's example is what operators copy: after issue 14 (audiences required, a caller
+    credential on the checks) it must still load, and carry the bindings the fix relies on."""
+    readme = (Path(cli.__file__).parent / "README.md").read_text()
+    section = readme.split("## Example configuration", 1)[1]
+    match = re.search(r"```yaml\n(.*?)```", section, flags=re.DOTALL)
+    assert match is not None
+    settings = Settings.model_validate(yaml.safe_load(match.group(1)))
+    assert all(issuer.audiences for issuer in settings.validation.issuers)
+    assert settings.ext_authz.targets == ["mcp-test/kubernetes-mcp"]  # not cluster-b
+    assert settings.ext_authz.audiences == ["mcp-gateway"]
+    assert settings.caller_auth.mode == "secret"
+    assert settings.caller_auth.secret_file is not None
