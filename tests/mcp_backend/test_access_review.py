@@ -109,7 +109,9 @@ async def test_can_i_rules_mark_denied_kinds(
         result = await client.call_tool("can_i", {"namespace": NS})
     # cluster-admin's rule is '*' on '*': nothing to mark; the default policy's kinds are known
     assert not result.is_error, text_of(result)
-    assert any("*" in (r.get("resources") or []) for r in result.structured_content["resourceRules"])
+    assert any(
+        "*" in (r.get("resources") or []) for r in result.structured_content["resourceRules"]
+    )
     async with connect(tokens.viewer) as client:
         viewer = await client.call_tool("can_i", {"namespace": NS})
     # ClusterRole view reads ServiceAccounts: this server denies that kind.
