@@ -50,6 +50,8 @@ FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--output-max-chars", "output_max_chars", {"type": int}),
     ("--default-list-limit", "default_list_limit", {"type": int}),
     ("--log-tail-lines", "log_tail_lines", {"type": int}),
+    ("--log-grep-max-lines", "log_grep_max_lines", {"type": int}),
+    ("--log-grep-max-bytes", "log_grep_max_bytes", {"type": int}),
     ("--request-timeout-s", "request_timeout_s", {"type": float}),
     ("--connect-timeout-s", "connect_timeout_s", {"type": float}),
     ("--pool-size", "pool_size", {"type": int}),
