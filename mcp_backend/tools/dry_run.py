@@ -16,7 +16,7 @@ DRY_RUN_PROP = prop(
     "(Optional, default: false)",
     default=False,
 )
-SECRET_NOTE = (
+REDACTION_NOTE = (
     "(Secret values are redacted on both sides: a changed value does not show in the diff, "
     "only added or removed keys)\n"
 )
@@ -33,7 +33,7 @@ async def dry_run_output(ctx: ToolContext) -> ToolOutput:
     for run in runs:
         parts.append(f"\n## {run.describe()} {_VERBS[run.action]}\n")
         if run.info.kind == "Secret" and run.info.group == "" and ctx.settings.redact_secrets:
-            parts.append(SECRET_NOTE)
+            parts.append(REDACTION_NOTE)
         if run.action != "unchanged":
             parts.append(run.diff)
     parts.append("\n# the objects as the API server would store them\n")
