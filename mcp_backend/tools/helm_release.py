@@ -78,7 +78,8 @@ def release_objects(release: dict[str, Any]) -> list[dict[str, str]]:
     objects = []
     for doc in docs:
         if isinstance(doc, dict) and doc.get("kind"):
-            meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+            raw_meta = doc.get("metadata")
+            meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
             objects.append(
                 {
                     "apiVersion": str(doc.get("apiVersion") or ""),
@@ -90,15 +91,30 @@ def release_objects(release: dict[str, Any]) -> list[dict[str, str]]:
     return objects
 
 
-def _summary(release: dict[str, Any]) -> dict[str, Any]:
+async def read_chart(
+    ctx: ToolContext, api: Api, name: str, namespace: str, revision: int | None = None
+) -> dict[str, Any]:
+    """The chart of a release revision (``helm get metadata``: ``helm status`` leaves it out)."""
+    args = ["get", "metadata", name, "--namespace", namespace, "-o", "json"]
+    if revision is not None:
+        args += ["--revision", str(revision)]
+    meta = await ctx.helm.run_json(api, args)
+    return meta if isinstance(meta, dict) else {}
+
+
+def _summary(release: dict[str, Any], chart: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a release revision is: its records and (from ``chart`` or the release) its chart."""
     info = release.get("info") or {}
-    chart = (release.get("chart") or {}).get("metadata") or {}
+    if chart is None:
+        metadata = (release.get("chart") or {}).get("metadata") or {}
+        chart = {"chart": metadata.get("name"), "version": metadata.get("version")}
+        chart["appVersion"] = metadata.get("appVersion")
     return {
         "name": release.get("name"),
         "namespace": release.get("namespace"),
         "revision": release.get("version"),
         "status": info.get("status"),
-        "chart": f"{chart.get('name')}-{chart.get('version')}",
+        "chart": f"{chart.get('chart')}-{chart.get('version')}",
         "appVersion": chart.get("appVersion"),
         "firstDeployed": info.get("first_deployed"),
         "lastDeployed": info.get("last_deployed"),
@@ -111,7 +127,7 @@ async def helm_status(ctx: ToolContext) -> ToolOutput:
     revision = ctx.integer("revision", minimum=1)
     api = await ctx.api()
     release = await read_release(ctx, api, name, namespace, revision)
-    summary = _summary(release)
+    summary = _summary(release, await read_chart(ctx, api, name, namespace, revision))
     objects = release_objects(release)
     lines = [
         f"NAME: {summary['name']}",
@@ -222,7 +238,9 @@ async def helm_rollback(ctx: ToolContext) -> ToolOutput:
         "(its objects and rollback hooks) holds",
     )
     await ctx.helm.run(api, ["rollback", name, str(target_revision), "--namespace", namespace])
-    after = _summary(await read_release(ctx, api, name, namespace))
+    after = _summary(
+        await read_release(ctx, api, name, namespace), await read_chart(ctx, api, name, namespace)
+    )
     text = (
         f"Helm release {name!r} in namespace {namespace!r} on cluster {api.name!r} rolled back "
         f"to revision {target_revision}: now revision {after['revision']} ({after['chart']}), "
