@@ -126,6 +126,16 @@ def load_policy_source(
     return PolicySource(modules, config, catalogue)
 
 
+CONFIGMAP_DATA = "..data"  # a mounted ConfigMap's link to its current version
+
+
+def snapshot_dir(path: Path) -> Path:
+    """The folder to read: a mounted ConfigMap's current version (``..data`` resolved, a folder
+    kubelet never changes, only replaces) or the folder itself."""
+    data = path / CONFIGMAP_DATA
+    return data.resolve() if data.is_dir() else path
+
+
 def _in_volume_internals(path: Path, root: Path) -> bool:
     """A file under a mounted ConfigMap's ``..data`` / ``..<timestamp>`` folders: the same files
     again (the visible names are links into them), not extra modules."""

@@ -46,6 +46,7 @@ from gateway_plugins.policy.engines import (
     PolicySource,
     PolicySourceError,
     load_policy_source,
+    snapshot_dir,
 )
 from gateway_plugins.policy.input import Catalogue, InputError
 from gateway_plugins.policy.live_engine import LiveEngine
@@ -54,19 +55,11 @@ log = logging.getLogger(__name__)
 
 Outcome = Literal["ok", "refused", "unavailable"]
 Origin = Literal["files", "bundle"]
-CONFIGMAP_DATA = "..data"
 
 
 # ------------------------------------------------------------------------------------------
 # reading the files
 # ------------------------------------------------------------------------------------------
-def snapshot_dir(path: Path) -> Path:
-    """The folder to read: a mounted ConfigMap's current version (``..data`` resolved, a folder
-    kubelet never changes, only replaces) or the folder itself."""
-    data = path / CONFIGMAP_DATA
-    return data.resolve() if data.is_dir() else path
-
-
 def load_file_source(
     settings: PolicySettings, read_catalogue: Callable[[Path | None], Catalogue | None]
 ) -> PolicySource:

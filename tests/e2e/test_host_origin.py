@@ -81,16 +81,15 @@ async def test_the_gateways_hosts_are_served_on_both_servers(
             assert f"web-{cluster}-" in text_of(result)
     for server, backend, _ in servers:
         assert _refused(backend, "host_not_allowed") == before[backend], server.name
-    # Each backend answers its own routing name (what the router sends), not the other's.
+    # Each backend answers its own routing name (what the router sends), not the other's; the
+    # token is one the gateway exchanged for that server (the backends are bound to audiences).
     for (server, backend, _), (other, _, _) in zip(servers, servers[::-1], strict=True):
-        own = await post(
-            f"{backend}/mcp", rpc("tools/list"), tokens["mcp"], {"Host": server.hostname}
-        )
+        exchanged = await local_gateway.keycloak.aexchange(tokens["mcp"], audience=server.name)
+        token = exchanged["access_token"]
+        own = await post(f"{backend}/mcp", rpc("tools/list"), token, {"Host": server.hostname})
         assert own.status_code == 200, own.text[:300]
         assert result_of(own)["tools"]
-        foreign = await post(
-            f"{backend}/mcp", rpc("tools/list"), tokens["mcp"], {"Host": other.hostname}
-        )
+        foreign = await post(f"{backend}/mcp", rpc("tools/list"), token, {"Host": other.hostname})
         assert foreign.status_code == 421, foreign.text[:300]
         assert foreign.json()["error"] == "host_not_allowed"
 

@@ -152,6 +152,11 @@ def test_a_short_or_unreadable_discovery_credential_refuses_to_start(tmp_path: P
     short = tmp_path / "short"
     short.write_text("Bearer abc\n")
     for path, expected in ((short, "shorter than 16"), (tmp_path / "missing", "cannot read")):
-        settings = Settings.model_validate({"discovery_credential_file": str(path)})
+        settings = Settings.model_validate(
+            {
+                "clusters": [{"name": "nowhere", "server": "https://127.0.0.1:1"}],
+                "discovery_credential_file": str(path),
+            }
+        )
         with pytest.raises(SettingsError, match=expected):
             create_backend(settings)

@@ -28,7 +28,9 @@ from gateway_plugins.policy.config import (
     WristbandSettings,
 )
 from gateway_plugins.policy.decision_log import DecisionLog
+from gateway_plugins.policy.engine_guard import EmbeddedVerifySettings
 from gateway_plugins.policy.wristband import generate_signing_key, private_key_pem
+from tests.testbed import build
 from tests.testbed import keycloak as kc
 from tests.testbed.identity_plan import REALM_MCP
 from tests.testbed.paths import REPO_ROOT
@@ -43,6 +45,16 @@ CALLER_HEADER = "x-kmg-caller-secret"
 # test-only; the same as the token exchange tests' (one shared secret, as deployed)
 CALLER_SECRET = "caller-secret-test-only"
 CALLER_HEADERS = {CALLER_HEADER: CALLER_SECRET}
+
+
+def verified_by_opa() -> EmbeddedVerifySettings:
+    """The embedded engine checked against the testbed's real OPA on the repo's corpus at every
+    load: how a policy that changes at run time (a watched ConfigMap, a bundle) passes the
+    engine guard when its volume carries no verification record of the new modules."""
+    return EmbeddedVerifySettings(
+        opa_binary=build.binary("opa"), corpus_files=[POLICIES / "mcp/testdata/corpus.json"]
+    )
+
 
 # The tools of the testbed's backend (names and annotations as in the tool catalogue).
 READ_ONLY_TOOLS = (

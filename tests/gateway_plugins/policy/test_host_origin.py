@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from tests.gateway_plugins.policy.running import (
+    CALLER_HEADERS,
     SERVER,
     RunningPolicy,
     policy_settings,
@@ -41,7 +42,7 @@ async def _request(
     method: str, url: str, *, json: Any = None, **headers: str
 ) -> tuple[int, dict[str, Any]]:
     async with (
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(headers=CALLER_HEADERS) as http,  # as the gateway (caller_auth)
         http.request(method, url, json=json, headers=headers) as resp,
     ):
         assert resp.content_type == "application/json"

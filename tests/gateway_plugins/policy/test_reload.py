@@ -26,11 +26,13 @@ from gateway_plugins.policy.engines import EmbeddedEngine
 from gateway_plugins.policy.live_engine import LiveEngine
 from gateway_plugins.policy.wristband import LEGACY_HEADER, verify
 from tests.gateway_plugins.policy.running import (
+    CALLER_HEADERS,
     POLICIES,
     SERVER,
     RunningPolicy,
     policy_settings,
     running_policy,
+    verified_by_opa,
 )
 from tests.testbed import build
 from tests.testbed.configmap_volume import ConfigMapVolume, policy_files
@@ -45,7 +47,9 @@ FAST = ReloadSettings(watch_files=True, interval_s=0.2)
 
 @pytest.fixture(scope="module")
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with aiohttp.ClientSession(
+        headers=CALLER_HEADERS, timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
         yield session
 
 
@@ -66,7 +70,9 @@ def _deny_tool(tool: str, reason: str, user: str = "mcp") -> dict[str, Any]:
 
 def _settings(keycloak: Any, work: Path, **update: Any) -> PolicySettings:
     settings = policy_settings(keycloak, work)
-    return settings.model_copy(update={"reload": FAST, **update})
+    return settings.model_copy(
+        update={"reload": FAST, "embedded_verify": verified_by_opa(), **update}
+    )
 
 
 async def _decide(

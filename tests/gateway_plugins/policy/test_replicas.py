@@ -23,7 +23,13 @@ from tests.gateway_plugins.policy.replicas import (
     start_policy_replicas,
     stop_policy_replicas,
 )
-from tests.gateway_plugins.policy.running import POLICIES, SERVER, policy_settings
+from tests.gateway_plugins.policy.running import (
+    CALLER_HEADERS,
+    POLICIES,
+    SERVER,
+    policy_settings,
+    verified_by_opa,
+)
 from tests.testbed.configmap_volume import ConfigMapVolume, policy_files
 
 pytestmark = pytest.mark.timeout(300)
@@ -54,7 +60,12 @@ async def test_deny_list_change_revokes_on_every_replica_under_load(
     files = policy_files(POLICIES)
     volume.write(files)
     settings = policy_settings(keycloak, tmp_path / "work").model_copy(
-        update={"policies_dir": volume.root, "data_dirs": None, "decision_log": None}
+        update={
+            "policies_dir": volume.root,
+            "data_dirs": None,
+            "decision_log": None,
+            "embedded_verify": verified_by_opa(),
+        }
     )
     assert settings.reload.watch_files
     assert settings.reload.interval_s == 1.0  # the default the contract is stated for
@@ -72,7 +83,9 @@ async def test_deny_list_change_revokes_on_every_replica_under_load(
             answers.append(Answer(index, sent, time.monotonic(), status, body.get("allow")))
 
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        async with aiohttp.ClientSession(
+            headers=CALLER_HEADERS, timeout=aiohttp.ClientTimeout(total=30)
+        ) as http:
             workers = [
                 asyncio.create_task(load(http, i)) for i in range(REPLICAS) for _ in range(3)
             ]

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from tests.gateway_plugins.token_exchange.running import (
+    CALLER_HEADERS,
     FACADE_CLIENT_ID,
     FACADE_CLIENT_SECRET,
     RunningService,
@@ -92,6 +93,7 @@ async def test_ext_authz_check_keeps_the_original_host(
         "x-mcp-method": "tools/call",
         "host": "mcp.gateway.example",
         "origin": f"http://{EVIL}",
+        **CALLER_HEADERS,  # the gateway's credential (caller_auth)
     }
     async with (
         aiohttp.ClientSession() as http,

@@ -28,7 +28,7 @@ from tests.gateway_plugins.token_exchange.keycloak_events import (
     enable_exchange_events,
     exchange_events,
 )
-from tests.gateway_plugins.token_exchange.running import service_settings
+from tests.gateway_plugins.token_exchange.running import CALLER_HEADERS, service_settings
 from tests.testbed import keycloak as kc
 from tests.testbed.envoy_proxy import EnvoyProxy
 from tests.testbed.fixtures_identity import EnvoyFactory
@@ -55,7 +55,7 @@ class Deployment:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=30)
+        connector=connector, headers=CALLER_HEADERS, timeout=aiohttp.ClientTimeout(total=30)
     ) as session:
         yield session
 
