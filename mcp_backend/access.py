@@ -7,14 +7,20 @@ every response. Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import yaml
 
 from mcp_backend.config import DeniedKind
 from mcp_backend.errors import AccessDenied
 
 REDACTED = "***"
+SERVICE_ACCOUNT_TOKEN_TYPE = "kubernetes.io/service-account-token"  # noqa: S105 - a type name
+_WRITES = frozenset({"POST", "PUT", "PATCH"})
+_ComposeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 _IRREGULAR = {"endpoints": "endpoints", "podsecuritypolicy": "podsecuritypolicies"}
 _VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
@@ -127,6 +133,57 @@ class AccessPolicy:
             )
         return parsed
 
+    def token_secret_denial(self) -> str | None:
+        """Why a Secret of type ``kubernetes.io/service-account-token`` is refused, or None.
+
+        The API server's token controller fills such a Secret with a non-expiring token of the
+        ServiceAccount its annotation names: creating one acts on a ServiceAccount, so it is
+        refused whenever the ServiceAccount kind is denied (as by default)."""
+        reason = self.denial("", "serviceaccounts", "ServiceAccount")
+        if reason is None:
+            return None
+        return (
+            f"a Secret of type {SERVICE_ACCOUNT_TOKEN_TYPE} makes the cluster issue a token of a "
+            f"ServiceAccount, and {reason}"
+        )
+
+    def check_object(self, group: str, resource: str, obj: Mapping[str, Any], what: str) -> None:
+        """Raise :class:`AccessDenied` for an object this server must not create even though its
+        kind is allowed: a service-account-token Secret while ServiceAccount is denied."""
+        if group == "" and resource == "secrets" and _is_token_type(obj.get("type")):
+            reason = self.token_secret_denial()
+            if reason is not None:
+                raise AccessDenied(f"{what}: {reason}; it is not available here")
+
+    def check_body(
+        self, method: str, parsed: ApiPath | None, body: bytes, content_type: str
+    ) -> None:
+        """Raise :class:`AccessDenied` for a write whose body creates a service-account-token
+        Secret (see :meth:`token_secret_denial`), whatever client sent it (tools, helm)."""
+        if (
+            method not in _WRITES
+            or parsed is None
+            or parsed.group != ""
+            or parsed.resource != "secrets"
+            or parsed.subresource is not None
+            or not body
+        ):
+            return
+        if declares_token_type(body, content_type):
+            reason = self.token_secret_denial()
+            if reason is not None:
+                raise AccessDenied(
+                    f"{parsed.verb(method)} {parsed.describe()}: {reason}; it is not available here"
+                )
+
+    def filter_element(self, parsed: ApiPath | None, element: Any) -> Any:
+        """Redact one element of a list read piece by piece (an item or a Table row), in place,
+        as :meth:`filter_response` redacts a whole list; returns ``element``."""
+        if self.redact_secrets and isinstance(element, dict):
+            secrets = parsed is not None and parsed.group == "" and parsed.resource == "secrets"
+            redact_tree(element, assume_secret=secrets)
+        return element
+
     def filter_response(self, parsed: ApiPath | None, body: Any) -> Any:
         """Redact Secret values in a response (object, list, Table), in place; returns ``body``."""
         if not self.redact_secrets or not isinstance(body, dict):
@@ -168,3 +225,61 @@ def redact_tree(body: Any, *, assume_secret: bool = False) -> None:
             redact_tree(body[key], assume_secret=assume_secret)
     if isinstance(body.get("object"), dict):
         redact_tree(body["object"], assume_secret=assume_secret)
+
+
+def _is_token_type(value: Any) -> bool:
+    # The API server compares the type exactly; any spelling of it is refused here.
+    return isinstance(value, str) and value.strip().lower() == SERVICE_ACCOUNT_TOKEN_TYPE
+
+
+def declares_token_type(body: bytes, content_type: str) -> bool:
+    """Whether a request body for a Secret gives it the service-account-token type.
+
+    JSON and YAML bodies (server-side apply, merge and strategic patches: JSON is YAML too) are
+    read as a YAML node tree, so every top-level ``type`` key counts (duplicates, any case, merge
+    keys, escapes all resolved as the API server's parser would); anything that does not read
+    as YAML (protobuf, which carries strings as they are) counts when the type's text occurs in
+    it at all. A JSON patch (a list of operations) cannot set the type: the API server refuses
+    to change the type of an existing Secret, and a patch cannot create one."""
+    if "protobuf" not in content_type:
+        try:
+            node = yaml.compose(body, Loader=_ComposeLoader)
+        except (yaml.YAMLError, ValueError, RecursionError):
+            pass
+        else:
+            return _mapping_declares_token_type(node, set())
+        try:  # JSON that YAML does not read (tabs between tokens, for one)
+            return _object_declares_token_type(json.loads(body, object_pairs_hook=_Pairs))
+        except (ValueError, RecursionError):
+            pass
+    return SERVICE_ACCOUNT_TOKEN_TYPE.encode() in body.lower()
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as all its (key, value) pairs, duplicates kept."""
+
+
+def _object_declares_token_type(obj: Any) -> bool:
+    return isinstance(obj, _Pairs) and any(
+        key.strip().lower() == "type" and _is_token_type(value) for key, value in obj
+    )
+
+
+def _mapping_declares_token_type(node: Any, seen: set[int]) -> bool:
+    if not isinstance(node, yaml.MappingNode) or id(node) in seen:
+        return False
+    seen.add(id(node))
+    for key, value in node.value:
+        name = key.value if isinstance(key, yaml.ScalarNode) else None
+        if name == "<<":  # a merge key: the merged mappings' keys count as this one's
+            merged = value.value if isinstance(value, yaml.SequenceNode) else [value]
+            if any(_mapping_declares_token_type(m, seen) for m in merged):
+                return True
+        elif (
+            isinstance(name, str)
+            and name.strip().lower() == "type"
+            and isinstance(value, yaml.ScalarNode)
+            and _is_token_type(value.value)
+        ):
+            return True
+    return False

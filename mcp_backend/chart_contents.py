@@ -26,6 +26,16 @@ def manifest_kinds(text: str, source: str = "the rendered chart") -> set[tuple[s
     """(group, kind) of every object in a YAML stream: each document, and the ``items`` of any
     document holding a list of items (helm flattens ``List``/``*List`` documents and creates
     the items), at any depth. Unparsable YAML fails closed."""
+    kinds: set[tuple[str, str]] = set()
+    for node in manifest_objects(text, source):
+        group = str(node.get("apiVersion") or "").rpartition("/")[0]
+        kinds.add((group, str(node["kind"])))
+    return kinds
+
+
+def manifest_objects(text: str, source: str = "the rendered chart") -> list[dict[str, Any]]:
+    """Every object (a mapping with a ``kind``) of a YAML stream, the items of list documents
+    at any depth included (see :func:`manifest_kinds`). Unparsable YAML fails closed."""
     try:
         docs = list(yaml.load_all(text, Loader=_Loader))
     except yaml.YAMLError as exc:
@@ -33,7 +43,7 @@ def manifest_kinds(text: str, source: str = "the rendered chart") -> set[tuple[s
         raise ToolFailure(
             f"cannot check the kinds {source} creates ({problem}), so it is not installed"
         ) from None
-    kinds: set[tuple[str, str]] = set()
+    objects: list[dict[str, Any]] = []
     seen: set[int] = set()
     stack: list[Any] = list(docs)
     while stack:
@@ -45,11 +55,10 @@ def manifest_kinds(text: str, source: str = "the rendered chart") -> set[tuple[s
             stack.extend(node)
         elif isinstance(node, dict):
             if node.get("kind"):
-                group = str(node.get("apiVersion") or "").rpartition("/")[0]
-                kinds.add((group, str(node["kind"])))
+                objects.append(node)
             if isinstance(node.get("items"), list):
                 stack.extend(node["items"])
-    return kinds
+    return objects
 
 
 def chart_crd_files(archive: Path) -> list[tuple[str, str]]:

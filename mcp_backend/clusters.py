@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from mcp_backend.access import AccessPolicy
 from mcp_backend.config import ClusterConfig, Settings
 from mcp_backend.discovery import Discovery, DiscoveryCache, ResourceInfo
 from mcp_backend.errors import InvalidArguments
-from mcp_backend.kube import KubeClient
+from mcp_backend.kube import KubeClient, ListStream
 from mcp_backend.metrics import Metrics
 from mcp_backend.token_exchange import TokenExchanger
 
@@ -64,6 +65,10 @@ class Api:
 
     async def get(self, path: str, **kwargs: Any) -> Any:
         return await self.call("GET", path, **kwargs)
+
+    def stream_list(self, path: str, **kwargs: Any) -> AbstractAsyncContextManager[ListStream]:
+        """A list answer read piece by piece (:meth:`KubeClient.stream_list`)."""
+        return self.cluster.client.stream_list(self.token, path, **kwargs)
 
     async def discovery(self) -> Discovery:
         async def fetch(path: str, accept: str) -> Any:

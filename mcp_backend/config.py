@@ -234,6 +234,27 @@ class Settings(_Model):
     redact_secrets: bool = Field(True, description="replace Secret values with *** everywhere")
     output_max_chars: int = Field(40_000, ge=1_000, description="cap of one tool's text output")
     default_list_limit: int = Field(500, ge=1, description="page size when `limit` is omitted")
+    # -- what one call may take from everyone (issue 14): see "Bounds" in mcp_backend/README.md
+    max_list_limit: int = Field(
+        1000,
+        ge=1,
+        description="largest page a list call asks the API server for; a larger `limit` is "
+        "lowered to it (the answer says so)",
+    )
+    max_response_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=64 * 1024,
+        description="most bytes read of one API server answer or of one helm command's output; "
+        "a larger one is refused with an error saying how to narrow the query (list pages are "
+        "read only until the output cap is reached)",
+    )
+    max_concurrent_calls_per_user: int = Field(
+        8,
+        ge=0,
+        description="tool calls one user may have running at once (0 = no limit); the user is "
+        "the token's iss + sub claims, or the token itself when it is not a JWT; more are refused "
+        "with a tool error",
+    )
     log_tail_lines: int = Field(100, ge=1, description="default tail of pods_log")
     log_grep_max_lines: int = Field(
         100_000,
@@ -317,6 +338,20 @@ class Settings(_Model):
                 "random value (the same as the credential of the MCP Gateway's server entry)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _list_limits(self) -> Settings:
+        if self.default_list_limit > self.max_list_limit:
+            raise ValueError(
+                f"default_list_limit ({self.default_list_limit}) is above max_list_limit "
+                f"({self.max_list_limit}): lower it or raise max_list_limit"
+            )
+        return self
+
+    def exec_output_max_bytes(self) -> int:
+        """Bytes of pods_exec output read before the exec stream is closed: four times the
+        output cap (room for multi-byte characters and for stderr beside stdout)."""
+        return 4 * self.output_max_chars
 
     @model_validator(mode="after")
     def _one_default(self) -> Settings:

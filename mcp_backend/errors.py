@@ -58,5 +58,13 @@ class Unreachable(ClusterError):
     """No answer: connection refused, DNS, TLS, or timeout."""
 
 
+class TooLarge(ToolFailure):
+    """An answer (API server body, helm output) passed the bound of what one call may read."""
+
+
+class Busy(ToolFailure):
+    """The caller already has as many calls running as one user may (per-user concurrency)."""
+
+
 class UnknownKind(ToolFailure):
     """The apiVersion/kind is not served by the cluster; the message lists near matches."""

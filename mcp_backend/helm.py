@@ -34,9 +34,10 @@ from mcp_backend.log import scrub
 class HelmRunner:
     """Runs helm commands with per-call credentials from the environment."""
 
-    def __init__(self, binary: str, timeout_s: float) -> None:
+    def __init__(self, binary: str, timeout_s: float, max_output_bytes: int) -> None:
         self.binary = binary
         self.timeout_s = timeout_s
+        self.max_output_bytes = max_output_bytes
 
     def _resolve_binary(self) -> str:
         found = shutil.which(self.binary)
@@ -128,15 +129,45 @@ class HelmRunner:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
+        assert proc.stdout is not None
+        assert proc.stderr is not None
         try:
-            stdout, stderr = await asyncio.wait_for(proc.communicate(), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                stdout, stderr = await asyncio.gather(
+                    self._read_bounded(proc, proc.stdout), self._read_bounded(proc, proc.stderr)
+                )
+                if stdout is None or stderr is None:
+                    raise ToolFailure(
+                        f"helm {argv[0]} on cluster {api.name!r} printed more than "
+                        f"{self.max_output_bytes} bytes, the most this server reads of one "
+                        "helm command (setting max_response_bytes); it was stopped there (what it "
+                        "printed comes at its end: an install or uninstall may have completed, "
+                        "helm_list shows the releases)"
+                    )
+                await proc.wait()
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
             raise ToolFailure(
                 f"helm {argv[0]} on cluster {api.name!r} did not finish in {self.timeout_s:g}s"
             ) from None
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
         return proc.returncode or 0, stdout, stderr
+
+    async def _read_bounded(
+        self, proc: asyncio.subprocess.Process, stream: asyncio.StreamReader
+    ) -> bytes | None:
+        """All of ``stream``; None once it passes ``max_output_bytes``: helm is killed then
+        (which ends its other stream too)."""
+        data = bytearray()
+        while chunk := await stream.read(64 * 1024):
+            data += chunk
+            if len(data) > self.max_output_bytes:
+                if proc.returncode is None:
+                    proc.kill()
+                return None
+        return bytes(data)
 
     async def run_json(self, api: Api, args: list[str], **kwargs: Any) -> Any:
         out = await self.run(api, args, **kwargs)

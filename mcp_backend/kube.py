@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +28,11 @@ from mcp_backend.errors import (
     Forbidden,
     InvalidArguments,
     NotFound,
+    TooLarge,
     Unauthorized,
     Unreachable,
 )
+from mcp_backend.json_stream import ArrayStream
 from mcp_backend.metrics import Metrics
 from mcp_backend.tables import decode_table
 
@@ -39,16 +41,21 @@ log = logging.getLogger(__name__)
 TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
 _USER_IN_MESSAGE = re.compile(r'User "([^"]*)"')
 _EXIT_STATUS = re.compile(r"exit (?:status|code) (\d+)\s*$")
+READ_CHUNK = 64 * 1024
+_ERROR_BODY_MAX = 64 * 1024  # of a refusal, only the Status message is used
 
 
 @dataclass(frozen=True)
 class ExecResult:
-    """Output of one ``pods/exec``."""
+    """Output of one ``pods/exec``; ``truncated``: the output passed the bound, reading stopped
+    there and the stream was closed (no exit code then)."""
 
     stdout: str
     stderr: str
     exit_code: int | None
     error: str | None
+    truncated: bool = False
+    bytes_read: int = 0
 
 
 class KubeClient:
@@ -137,6 +144,7 @@ class KubeClient:
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             headers["Content-Type"] = content_type
+            self.access.check_body(method, parsed, data, content_type)
         session = self.session()
         timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else session.timeout
         try:
@@ -146,8 +154,9 @@ class KubeClient:
                 status = resp.status
                 if tail_bytes is not None and status < 400:
                     raw, skipped = await _read_tail(resp, tail_bytes)
+                    self.metrics.upstream_bytes.labels(self.name).inc(len(raw) + skipped)
                 else:
-                    raw, skipped = await resp.read(), 0
+                    raw, skipped = await self._read_body(resp, method, path, parsed), 0
         except TimeoutError:
             self.metrics.upstream_requests.labels(self.name, "timeout").inc()
             limit = timeout_s or self.settings.request_timeout_s
@@ -173,13 +182,84 @@ class KubeClient:
         result = decode_table(raw) if accept == TABLE_ACCEPT else None
         try:
             if result is None:
-                result = _loads(raw)
+                result = loads_json(raw)
         except ValueError:
             raise ClusterError(
                 f"cluster {self.name!r} answered {method} {_short(path)} with non-JSON content",
                 status=status,
             ) from None
         return self.access.filter_response(parsed, result)
+
+    async def _read_body(
+        self, resp: aiohttp.ClientResponse, method: str, path: str, parsed: ApiPath | None
+    ) -> bytes:
+        """The whole body, or :class:`TooLarge` once it passes ``max_response_bytes`` (a
+        refusal's body: its first 64 KiB, where the Status message is)."""
+        limit = self.settings.max_response_bytes
+        if resp.status >= 400:
+            raw = await resp.content.read(_ERROR_BODY_MAX)
+            self.metrics.upstream_bytes.labels(self.name).inc(len(raw))
+            return raw
+        if resp.content_length is not None and resp.content_length > limit:
+            raise self._too_large(method, path, parsed, limit)
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(READ_CHUNK):
+            body += chunk
+            self.metrics.upstream_bytes.labels(self.name).inc(len(chunk))
+            if len(body) > limit:
+                raise self._too_large(method, path, parsed, limit)
+        return bytes(body)
+
+    def _too_large(self, method: str, path: str, parsed: ApiPath | None, limit: int) -> TooLarge:
+        self.metrics.upstream_requests.labels(self.name, "too_large").inc()
+        what = f"{method} {_short(path)}"
+        if parsed is not None:
+            what = f"{parsed.verb(method)} {parsed.describe()}"
+        return TooLarge(
+            f"cluster {self.name!r} answered {what} with more than {limit} bytes, the most this "
+            "server reads of one answer (setting max_response_bytes); ask for less: a namespace, "
+            "a labelSelector or fieldSelector, or a smaller limit"
+        )
+
+    @contextlib.asynccontextmanager
+    async def stream_list(
+        self,
+        token: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int],
+        accept: str,
+        array_keys: Collection[str],
+        decode: Callable[[bytes], Any],
+    ) -> AsyncIterator[ListStream]:
+        """A GET of a list answered piece by piece: ``async with`` gives a :class:`ListStream`
+        whose :meth:`~ListStream.read` hands out the decoded, redacted elements of the array
+        member named in ``array_keys`` (``items``, ``rows``) as they arrive. Leaving the block
+        drops the rest of the body unread (the connection is closed, not reused)."""
+        _check_path(path)
+        parsed = self.access.check_request("GET", path)
+        headers = {"Authorization": f"Bearer {token}", "Accept": accept}
+        try:
+            async with self.session().get(path.lstrip("/"), params=params, headers=headers) as resp:
+                status = resp.status
+                self.metrics.upstream_requests.labels(self.name, f"{status // 100}xx").inc()
+                if status >= 400:
+                    raw = await self._read_body(resp, "GET", path, parsed)
+                    raise await self._error(token, "GET", path, parsed, status, raw)
+                yield ListStream(self, resp, parsed, array_keys, decode)
+        except TimeoutError:
+            self.metrics.upstream_requests.labels(self.name, "timeout").inc()
+            raise Unreachable(
+                f"cluster {self.name!r} at {self.cluster.server} did not answer GET "
+                f"{_short(path)} within {self.settings.request_timeout_s:g}s; it may be "
+                "overloaded or unreachable",
+            ) from None
+        except aiohttp.ClientError as exc:
+            self.metrics.upstream_requests.labels(self.name, "unreachable").inc()
+            raise Unreachable(
+                f"cluster {self.name!r} at {self.cluster.server} is unreachable: "
+                f"{_client_error_text(exc)}; check the cluster address and that it is up",
+            ) from None
 
     async def _error(
         self, token: str, method: str, path: str, parsed: ApiPath | None, status: int, raw: bytes
@@ -291,7 +371,10 @@ class KubeClient:
         params += [("stdout", "true"), ("stderr", "true")]
         if container:
             params.append(("container", container))
+        limit = self.settings.exec_output_max_bytes()
         out, err, status_raw = bytearray(), bytearray(), b""
+        truncated = False
+        read = 0
         try:
             async with asyncio.timeout(timeout_s):
                 async with self.session().ws_connect(
@@ -299,18 +382,29 @@ class KubeClient:
                     params=params,
                     headers={"Authorization": f"Bearer {token}"},
                     protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"),
-                    max_msg_size=16 * 1024 * 1024,
+                    max_msg_size=limit + 1,  # one frame larger than the bound: truncated too
+                    # Leaving early (bound reached, timeout) closes at once: without this the
+                    # close would read (and drop) whatever the command still prints for 10 s.
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=0),
                 ) as ws:
                     async for msg in ws:
+                        if msg.type == aiohttp.WSMsgType.ERROR:
+                            if _frame_too_big(msg.data):
+                                truncated = True
+                                break
+                            raise aiohttp.ClientError(str(msg.data))
                         if msg.type != aiohttp.WSMsgType.BINARY or not msg.data:
                             continue
                         channel, payload = msg.data[0], msg.data[1:]
-                        if channel == 1:
-                            out += payload
-                        elif channel == 2:
-                            err += payload
+                        read += len(payload)
+                        if channel in (1, 2):
+                            room = limit - len(out) - len(err)
+                            (out if channel == 1 else err).extend(payload[:room])
+                            if len(payload) > room:
+                                truncated = True
+                                break
                         elif channel == 3:
-                            status_raw += payload
+                            status_raw += payload[:_ERROR_BODY_MAX]
         except TimeoutError:
             raise Unreachable(
                 f"cluster {self.name!r}: exec in pod {namespace}/{pod} did not finish within "
@@ -330,9 +424,101 @@ class KubeClient:
                 f"cluster {self.name!r} at {self.cluster.server} is unreachable: "
                 f"{_client_error_text(exc)}"
             ) from None
+        finally:
+            self.metrics.upstream_bytes.labels(self.name).inc(read)
+        if truncated:
+            return ExecResult(
+                out.decode(errors="replace"), err.decode(errors="replace"), None, None, True, read
+            )
         exit_code, error = _exec_status(status_raw)
-        return ExecResult(
-            out.decode(errors="replace"), err.decode(errors="replace"), exit_code, error
+        stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+        return ExecResult(stdout, stderr, exit_code, error, False, read)
+
+
+def _frame_too_big(error: Any) -> bool:
+    """Whether a WebSocket ERROR message is aiohttp's refusal of a frame above max_msg_size."""
+    return (
+        isinstance(error, aiohttp.WebSocketError)
+        and error.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+    )
+
+
+class ListStream:
+    """The elements of one list answer as they arrive (see :meth:`KubeClient.stream_list`).
+
+    :attr:`head` holds the answer's other members (``kind``, ``metadata`` with ``continue``,
+    ``columnDefinitions``) once they have arrived (before the array, from the API server);
+    :attr:`complete` says the whole body was read; :attr:`over_size` that reading stopped at
+    ``max_response_bytes`` before the end."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        resp: aiohttp.ClientResponse,
+        parsed: ApiPath | None,
+        array_keys: Collection[str],
+        decode: Callable[[bytes], Any],
+    ) -> None:
+        self._client = client
+        self._resp = resp
+        self._parsed = parsed
+        self._decode = decode
+        self._split = ArrayStream(array_keys, loads_json)
+        self._limit = client.settings.max_response_bytes
+        self.bytes_read = 0
+        self.complete = False
+        self.over_size = False
+
+    @property
+    def head(self) -> dict[str, Any]:
+        return self._split.head
+
+    @property
+    def array_key(self) -> str | None:
+        return self._split.array_key
+
+    async def read(self) -> list[Any] | None:
+        """The next elements (decoded, Secrets redacted); None at the end of the body, or once
+        ``max_response_bytes`` were read (:attr:`over_size`)."""
+        client = self._client
+        while not self.complete and not self.over_size:
+            chunk = await self._resp.content.read(READ_CHUNK)
+            if not chunk:
+                self._finish()
+                return None
+            self.bytes_read += len(chunk)
+            client.metrics.upstream_bytes.labels(client.name).inc(len(chunk))
+            if self.bytes_read > self._limit:
+                self.over_size = True
+                return None
+            try:
+                raws = self._split.feed(chunk)
+            except ValueError:
+                raise self._not_json() from None
+            if raws:
+                return [self._element(raw) for raw in raws]
+        return None
+
+    def _finish(self) -> None:
+        try:
+            self._split.finish()
+        except ValueError:
+            raise self._not_json() from None
+        self.complete = True
+
+    def _element(self, raw: bytes) -> Any:
+        try:
+            element = self._decode(raw)
+        except ValueError:
+            raise self._not_json() from None
+        return self._client.access.filter_element(self._parsed, element)
+
+    def _not_json(self) -> ClusterError:
+        what = self._parsed.describe() if self._parsed else "a list"
+        return ClusterError(
+            f"cluster {self._client.name!r} answered GET {what} with content that is not a "
+            "JSON list",
+            status=self._resp.status,
         )
 
 
@@ -370,7 +556,7 @@ _DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= c <= 0x39 else 0x20 for c in range(256))
 _NINETEEN_DIGITS = b"0" * 19
 
 
-def _loads(raw: bytes) -> Any:
+def loads_json(raw: bytes) -> Any:
     """Parse a response body exactly as ``json.loads`` does, with orjson where that is safe (a
     200-pod Table parses about twice as fast). The standard library decides whenever orjson refuses
     the text (NaN, Infinity, a BOM, lone surrogates, other encodings), and when a run of 19+

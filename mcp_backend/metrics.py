@@ -12,7 +12,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.tool_calls = Counter(
             "kmg_backend_tool_calls_total",
-            "Tool calls by tool and outcome (ok, error, denied)",
+            "Tool calls by tool and outcome (ok, error, denied, busy)",
             ["tool", "outcome"],
             registry=self.registry,
         )
@@ -32,6 +32,12 @@ class Metrics:
         self.upstream_connections = Counter(
             "kmg_backend_upstream_connections_opened_total",
             "TCP connections opened to API servers",
+            ["cluster"],
+            registry=self.registry,
+        )
+        self.upstream_bytes = Counter(
+            "kmg_backend_upstream_read_bytes_total",
+            "Bytes of API server answers read (bodies and exec output) by cluster",
             ["cluster"],
             registry=self.registry,
         )

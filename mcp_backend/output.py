@@ -67,14 +67,17 @@ def to_yaml(obj: Any) -> str:
 
 def list_to_yaml(body: dict[str, Any]) -> str:
     """YAML of a list response: the items only (with their kind restored), as a YAML list."""
-    kind = str(body.get("kind", "")).removesuffix("List")
-    api_version = body.get("apiVersion")
-    items = []
-    for item in body.get("items") or []:
-        if kind and "kind" not in item:
-            item = {"apiVersion": api_version, "kind": kind, **item}
-        items.append(item)
+    items = [list_item(body, item) for item in body.get("items") or []]
     return to_yaml(items) if items else "[]\n"
+
+
+def list_item(head: dict[str, Any], item: Any) -> Any:
+    """An item of a list response with the kind and apiVersion the list's items share (the API
+    server leaves them out of each item), taken from the list's ``head`` (kind, apiVersion)."""
+    kind = str(head.get("kind", "")).removesuffix("List")
+    if kind and isinstance(item, dict) and "kind" not in item:
+        return {"apiVersion": head.get("apiVersion"), "kind": kind, **item}
+    return item
 
 
 @dataclass

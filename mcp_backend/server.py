@@ -20,9 +20,10 @@ from mcp.shared.exceptions import MCPError
 
 from mcp_backend import __version__
 from mcp_backend.auth import TokenBinding, extract_token
+from mcp_backend.caller_limits import CallLimiter
 from mcp_backend.clusters import ClusterRegistry
 from mcp_backend.config import Settings
-from mcp_backend.errors import AccessDenied, ToolFailure
+from mcp_backend.errors import AccessDenied, Busy, ToolFailure
 from mcp_backend.helm import HelmRunner
 from mcp_backend.log import request_id
 from mcp_backend.metrics import Metrics
@@ -75,8 +76,11 @@ class Handlers:
         self.registry = registry
         self.clusters = clusters
         self.metrics = metrics
-        self.helm = HelmRunner(settings.helm_binary, settings.helm_timeout_s)
+        self.helm = HelmRunner(
+            settings.helm_binary, settings.helm_timeout_s, settings.max_response_bytes
+        )
         self.binding = TokenBinding.from_settings(settings)
+        self.limiter = CallLimiter(settings.max_concurrent_calls_per_user)
         self._tools = types.ListToolsResult(tools=[tool_definition(s) for s in registry])
         self._schemas = {t.name: t.input_schema for t in self._tools.tools}
         self.client_log_level: str = "info"
@@ -135,7 +139,8 @@ class Handlers:
                 token=token,
                 args=args,
             )
-            output = await spec.handler(ctx_tool)
+            with self.limiter.slot(token):
+                output = await spec.handler(ctx_tool)
             if output.is_error:
                 outcome = "error"
             result = types.CallToolResult(
@@ -144,7 +149,11 @@ class Handlers:
                 is_error=output.is_error,
             )
         except ToolFailure as exc:
-            outcome = "denied" if isinstance(exc, AccessDenied) else "error"
+            outcome = "error"
+            if isinstance(exc, AccessDenied):
+                outcome = "denied"
+            elif isinstance(exc, Busy):
+                outcome = "busy"
             structured = {"error": exc.message, **exc.details} if exc.details else None
             result = types.CallToolResult(
                 content=[types.TextContent(type="text", text=exc.message)],

@@ -16,7 +16,7 @@ from mcp_backend.config import Settings
 from mcp_backend.discovery import ResourceInfo
 from mcp_backend.errors import InvalidArguments
 from mcp_backend.helm import HelmRunner
-from mcp_backend.objects import ListQuery, list_objects
+from mcp_backend.objects import ListBounds, ListQuery, list_objects
 from mcp_backend.output import ToolOutput
 
 
@@ -193,7 +193,8 @@ def prop(kind: str, description: str, **extra: Any) -> dict[str, Any]:
 LIST_PROPS: dict[str, dict[str, Any]] = {
     "limit": prop(
         "integer",
-        "Maximum number of items to return in one page (server default applies when omitted)",
+        "Maximum number of items to return in one page (server default applies when omitted; "
+        "the server's maximum page size caps it)",
         minimum=1,
     ),
     "continue": prop("string", "Continue token from a previous page of the same list"),
@@ -219,10 +220,8 @@ async def list_resource(
     ctx: ToolContext, api: Api, resource: ResourceInfo, namespace: str | None
 ) -> ToolOutput:
     """One page of ``resource`` with the configured default page size and output cap."""
-    return await list_objects(
-        api,
-        resource,
-        list_query(ctx, namespace),
-        default_limit=ctx.settings.default_list_limit,
-        max_chars=ctx.settings.output_max_chars,
+    settings = ctx.settings
+    bounds = ListBounds(
+        settings.default_list_limit, settings.max_list_limit, settings.output_max_chars
     )
+    return await list_objects(api, resource, list_query(ctx, namespace), bounds)

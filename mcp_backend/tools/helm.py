@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from mcp_backend.access import plural
-from mcp_backend.chart_contents import chart_crd_files, manifest_kinds
+from mcp_backend.chart_contents import chart_crd_files, manifest_kinds, manifest_objects
 from mcp_backend.clusters import Api
 from mcp_backend.errors import AccessDenied, ClusterError, InvalidArguments, ToolFailure
 from mcp_backend.helm import ChartSource, chart_source
@@ -63,9 +63,9 @@ async def helm_install(ctx: ToolContext) -> ToolOutput:
         # Render first: a server-side dry run, so lookup functions see the real cluster.
         rendered = await ctx.helm.run_json(api, [*args, "--dry-run=server"], files=files, home=home)
         kinds |= rendered_kinds(rendered)
-        refuse_denied_kinds(
-            ctx, kinds, "helm_install refused, nothing was installed: the chart creates"
-        )
+        refused = "helm_install refused, nothing was installed: the chart creates"
+        refuse_denied_kinds(ctx, kinds, refused)
+        refuse_denied_objects(ctx, rendered, refused)
         release = await install_checked(ctx, api, args, kinds, files, home)
     info = release.get("info") or {}
     chart_meta = (release.get("chart") or {}).get("metadata") or {}
@@ -171,6 +171,22 @@ def refuse_denied_kinds(ctx: ToolContext, kinds: set[tuple[str, str]], what: str
         raise AccessDenied(f"{what} {'; '.join(reasons)}")
 
 
+def refuse_denied_objects(ctx: ToolContext, release: Any, what: str) -> None:
+    """Raise :class:`AccessDenied` for an object of an allowed kind that the access policy
+    refuses all the same (a service-account-token Secret), in the manifest or a hook."""
+    manifests = [str(release.get("manifest") or "")]
+    hooks = [h for h in release.get("hooks") or [] if isinstance(h, dict)]
+    manifests += [str(h.get("manifest") or "") for h in hooks]
+    for text in manifests:
+        for obj in manifest_objects(text):
+            group = str(obj.get("apiVersion") or "").rpartition("/")[0]
+            meta = obj.get("metadata")
+            name = meta.get("name") if isinstance(meta, dict) else None
+            ctx.clusters.access.check_object(
+                group, plural(str(obj["kind"])), obj, f"{what} {obj['kind']} {name!r}"
+            )
+
+
 async def helm_list(ctx: ToolContext) -> ToolOutput:
     args = ["list", "-o", "json"]
     if ctx.flag("all_namespaces", default=False):
@@ -178,6 +194,7 @@ async def helm_list(ctx: ToolContext) -> ToolOutput:
     else:
         args += ["--namespace", _namespace(ctx)]
     limit = ctx.integer("limit", minimum=1) or ctx.settings.default_list_limit
+    limit = min(limit, ctx.settings.max_list_limit)
     token = ctx.text("continue") or "0"
     if not token.isdigit():
         raise InvalidArguments("continue must be the token a previous helm_list returned")

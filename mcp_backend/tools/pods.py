@@ -8,6 +8,7 @@ from typing import Any
 from mcp_backend.clusters import Api
 from mcp_backend.discovery import POD, SERVICE, segment
 from mcp_backend.errors import NotFound, ToolFailure
+from mcp_backend.kube import ExecResult
 from mcp_backend.objects import get_object, object_yaml, read_log
 from mcp_backend.output import ToolOutput, align, to_yaml
 from mcp_backend.quantities import cpu_text, memory_text
@@ -133,22 +134,49 @@ async def pods_exec(ctx: ToolContext) -> ToolOutput:
     )
     if result.error:
         raise ToolFailure(f"exec in pod {namespace}/{name} failed: {result.error}")
+    cap = ctx.settings.output_max_chars
     text = result.stdout
     if result.stderr:
         text += ("\n" if text and not text.endswith("\n") else "") + "[stderr]\n" + result.stderr
+    if result.truncated:
+        return _exec_stopped(result, text, cap, ctx.settings.exec_output_max_bytes())
     if result.exit_code not in (None, 0):
         text += f"\n[exit code {result.exit_code}]\n"
     if not text:
         text = "(command produced no output)\n"
-    text = tail_cap(text, ctx.settings.output_max_chars)
+    text = tail_cap(text, cap)
     return ToolOutput(
         text=text,
         structured={
-            "stdout": result.stdout[-ctx.settings.output_max_chars :],
-            "stderr": result.stderr[-ctx.settings.output_max_chars :],
+            "stdout": result.stdout[-cap:],
+            "stderr": result.stderr[-cap:],
             "exitCode": result.exit_code,
         },
         is_error=result.exit_code not in (None, 0),
+    )
+
+
+def _exec_stopped(result: ExecResult, text: str, cap: int, bound: int) -> ToolOutput:
+    """The answer for a command whose output passed the bound: its beginning, and why."""
+    kept = text[:cap]
+    if "\n" in kept[cap // 2 :]:
+        kept = kept[: kept.rindex("\n") + 1]
+    note = (
+        f"\n[output stopped: the command printed more than {bound} bytes, the most this server "
+        f"reads of one exec (4 x output_max_chars); it stopped reading there and closed the exec "
+        f"stream, so the exit code is unknown. The first {len(kept)} characters are shown. To "
+        "see another part, filter in the command itself, e.g. ['sh', '-c', 'CMD | tail -n 200'] "
+        "or '| grep PATTERN' or '| head -c 20000'.]\n"
+    )
+    return ToolOutput(
+        text=kept + ("" if kept.endswith("\n") else "\n") + note,
+        structured={
+            "stdout": result.stdout[:cap],
+            "stderr": result.stderr[:cap],
+            "exitCode": None,
+            "truncated": True,
+            "bytesRead": result.bytes_read,
+        },
     )
 
 

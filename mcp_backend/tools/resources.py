@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from mcp_backend.objects import (
-    apply_object,
+    apply_all,
     delete_object,
     get_object,
     object_yaml,
     parse_manifests,
+    plan_apply,
     scale_object,
 )
 from mcp_backend.output import ToolOutput, to_yaml, truncate
@@ -56,7 +57,8 @@ async def resources_create_or_update(ctx: ToolContext) -> ToolOutput:
         return await dry_run_output(ctx)
     api = await ctx.api()
     objects = parse_manifests(ctx.req("resource"))
-    results = [await apply_object(api, obj, DEFAULT_NAMESPACE) for obj in objects]
+    # Every object is checked before the first is applied: a refusal applies nothing.
+    results = await apply_all(api, await plan_apply(api, objects, DEFAULT_NAMESPACE))
     text = (
         f"# {len(results)} object(s) applied on cluster {api.name!r} (server-side apply)\n"
         + to_yaml(results if len(results) > 1 else results[0])

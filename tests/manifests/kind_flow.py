@@ -13,8 +13,9 @@ test servers:
   itself is its released Helm chart, which ``make kind-up`` installs from its release URL);
 * ``mcp-gateway-crds``: the three CRDs of the MCP Gateway's chart;
 * ``mcp-gateway``: ``manifests/kind/gateway.yaml`` (namespaces, the Gateway), the chart's objects
-  (``tests/manifests/mcp_gateway_install.py``) and the broker's trusted-headers Secret: the
-  public half of the policy service's signing key;
+  (``tests/manifests/mcp_gateway_install.py``), the broker's trusted-headers Secret (the public
+  half of the policy service's signing key) and its session store Secret
+  (``manifests/kind/mcp-gateway-session-store.yaml``: the Redis of the ``services`` stage);
 * ``services``: ``manifests/overlays/kind`` (our services behind Istio's ext_authz, Keycloak, our
   gateway objects) and the Secrets/ConfigMaps made from ``--pki`` files (Keycloak's certificate,
   the demo CA, the policy signing key), each namespace before what lives in it.
@@ -52,6 +53,7 @@ STAGES = ("gateway-api-crds", "istio", "mcp-gateway-crds", "mcp-gateway", "servi
 # consistency (test_kind_flow.py), not by the API server.
 NOT_SERVER_VALIDATED = frozenset({"istio"})
 TRUSTED_HEADERS_SECRET = "kmg-trusted-headers"  # manifests/kind/mcp-gateway-values.yaml
+SESSION_STORE = KIND_DIR / "mcp-gateway-session-store.yaml"  # sessionStore of the same values
 TOOL = "namespaces_list"
 
 
@@ -119,7 +121,12 @@ def render(stage: str, pki: Path) -> list[Obj]:
             {"key": policy_public_key(pki)},
             {"app.kubernetes.io/part-of": "kube-mcp-gateway"},
         )
-        return [*_yaml_file(GATEWAY), trusted, *mcp_gateway_install.render()]
+        return [
+            *_yaml_file(GATEWAY),
+            trusted,
+            *_yaml_file(SESSION_STORE),
+            *mcp_gateway_install.render(),
+        ]
     if stage == "services":
         overlay = kustomize.render("overlays/kind")
         namespaces = [o for o in overlay if o["kind"] == "Namespace"]

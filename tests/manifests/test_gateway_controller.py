@@ -24,7 +24,13 @@ Service) are applied for real, and:
   ``mcp-backend`` (:data:`SERVICE_URL`). Through the ``mcp`` client with a real user token, its
   ``tools/list`` is the backend's tools, each with the registration's prefix;
 * the controller refuses a registration whose route does not exist (``Ready=False``, the reason
-  named) and removes a deleted registration's server from the config.
+  named) and removes a deleted registration's server from the config;
+* gateway sessions on Redis (issue 17 item 3): the Kind values name a session store Secret, which
+  the controller injects as the broker's ``CACHE_CONNECTION_STRING`` (here the Secret holds the
+  testbed Redis' URL, so the broker run as the pod connects to a real Redis); the
+  ``components/gateway-sessions`` HPA scales the controller's broker Deployment to two replicas
+  (cluster A's real HPA controller) and the controller's next update of that Deployment keeps
+  them; the component's PodDisruptionBudget and Redis NetworkPolicy select its pods.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from tests.testbed.fixtures_identity import SessionKeycloak
 from tests.testbed.identity_plan import BACKEND_AUDIENCE
 from tests.testbed.mcp_gateway_controller import GatewayController, install
 from tests.testbed.ports import free_port
+from tests.testbed.redis_server import RedisServer
 
 Obj = dict[str, Any]
 
@@ -71,6 +78,9 @@ SERVICE_URL = "http://mcp-backend.kmg-system.svc.cluster.local:8080"
 # The broker's own meta-tools (internal/broker: discovery.go, tags_handler.go), listed beside the
 # upstream servers' tools.
 BROKER_META_TOOLS = {"discover_tools", "select_tools", "list_tags", "filter_tools_by_tags"}
+# The testbed Redis' database for the broker run as the controller's pod (the replicated local
+# gateway uses 2, the token exchange 0): its connections are told apart by it.
+SESSION_STORE_DB = 3
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -133,6 +143,21 @@ def find(objs: list[Obj], kind: str, name: str | None = None) -> Obj:
     return hits[0]
 
 
+def session_store_secret(extension: Obj, connection_string: str) -> Obj:
+    """The Secret the extension's ``sessionStore`` names, as the controller wants it (label, key),
+    holding the testbed Redis' URL (the Kind flow's names the in-cluster Redis)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": extension["spec"]["sessionStore"]["secretName"],
+            "namespace": extension["metadata"]["namespace"],
+            "labels": {"mcp.kuadrant.io/secret": "true"},
+        },
+        "stringData": {"CACHE_CONNECTION_STRING": connection_string},
+    }
+
+
 def trusted_headers_secret(namespace: str) -> Obj:
     """The public half of a fresh P-256 key, where the Kind values point the extension (in a
     deployment: the policy service's signing key)."""
@@ -157,13 +182,15 @@ async def gateway_objects() -> list[Obj]:
 
 @pytest.fixture(scope="module")
 async def controller(
-    cluster_a: Cluster, kwok_nodes: list[str], testbed_run_dir: Path
+    cluster_a: Cluster, kwok_nodes: list[str], testbed_run_dir: Path, redis_server: RedisServer
 ) -> AsyncIterator[GatewayController]:
     """The MCP Gateway installed on cluster A and its controller running (stopped afterwards)."""
     chart = await install(cluster_a)
     extension = find(chart, "MCPGatewayExtension")
+    store = session_store_secret(extension, redis_server.connection_string(SESSION_STORE_DB))
     async with KubeApplier(cluster_a) as api:
         await api.apply(trusted_headers_secret(extension["metadata"]["namespace"]), dry_run=False)
+        await api.apply(store, dry_run=False)
     running = GatewayController(
         cluster_a,
         mcp_gateway_install.controller_deployment(chart),
@@ -436,7 +463,9 @@ async def broker(
         assert server["url"].startswith(SERVICE_URL), server["url"]
         server["url"] = backend_url + server["url"][len(SERVICE_URL) :]
     (config_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    assert {"GATEWAY_SIGNING_KEY", "TRUSTED_HEADER_PUBLIC_KEY"} <= set(pod.env)
+    assert {"GATEWAY_SIGNING_KEY", "TRUSTED_HEADER_PUBLIC_KEY", "CACHE_CONNECTION_STRING"} <= set(
+        pod.env
+    )
     proc = process.ManagedProcess("mcp-broker-router", pod.argv, folder / "broker.log", env=pod.env)
     proc.start()
     (folder / "argv.json").write_text(json.dumps(pod.argv, indent=1))
@@ -518,3 +547,114 @@ async def test_the_broker_is_the_workload_the_manifests_admit(
         for p in f["source"]["principals"]
     }
     assert f"cluster.local/ns/{BROKER_DEPLOYMENT[0]}/sa/{account}" in principals
+
+
+# -- gateway sessions on Redis, several broker replicas ------------------------------------------
+def _env_refs(deployment: Any) -> dict[str, tuple[str, str]]:
+    """The broker container's env vars read from Secrets: name -> (Secret, key)."""
+    (container,) = deployment.spec.template.spec.containers
+    return {
+        e.name: (e.value_from.secret_key_ref.name, e.value_from.secret_key_ref.key)
+        for e in container.env or []
+        if e.value_from is not None and e.value_from.secret_key_ref is not None
+    }
+
+
+async def test_the_broker_pod_connects_to_the_session_store_the_secret_names(
+    broker: str, redis_server: RedisServer
+) -> None:
+    """The broker run as the controller's pod got CACHE_CONNECTION_STRING from the session store
+    Secret (it PINGs the store at start and would not have become ready without it) and holds a
+    connection to that Redis database."""
+    clients = redis_server.client().client_list()
+    assert [c for c in clients if c.get("db") == str(SESSION_STORE_DB)], clients
+
+
+async def test_broker_replicas_from_the_component_share_the_session_store(
+    registered: dict[str, Any], controller: GatewayController, cluster_a: Cluster
+) -> None:
+    """The Deployment the real controller made reads the session store and the signing key from
+    Secrets (every replica gets the same), the component's HPA scales it to two replicas (cluster
+    A's HPA controller), and the controller's next update of the Deployment (a new log level)
+    keeps the count; the PodDisruptionBudget and the Redis NetworkPolicy select its pods."""
+    namespace, name = BROKER_DEPLOYMENT
+    chart = await asyncio.to_thread(mcp_gateway_install.render)
+    extension = find(chart, "MCPGatewayExtension")
+    overlay = await asyncio.to_thread(render.render, "overlays/kind")
+    component = [o for o in overlay if o["metadata"].get("namespace") == namespace]
+    assert {o["kind"] for o in component} == {"HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    hpa = find(component, "HorizontalPodAutoscaler")
+    pdb = find(component, "PodDisruptionBudget")
+    apps = k8s.AppsV1Api
+    async with cluster_a.admin_client() as api:
+        deployment = await apps(api).read_namespaced_deployment(name, namespace)
+        refs = _env_refs(deployment)
+        assert refs["CACHE_CONNECTION_STRING"] == (
+            extension["spec"]["sessionStore"]["secretName"],
+            "CACHE_CONNECTION_STRING",
+        )
+        assert refs["GATEWAY_SIGNING_KEY"] == ("mcp-gateway-session-signing-key", "key")
+        labels = deployment.spec.template.metadata.labels
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert hpa["spec"]["scaleTargetRef"]["name"] == name
+        (metric,) = hpa["spec"]["metrics"]
+        (container,) = deployment.spec.template.spec.containers
+        assert metric["containerResource"]["container"] == container.name
+        redis_rule = find(overlay, "NetworkPolicy", "redis-from-mcp-broker")
+        (peer,) = [p for rule in redis_rule["spec"]["ingress"] for p in rule["from"]]
+        assert peer["namespaceSelector"]["matchLabels"] == {
+            "kubernetes.io/metadata.name": namespace
+        }
+        assert peer["podSelector"]["matchLabels"].items() <= labels.items()
+
+        async def replicas(count: int) -> Any:
+            got = await apps(api).read_namespaced_deployment(name, namespace)
+            ready = (got.status.ready_replicas or 0) == count
+            return got if got.spec.replicas == count and ready else None
+
+        async def log_level(flag: str | None) -> Any:
+            got = await apps(api).read_namespaced_deployment(name, namespace)
+            (cmd,) = [c.command for c in got.spec.template.spec.containers]
+            present = any(arg.startswith("--log-level") for arg in cmd)
+            wanted = flag in cmd if flag else not present
+            return got if wanted else None
+
+        ext_path = (
+            f"/apis/{GROUP}/{VERSION}/namespaces/{extension['metadata']['namespace']}"
+            f"/mcpgatewayextensions/{extension['metadata']['name']}"
+        )
+
+        async def set_log_level(level: str | None) -> None:
+            code, text = await asyncio.to_thread(
+                cluster_a.admin_request,
+                "PATCH",
+                ext_path,
+                {"spec": {"logLevel": level}},  # null removes the field
+                content_type="application/merge-patch+json",
+            )
+            assert code == 200, text
+
+        async with KubeApplier(cluster_a) as applier:
+            for obj in component:
+                await applier.apply(obj, dry_run=False)
+        try:
+            await wait_for("the HPA scaling the broker to 2 Ready replicas", lambda: replicas(2))
+            await set_log_level("warn")
+            updated = await wait_for(
+                "the controller updating the broker Deployment", lambda: log_level("--log-level=4")
+            )
+            assert updated.spec.replicas == 2, "the controller's update reset the replica count"
+            await wait_for("both replicas Ready after the update", lambda: replicas(2))
+            extension_now = await get_custom(
+                api, "mcpgatewayextensions", namespace, extension["metadata"]["name"]
+            )
+            assert condition(extension_now, "Ready").get("status") == "True"
+        finally:
+            await set_log_level(None)
+            await wait_for("the log level flag removed again", lambda: log_level(None))
+            autoscaling = k8s.AutoscalingV2Api(api)
+            await autoscaling.delete_namespaced_horizontal_pod_autoscaler(name, namespace)
+            await k8s.PolicyV1Api(api).delete_namespaced_pod_disruption_budget(name, namespace)
+            await apps(api).patch_namespaced_deployment_scale(
+                name, namespace, {"spec": {"replicas": 1}}
+            )

@@ -210,6 +210,15 @@ def test_mcp_gateway_stage_is_the_release_the_testbed_runs(
     (secret,) = [o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"] == secret_name]
     assert secret["metadata"]["namespace"] == extension["metadata"]["namespace"]
     assert base64.b64decode(secret["data"]["key"]) == kind_flow.policy_public_key(kind_pki)
+    # the broker's session store (gateway sessions in Redis): applied before the extension that
+    # names it, in its namespace (its content: test_replicas_manifests.py)
+    store_name = extension["spec"]["sessionStore"]["secretName"]
+    names = [(o["kind"], o["metadata"]["name"]) for o in objs]
+    (store,) = [o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"] == store_name]
+    assert store["metadata"]["namespace"] == extension["metadata"]["namespace"]
+    assert names.index(("Secret", store_name)) < names.index(
+        ("MCPGatewayExtension", extension["metadata"]["name"])
+    )
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,7 +27,6 @@ from mcp_backend.host_origin_guard import host_origin_rule
 from tests.manifests import crds, render
 from tests.manifests.kube_apply import ApplyError, KubeApplier
 from tests.testbed import keycloak, paths
-from tests.testbed.cluster import Cluster
 from tests.testbed.identity_plan import BACKEND_AUDIENCE
 from tests.testbed.mcp_gateway.stack import SERVER_PLANS
 
@@ -710,14 +709,18 @@ def test_network_policies_admit_only_the_gateway_path(rendered: dict[str, list[O
             names = {
                 o["metadata"]["name"] for o in rendered[target] if o["kind"] == "NetworkPolicy"
             }
-            assert names - {"redis-from-token-exchange"} == {"default-deny-ingress", *policies}
+            assert names - REDIS_RULES == {"default-deny-ingress", *policies}
             _every_pod_admits_someone(rendered[target], target)
+
+
+# Redis' own rules (components/shared-token-cache, components/gateway-sessions)
+REDIS_RULES = {"redis-from-token-exchange", "redis-from-mcp-broker"}
 
 
 def _every_pod_admits_someone(objs: list[Obj], target: str) -> None:
     """Under the default deny, every workload of kmg-system (Redis of the shared token cache
     too) is selected by a policy that admits someone: none is cut off by the deny alone. Redis
-    admits only token-exchange."""
+    admits only token-exchange and, with the gateway sessions on it, the broker/router pods."""
     rules = [
         o
         for o in objs
@@ -732,8 +735,9 @@ def _every_pod_admits_someone(objs: list[Obj], target: str) -> None:
         ]
         assert selecting, f"{target}: {deployment['metadata']['name']} admits nobody"
         if labels["app.kubernetes.io/name"] == "redis":
-            (rule,) = selecting
-            assert rule["spec"]["ingress"] == [
+            admitted = {r["metadata"]["name"]: r["spec"]["ingress"] for r in selecting}
+            port = [{"port": "redis", "protocol": "TCP"}]
+            assert admitted.pop("redis-from-token-exchange") == [
                 {
                     "from": [
                         {
@@ -742,9 +746,17 @@ def _every_pod_admits_someone(objs: list[Obj], target: str) -> None:
                             }
                         }
                     ],
-                    "ports": [{"port": "redis", "protocol": "TCP"}],
+                    "ports": port,
                 }
             ], target
+            broker = {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": BROKER_PODS[0]}
+                },
+                "podSelector": {"matchLabels": BROKER_PODS[1]},
+            }
+            # components/gateway-sessions: the broker/router replicas' session store
+            assert admitted in ({}, {"redis-from-mcp-broker": [{"from": [broker], "ports": port}]})
 
 
 def test_istio_overlay_requires_mtls_from_known_principals(rendered: dict[str, list[Obj]]) -> None:
@@ -943,22 +955,7 @@ def console_scripts() -> set[str]:
     return set(data["project"]["scripts"])
 
 
-# -- the real API server ---------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def crd_objects() -> list[Obj]:
-    return crds.load_crds()
-
-
-@pytest.fixture(scope="session")
-async def applier(cluster_a: Cluster, crd_objects: list[Obj]) -> AsyncIterator[KubeApplier]:
-    """Cluster A's API server with the real CRDs installed; test namespaces removed afterwards."""
-    async with KubeApplier(cluster_a) as api:
-        await api.install_crds(crd_objects)
-        yield api
-        for name in sorted(api.created_namespaces):
-            await api.delete_namespace(name)
-
-
+# -- the real API server (fixtures crd_objects and applier: tests/manifests/conftest.py) -------
 def test_crds_cover_every_kind_we_use(
     rendered: dict[str, list[Obj]], crd_objects: list[Obj]
 ) -> None:

@@ -1,8 +1,11 @@
 """The multi-replica deployment in the manifests: replica counts owned by HPAs on CPU, budgets
 for voluntary disruptions, spread over nodes and zones, graceful stops; the token-exchange
-replicas' shared Redis cache (connection and encryption key from Secrets); the policy data as a
+replicas' shared Redis cache (connection and encryption key from Secrets); the MCP Gateway
+broker/router's replicas and their gateway sessions in the same Redis; the policy data as a
 ConfigMap the service watches. Every object also goes through the real API server's server-side
-dry-run in ``test_manifests.py`` (every target of ``render.TARGETS``, ``redis`` included).
+dry-run in ``test_manifests.py`` (every target of ``render.TARGETS``, ``redis`` included) and
+``test_kind_flow.py`` (the Kind flow's stages); the real MCP Gateway controller runs the broker
+part in ``test_gateway_controller.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from gateway_plugins.common.settings import load_settings
 from gateway_plugins.policy.config import PolicySettings
@@ -21,7 +25,7 @@ from gateway_plugins.policy.engines import EmbeddedEngine
 from gateway_plugins.policy.reloader import load_file_source
 from gateway_plugins.token_exchange.config import Settings as TokenExchangeSettings
 from gateway_plugins.token_exchange.redis_cache import load_material
-from tests.manifests import render
+from tests.manifests import kind_flow, mcp_gateway_install, render
 from tests.manifests.test_manifests import (
     SERVICE_NAMESPACE,
     SERVICES,
@@ -198,3 +202,59 @@ def test_redis_runs_restricted_and_alone(rendered: dict[str, list[Obj]]) -> None
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["image"].startswith("redis:7.0.")
     assert {"Deployment", "Service"} == {o["kind"] for o in objs}
+
+
+def test_broker_replicas_keep_gateway_sessions_in_the_overlays_redis(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    """Kind: the MCPGatewayExtension names a session store Secret the controller accepts (its
+    namespace, label and key), whose URL is the overlay's Redis with the redis-auth password, in
+    a database of its own; the component keeps at least two broker replicas, budgets their
+    disruptions and lets them reach Redis."""
+    objs = rendered["overlays/kind"]
+    extension = find(mcp_gateway_install.render(), "MCPGatewayExtension")
+    namespace = extension["metadata"]["namespace"]
+    secret_name = extension["spec"]["sessionStore"]["secretName"]
+    docs = yaml.safe_load_all(kind_flow.SESSION_STORE.read_text(encoding="utf-8"))
+    (secret,) = [d for d in docs if d]
+    assert (secret["metadata"]["name"], secret["metadata"]["namespace"]) == (
+        secret_name,
+        namespace,
+    )
+    assert secret["metadata"]["labels"]["mcp.kuadrant.io/secret"] == "true"
+    url = urlsplit(secret["stringData"]["CACHE_CONNECTION_STRING"])
+    assert url.scheme == "redis"
+    assert url.hostname == f"redis.{SERVICE_NAMESPACE}.svc.cluster.local"
+    svc = find(objs, "Service", "redis", SERVICE_NAMESPACE)
+    assert url.port in [p["port"] for p in svc["spec"]["ports"]]
+    auth = generated(objs, "Secret", "redis-auth")
+    assert url.password == base64.b64decode(auth["data"]["password"]).decode()
+    assert not url.username  # requirepass: the default user
+    # its own database: the token exchange's cache uses another one of the same Redis
+    deploy = find(objs, "Deployment", "token-exchange", SERVICE_NAMESPACE)
+    main = next(c for c in _pod(deploy)["containers"] if c["name"] == "token-exchange")
+    env = {e["name"]: e.get("value") for e in main["env"]}
+    token_db = urlsplit(env["KMG_TOKEN_EXCHANGE_CACHE__REDIS__URL"]).path
+    assert url.path == "/1" != token_db
+    # the broker Deployment the controller names: at least 2 replicas, a budget, Redis reachable
+    hpa = find(objs, "HorizontalPodAutoscaler", "mcp-gateway", namespace)
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "mcp-gateway",
+    }
+    assert hpa["spec"]["minReplicas"] >= 2
+    pdb = find(objs, "PodDisruptionBudget", "mcp-gateway", namespace)
+    assert pdb["spec"]["maxUnavailable"] == 1
+    rule = find(objs, "NetworkPolicy", "redis-from-mcp-broker", SERVICE_NAMESPACE)
+    redis_labels = find(objs, "Deployment", "redis", SERVICE_NAMESPACE)["spec"]["template"][
+        "metadata"
+    ]["labels"]
+    assert rule["spec"]["podSelector"]["matchLabels"].items() <= redis_labels.items()
+    (ingress,) = rule["spec"]["ingress"]
+    (peer,) = ingress["from"]
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": namespace}
+    assert (
+        peer["podSelector"]["matchLabels"].items() <= pdb["spec"]["selector"]["matchLabels"].items()
+    )
+    assert ingress["ports"] == [{"port": "redis", "protocol": "TCP"}]

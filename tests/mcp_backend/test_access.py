@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mcp_backend.access import AccessPolicy, ApiPath, parse_path, plural, redact_tree
@@ -158,3 +160,58 @@ def test_denied_kind_matches_kind_or_resource_name_case_insensitively(configured
         policy.check_kind("", "Secret", "secrets")
     assert policy.check_request("GET", "/api/v1/namespaces/a/configmaps") is not None
     assert policy.denial("apps", "secrets") is None  # the group still has to match
+
+
+TOKEN_TYPE = "kubernetes.io/service-account-token"
+SECRETS = parse_path("/api/v1/namespaces/n/secrets")
+SECRET = parse_path("/api/v1/namespaces/n/secrets/s")
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (json.dumps({"kind": "Secret", "type": TOKEN_TYPE}), "application/json"),
+        # duplicate keys: the API server's JSON decoding keeps the last one
+        ('{"type": "Opaque", "type": "' + TOKEN_TYPE + '"}', "application/json"),
+        # a JSON escape, a key of another case, tabs (which YAML does not read)
+        ('{"Type":\t"\\u006bubernetes.io/service-account-token"}', "application/json"),
+        (f"kind: Secret\ntype: {TOKEN_TYPE}\n", "application/apply-patch+yaml"),
+        (f"base: &b {{type: {TOKEN_TYPE}}}\n<<: *b\n", "application/apply-patch+yaml"),
+        (f'type: "{TOKEN_TYPE.upper()} "\n', "application/apply-patch+yaml"),
+        ("\x0a\x06Secret" + TOKEN_TYPE, "application/vnd.kubernetes.protobuf"),
+    ],
+)
+def test_service_account_token_secrets_are_found_in_any_body(body: str, content_type: str) -> None:
+    policy = AccessPolicy(DEFAULT_DENIED)
+    for method, path in (("POST", SECRETS), ("PUT", SECRET), ("PATCH", SECRET)):
+        with pytest.raises(
+            AccessDenied, match="makes the cluster issue a token of a ServiceAccount"
+        ):
+            policy.check_body(method, path, body.encode(), content_type)
+
+
+def test_other_secrets_and_other_kinds_pass_and_allowing_service_accounts_allows_them() -> None:
+    policy = AccessPolicy(DEFAULT_DENIED)
+    opaque = json.dumps({"kind": "Secret", "type": "Opaque", "data": {"type": TOKEN_TYPE}})
+    policy.check_body("POST", SECRETS, opaque.encode(), "application/json")
+    token_secret = json.dumps({"kind": "Secret", "type": TOKEN_TYPE}).encode()
+    configmaps = parse_path("/api/v1/namespaces/n/configmaps")
+    policy.check_body("POST", configmaps, token_secret, "application/json")
+    policy.check_body("GET", SECRETS, token_secret, "application/json")
+    patch = json.dumps([{"op": "add", "path": "/type", "value": TOKEN_TYPE}]).encode()
+    policy.check_body("PATCH", SECRET, patch, "application/json-patch+json")  # type is immutable
+    allowing = AccessPolicy([DeniedKind.model_validate({"group": "rbac.authorization.k8s.io"})])
+    allowing.check_body("POST", SECRETS, token_secret, "application/json")
+    assert allowing.token_secret_denial() is None
+    with pytest.raises(AccessDenied, match=r"^Secret 'x': a Secret of type"):
+        policy.check_object("", "secrets", {"type": TOKEN_TYPE}, "Secret 'x'")
+
+
+def test_list_elements_are_redacted_one_by_one() -> None:
+    policy = AccessPolicy([])
+    item = {"metadata": {"name": "s"}, "data": {"k": "dg=="}}
+    assert policy.filter_element(SECRETS, item)["data"] == {"k": "***"}
+    mixed = {"kind": "Secret", "data": {"k": "dg=="}}
+    assert policy.filter_element(parse_path("/api/v1/configmaps"), mixed)["data"] == {"k": "***"}
+    kept = {"data": {"k": "v"}}
+    assert policy.filter_element(parse_path("/api/v1/configmaps"), kept)["data"] == {"k": "v"}

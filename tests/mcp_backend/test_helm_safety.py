@@ -523,3 +523,111 @@ async def test_api_guard_forwards_allowed_calls_and_refuses_the_rest(
     assert "denied by this server's policy" in denied[1]["message"]
     assert guard.refused == [denied[1]["message"].split(": ", 1)[1]]
     assert dotted[0] == encoded[0] == 400
+
+
+TOKEN_SECRET = (
+    "apiVersion: v1\nkind: Secret\nmetadata:\n  name: NAME-token\n"
+    "  annotations: {kubernetes.io/service-account.name: mcpb-admin}\n"
+    "type: kubernetes.io/service-account-token\n"
+)
+
+
+async def test_helm_install_refuses_a_service_account_token_secret(
+    connect: Any,
+    tokens: Tokens,
+    charts_dir: Path,
+    tmp_path: Path,
+    cluster_a: Cluster,
+    workloads: Any,
+) -> None:
+    """The side door through helm: Secret is an allowed kind, but this Secret would make the
+    cluster write a token of ServiceAccount ``mcpb-admin`` (cluster-admin) into it."""
+    chart = _chart(
+        charts_dir / tmp_path.name,
+        {"templates/token.yaml": TOKEN_SECRET.replace("NAME", "{{ .Release.Name }}")},
+    )
+    async with connect(tokens.admin) as client:
+        result = await client.call_tool(
+            "helm_install", {"chart": str(chart), "name": "htoken", "namespace": NS}
+        )
+        releases = await _releases(client)
+    text = text_of(result)
+    assert result.is_error, text
+    assert text.startswith("helm_install refused, nothing was installed: the chart creates")
+    assert "a Secret of type kubernetes.io/service-account-token" in text
+    assert "htoken" not in releases
+    assert not await _exists(cluster_a, "Secret", "htoken-token")
+    assert not await _exists(cluster_a, "ConfigMap", "htoken-cm")
+
+
+@pytest.mark.parametrize("hook", [False, True])
+async def test_the_api_guard_stops_a_service_account_token_secret_whatever_was_checked(
+    backend: Any,
+    tokens: Tokens,
+    charts_dir: Path,
+    tmp_path: Path,
+    cluster_a: Cluster,
+    workloads: Any,
+    hook: bool,
+) -> None:
+    """With every earlier check passed (Secret approved, as a ``rand`` template could make the
+    dry run render an Opaque Secret), the guard still refuses the request creating it."""
+    release = f"hgt{int(hook)}"
+    template = TOKEN_SECRET.replace("NAME", "{{ .Release.Name }}")
+    if hook:
+        template = template.replace(
+            "  annotations: {", '  annotations: {"helm.sh/hook": pre-install, '
+        )
+    chart = _chart(charts_dir / tmp_path.name, {"templates/token.yaml": template})
+    try:
+        async with _install_of(backend, tokens.admin, chart, release) as install:
+            with pytest.raises(AccessDenied) as refused:
+                await install({("", "ConfigMap"), ("", "Secret")})
+        message = refused.value.message
+        assert "helm install on cluster 'cluster-a' was stopped" in message
+        assert "a Secret of type kubernetes.io/service-account-token" in message
+        assert not await _exists(cluster_a, "Secret", f"{release}-token")
+    finally:
+        async with cluster_a.admin_client() as admin:
+            core = k8s.CoreV1Api(admin)
+            for record in await _release_records(cluster_a, release):
+                await core.delete_namespaced_secret(record, NS)
+            if await _exists(cluster_a, "ConfigMap", f"{release}-cm"):
+                await core.delete_namespaced_config_map(f"{release}-cm", NS)
+
+
+async def test_api_guard_refuses_a_service_account_token_secret_and_forwards_other_secrets(
+    backend: Any, tokens: Tokens, cluster_a: Cluster, workloads: Any
+) -> None:
+    api = await backend.backend.clusters.bind(None, tokens.admin)
+    client = api.cluster.client
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "guard-token",
+            "annotations": {"kubernetes.io/service-account.name": "mcpb-admin"},
+        },
+        "type": "kubernetes.io/service-account-token",
+    }
+    opaque = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "guard-opaque"}}
+    try:
+        async with ApiGuard(client.session(), client.access) as guard:
+            tls = ssl.create_default_context(cafile=str(guard.ca_file))
+            auth = {"Authorization": f"Bearer {tokens.admin}"}
+            url = f"{guard.url}/api/v1/namespaces/{NS}/secrets"
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as http:
+                async with http.post(url, json=secret, headers=auth) as resp:
+                    refused = resp.status, await resp.json(content_type=None)
+                async with http.post(url, json=opaque, headers=auth) as resp:
+                    forwarded = resp.status
+        assert refused[0] == 403
+        assert "refused by the MCP backend" in refused[1]["message"]
+        assert "makes the cluster issue a token of a ServiceAccount" in refused[1]["message"]
+        assert forwarded == 201
+        assert not await _exists(cluster_a, "Secret", "guard-token")
+        assert await _exists(cluster_a, "Secret", "guard-opaque")
+    finally:
+        async with cluster_a.admin_client() as admin:
+            with contextlib.suppress(ApiException):
+                await k8s.CoreV1Api(admin).delete_namespaced_secret("guard-opaque", NS)

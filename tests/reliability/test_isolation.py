@@ -34,6 +34,7 @@ pytestmark = pytest.mark.timeout(900)
 
 ROUNDS = 60  # requests per user and test, all in flight together
 USERS = ("mcp", "viewer")
+PER_USER_CALLS = Settings().max_concurrent_calls_per_user
 
 
 class Tokens(dict[str, str]):
@@ -147,8 +148,11 @@ async def data_users(cluster_a: Cluster, service_account_token: Any) -> dict[str
 
 @pytest.fixture(scope="module")
 async def iso_backend(cluster_a: Cluster) -> AsyncIterator[RunningBackend]:
+    # Every call of a user in flight together is the point here: no per-user call limit (the
+    # limit itself is tested in tests/mcp_backend/test_caller_limits.py).
+    settings = {"clusters": [cluster_entry(cluster_a, default=True)]}
     running = await start_backend(
-        Settings.model_validate({"clusters": [cluster_entry(cluster_a, default=True)]})
+        Settings.model_validate({**settings, "max_concurrent_calls_per_user": 0})
     )
     yield running
     await stop_backend(running)
@@ -231,12 +235,20 @@ async def test_gateway_two_users_concurrently(local_gateway: LocalGateway) -> No
             "arguments": {"name": "rel-no-such-pod", "namespace": DEMO_NAMESPACE},
         },
     }
+    # The gateway's backends run with the default per-user call limit: each user keeps at
+    # most that many tool calls in flight (tools/list is not counted), so none is refused busy.
+    in_flight = {u: asyncio.Semaphore(PER_USER_CALLS) for u in USERS}
+
+    async def call(http: httpx2.AsyncClient, user: str) -> httpx2.Response:
+        async with in_flight[user]:
+            return await post(http, user, delete)
+
     order = [u for u in USERS for _ in range(20)]
     random.Random(5).shuffle(order)
     async with httpx2.AsyncClient(timeout=120) as http:
         lists, deletes = await asyncio.gather(
             asyncio.gather(*(post(http, u, listing) for u in order)),
-            asyncio.gather(*(post(http, u, delete) for u in order)),
+            asyncio.gather(*(call(http, u) for u in order)),
         )
     seen: dict[str, set[tuple[str, ...]]] = {u: set() for u in USERS}
     for user, resp in zip(order, lists, strict=True):

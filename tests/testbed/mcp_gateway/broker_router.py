@@ -15,6 +15,36 @@ The broker reaches each server directly at its ``url`` for discovery (``tools/li
 ``prompts/list``), sending the server's ``credential`` as ``Authorization``; the router sends
 calls through Envoy with the server's ``hostname`` as ``:authority``, and the hairpin
 ``initialize`` of each (gateway session, server) to ``--mcp-gateway-private-host`` (Envoy).
+
+Several replicas and the session store (read in the v0.9.0 sources, paths under the module's
+``internal/`` unless said otherwise):
+
+* ``cmd/mcp-broker-router/main.go`` ``parseFlags`` / ``setupSessionInfra``:
+  ``--cache-connection-string`` (env ``CACHE_CONNECTION_STRING``), parsed by go-redis'
+  ``redis.ParseURL`` (``redis://[user]:[password]@host:port/db``, ``rediss://`` for TLS); the
+  process PINGs it at start and panics when it cannot (no fallback). Unset: in-memory
+  (``session.NewCache`` without a client). The same client backs the session cache, the
+  elicitation id map (``idmap``, keys ``elicitation:<uuid>``) and the token-elicitation map
+  (``elicitation``, ``tokenelicitation:<uuid>``).
+* ``session/cache.go`` ``Cache``: one Redis hash per gateway session, **keyed by the session's
+  JWT itself**, field = server name, value = that server's upstream ``Mcp-Session-Id`` (empty for
+  a stateless server), TTL = the JWT's remaining lifetime (``AddSession``); fields
+  ``token:<server>`` (per-user credentials of URL elicitation, AES-GCM with a key derived from
+  ``GATEWAY_SIGNING_KEY``); key ``clientelicitation:<jwt>``. Only the user tokens are encrypted.
+* ``routing/router_202511.go`` ``routeToUpstream`` / ``initializeMCPServerSession``: on a
+  ``tools/call`` / ``prompts/get`` the router reads the hash; a server missing from it gets a
+  hairpin ``initialize`` (singleflight per process only), whose session id is then stored. A
+  Redis error there answers 500 "internal error" (no fallback to memory).
+* ``session/jwt.go`` ``JWTManager``: the gateway session id is an HS256 JWT signed with
+  ``GATEWAY_SIGNING_KEY`` and validated without any store, so every replica with the same key
+  accepts every replica's sessions, with or without Redis. ``Terminate`` (DELETE, the broker's
+  30 min idle timeout) deletes the hash but cannot revoke the JWT.
+* ``broker/session_resurrection.go`` ``SessionResurrectionHandler``: the broker's ``/mcp`` (the
+  go-sdk streamable handler keeps a pod-local table) re-creates a session it has never seen when
+  its JWT is valid, so ``tools/list`` / ``prompts/list`` work on any replica, Redis or not.
+* Per-process only, never shared: the ``select_tools`` scope (``broker/discovery_scope.go``), the
+  per-user upstream sessions of ``userSpecificList`` servers (``broker.go`` ``userSessionPool``),
+  the router's open hairpin client handles, a broker's GET notification stream.
 """
 
 from __future__ import annotations
@@ -34,6 +64,7 @@ from tests.testbed import build, leak_scan
 from tests.testbed.mcp_gateway.envoy_config import GatewayServer
 
 BINARY = "mcp-broker-router"
+SESSION_STORE_ENV = "CACHE_CONNECTION_STRING"  # = --cache-connection-string
 
 
 @dataclass(frozen=True)
@@ -99,9 +130,17 @@ def argv(
 
 
 def environment(
-    *, signing_key: str, trusted_header_key_pem: str, resource: str, issuer: str
+    *,
+    signing_key: str,
+    trusted_header_key_pem: str,
+    resource: str,
+    issuer: str,
+    session_store: str | None = None,
 ) -> dict[str, str]:
-    return {
+    """The process environment. ``session_store``: a Redis URL with its password, given as
+    ``CACHE_CONNECTION_STRING`` (as the controller does, from a Secret), never on the command
+    line."""
+    env = {
         "GATEWAY_SIGNING_KEY": signing_key,
         "TRUSTED_HEADER_PUBLIC_KEY": trusted_header_key_pem,
         "OAUTH_RESOURCE_NAME": "Kubernetes MCP (kube-mcp-gateway local gateway)",
@@ -110,6 +149,9 @@ def environment(
         "OAUTH_BEARER_METHODS_SUPPORTED": "header",
         "OAUTH_SCOPES_SUPPORTED": "openid",
     }
+    if session_store:
+        env[SESSION_STORE_ENV] = session_store
+    return env
 
 
 def status(broker_port: int) -> dict[str, Any]:

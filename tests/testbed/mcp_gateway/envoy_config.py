@@ -50,6 +50,11 @@ MCP_PATH = "/mcp"
 ROUTER_FILTER = "kmg.mcp_router"
 STRIP_FILTER = "kmg.strip_client_headers"
 SERVER_NAME_FILTER = "kmg.server_name"
+ROUTER_CLUSTER = "mcp_router"  # the broker/router replicas' ext_proc (gRPC) ports
+BROKER_CLUSTER = "mcp_broker"  # the broker/router replicas' HTTP ports (/mcp, metadata)
+# With several broker replicas: the answer of the broker's /mcp route names the replica that
+# served it (its loopback address), so tests can tell replicas apart request by request.
+BROKER_REPLICA_HEADER = "x-kmg-broker-replica"
 AUTHZ_ERROR_STATUS = 502  # an auth service that cannot be reached (never one of their answers)
 UNAVAILABLE_BODY = (
     '{"allow":false,"error":"authorization_unavailable","reason":"an authorization service of '
@@ -126,11 +131,17 @@ class AuthLayer:
         return {f["name"]: {"@type": _EXT_AUTHZ_PER_ROUTE, "disabled": True} for f in self.filters}
 
 
-def static_cluster(name: str, port: int, *, http2: bool = False) -> dict[str, Any]:
+def static_cluster(name: str, port: int | Sequence[int], *, http2: bool = False) -> dict[str, Any]:
+    """A cluster of loopback endpoints; several ports are balanced round robin (each request, or
+    each ext_proc/gRPC stream, goes to the next endpoint)."""
+    ports = [port] if isinstance(port, int) else list(port)
+    if not ports:
+        raise ValueError(f"cluster {name} needs at least one port")
     cluster: dict[str, Any] = {
         "name": name,
         "connect_timeout": "2s",
         "type": "STATIC",
+        "lb_policy": "ROUND_ROBIN",
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [
@@ -139,10 +150,11 @@ def static_cluster(name: str, port: int, *, http2: bool = False) -> dict[str, An
                         {
                             "endpoint": {
                                 "address": {
-                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
+                                    "socket_address": {"address": "127.0.0.1", "port_value": p}
                                 }
                             }
                         }
+                        for p in ports
                     ]
                 }
             ],
@@ -312,8 +324,21 @@ def _router_filter() -> dict[str, Any]:
                 "request_trailer_mode": "SKIP",
                 "response_trailer_mode": "SKIP",
             },
-            "grpc_service": {"envoy_grpc": {"cluster_name": "mcp_router"}},
+            "grpc_service": {"envoy_grpc": {"cluster_name": ROUTER_CLUSTER}},
         },
+    }
+
+
+def _replica_header(broker_ports: Sequence[int]) -> dict[str, Any]:
+    """Several broker replicas: :data:`BROKER_REPLICA_HEADER` on the broker's answers (one: none,
+    the single-replica gateway stays as it was)."""
+    if len(broker_ports) < 2:
+        return {}
+    header = {"key": BROKER_REPLICA_HEADER, "value": "%UPSTREAM_REMOTE_ADDRESS%"}
+    return {
+        "response_headers_to_add": [
+            {"header": header, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        ]
     }
 
 
@@ -321,12 +346,14 @@ def bootstrap(
     *,
     listen_port: int,
     admin_port: int,
-    router_port: int,
-    broker_port: int,
+    router_ports: Sequence[int],
+    broker_ports: Sequence[int],
     servers: Sequence[GatewayServer],
     auth: AuthLayer,
 ) -> dict[str, Any]:
-    """The whole Envoy bootstrap of the local gateway."""
+    """The whole Envoy bootstrap of the local gateway. ``router_ports`` / ``broker_ports``: one
+    entry per broker/router replica (the ext_proc cluster and the broker's cluster balance round
+    robin over them)."""
     no_filters: dict[str, Any] = {
         STRIP_FILTER: {"@type": _LUA_PER_ROUTE, "disabled": True},
         ROUTER_FILTER: {"@type": _EXT_PROC_PER_ROUTE, "disabled": True},
@@ -380,15 +407,16 @@ def bootstrap(
                 {
                     # RFC 9728 metadata: public (clients read it after a 401); exact paths only.
                     "match": {"path": path},
-                    "route": {"cluster": "mcp_broker", "timeout": "10s"},
+                    "route": {"cluster": BROKER_CLUSTER, "timeout": "10s"},
                     "typed_per_filter_config": no_filters,
                 }
                 for path in METADATA_PATHS
             ),
             {
                 "match": {"path": MCP_PATH},
-                "route": {"cluster": "mcp_broker", "timeout": ROUTE_TIMEOUT},
+                "route": {"cluster": BROKER_CLUSTER, "timeout": ROUTE_TIMEOUT},
                 "typed_per_filter_config": dict(auth.broker_route),
+                **_replica_header(broker_ports),
             },
             not_found,
         ],
@@ -467,8 +495,8 @@ def bootstrap(
                 }
             ],
             "clusters": [
-                static_cluster("mcp_router", router_port, http2=True),
-                static_cluster("mcp_broker", broker_port),
+                static_cluster(ROUTER_CLUSTER, router_ports, http2=True),
+                static_cluster(BROKER_CLUSTER, broker_ports),
                 *(static_cluster(s.cluster, s.backend_port) for s in servers),
                 *auth.clusters,
             ],

@@ -101,7 +101,6 @@ SERVICES = (
     *(plan.service for plan in SERVER_PLANS),
     "token-exchange",
     "policy",
-    BROKER_ROUTER,
 )
 
 Progress = Callable[[str], None]
@@ -188,6 +187,8 @@ class LocalGateway:
     owns_testbed: bool = False
     subdir: str = "gateway"
     caller_secret: str = ""  # the gateway's credential at the plugins' checks (CALLER_HEADER)
+    # services[...] name -> ports of each broker/router replica (the first is BROKER_ROUTER)
+    brokers: dict[str, broker_router.BrokerRouterPorts] = field(default_factory=dict)
 
     @property
     def caller_headers(self) -> dict[str, str]:
@@ -250,10 +251,23 @@ class LocalGateway:
             }
         }
 
+    def set_session_store(self, session_store: str | None) -> None:
+        """Restart every broker/router replica with ``session_store`` as its
+        ``CACHE_CONNECTION_STRING`` (``None``: in-memory sessions), one after the other, each
+        waited for until it lists both servers again. Ports stay, so Envoy needs no change;
+        sessions in memory are lost, sessions in Redis stay."""
+        for name in self.brokers:
+            svc = self.services[name]
+            svc.stop()
+            svc.env.pop(broker_router.SESSION_STORE_ENV, None)
+            if session_store:
+                svc.env[broker_router.SESSION_STORE_ENV] = session_store
+            svc.start()
+
     def stop(self) -> None:
         """Stop what this stack started (Envoy first; the testbed only if it started it)."""
         self.envoy.stop()
-        for name in reversed(SERVICES):
+        for name in reversed(list(self.services)):  # the broker/router replicas first
             self.services[name].stop()
         self.opa.stop()
         if self.owns_testbed:
@@ -475,6 +489,33 @@ def plugin_auth_layer(ports: Mapping[str, int], caller_secret: str) -> AuthLayer
     )
 
 
+def broker_names(replicas: int) -> list[str]:
+    """``services[...]`` names of the broker/router replicas: ``mcp-gateway``, ``mcp-gateway-2``,
+    ... (their logs: ``<name>.log``)."""
+    return [BROKER_ROUTER, *(f"{BROKER_ROUTER}-{i}" for i in range(2, replicas + 1))]
+
+
+def _broker_service(
+    name: str,
+    ports: broker_router.BrokerRouterPorts,
+    *,
+    argv: list[str],
+    env: Mapping[str, str],
+    log_path: Path,
+    server_count: int,
+) -> Service:
+    """One broker/router replica, ready once it has listed every server (its ``/status``)."""
+    return Service(
+        name,
+        argv,
+        f"http://127.0.0.1:{ports.broker}/readyz",
+        log_path,
+        ports.router,
+        env=dict(env),
+        ready=lambda: broker_router.servers_ready(ports.broker, server_count),
+    )
+
+
 # -- start --------------------------------------------------------------------------------------
 def start_gateway(
     run_dir: Path,
@@ -490,6 +531,8 @@ def start_gateway(
     auth: AuthFactory = plugin_auth_layer,
     extra_facade_clients: Mapping[str, str] | None = None,
     wristband_form: str = "both",
+    broker_replicas: int = 1,
+    session_store: str | None = None,
 ) -> LocalGateway:
     """Our services, the real broker/router and Envoy next to a running testbed.
 
@@ -498,13 +541,26 @@ def start_gateway(
     ``subdir`` (a second stack in one run), ``auth`` (service ports -> :class:`AuthLayer`), the
     ``/token`` facade clients it needs (``extra_facade_clients``: client id -> secret) and the
     ``wristband_form`` of the signed lists.
+
+    ``broker_replicas`` broker/router processes share one signing key and one servers file;
+    Envoy balances the router's ext_proc streams and the broker's requests round robin over
+    them. ``session_store``: the Redis URL (password included) every replica gets as
+    ``CACHE_CONNECTION_STRING``; ``None`` keeps each replica's sessions in its own memory.
     """
+    if broker_replicas < 1:
+        raise ValueError("broker_replicas must be at least 1")
     gw_dir = run_dir / subdir
     gw_dir.mkdir(parents=True, exist_ok=True)
     secrets = gw_dir / "secrets"
     secrets.mkdir(exist_ok=True)
     secrets.chmod(0o700)
-    ports = {name: free_port() for name in (*SERVICES, "broker", "broker-metrics")}
+    ports = {name: free_port() for name in SERVICES}
+    replicas = {
+        name: broker_router.BrokerRouterPorts(
+            router=free_port(), broker=free_port(), metrics=free_port()
+        )
+        for name in broker_names(broker_replicas)
+    }
     listen_port = listen_port or free_port()
     gateway_host = f"127.0.0.1:{listen_port}"
     gateway_url = f"http://{gateway_host}"
@@ -634,31 +690,33 @@ def start_gateway(
             ports["policy"],
         )
 
-        # -- the real MCP Gateway broker/router -----------------------------------------------
-        router_ports = broker_router.BrokerRouterPorts(
-            router=ports[BROKER_ROUTER], broker=ports["broker"], metrics=ports["broker-metrics"]
-        )
+        # -- the real MCP Gateway broker/router (one process per replica, one signing key) ----
         servers_file, gateway_signing_key = broker_router.write_config(
             gw_dir, servers, secrets, credential=f"Bearer {discovery_token}"
         )
-        services[BROKER_ROUTER] = Service(
-            BROKER_ROUTER,
-            broker_router.argv(
-                servers_file, router_ports, public_host=gateway_host, private_host=gateway_host
-            ),
-            f"http://127.0.0.1:{ports['broker']}/readyz",
-            gw_dir / "mcp-gateway.log",
-            ports[BROKER_ROUTER],
-            env=broker_router.environment(
-                signing_key=gateway_signing_key,
-                trusted_header_key_pem=public_key.read_text(),
-                resource=f"{gateway_url}/mcp",
-                issuer=keycloak.issuer(REALM_MCP),
-            ),
-            ready=lambda: broker_router.servers_ready(ports["broker"], len(servers)),
+        broker_env = broker_router.environment(
+            signing_key=gateway_signing_key,
+            trusted_header_key_pem=public_key.read_text(),
+            resource=f"{gateway_url}/mcp",
+            issuer=keycloak.issuer(REALM_MCP),
+            session_store=session_store,
         )
+        for name, replica_ports in replicas.items():
+            services[name] = _broker_service(
+                name,
+                replica_ports,
+                argv=broker_router.argv(
+                    servers_file,
+                    replica_ports,
+                    public_host=gateway_host,
+                    private_host=gateway_host,
+                ),
+                env=broker_env,
+                log_path=gw_dir / f"{name}.log",
+                server_count=len(servers),
+            )
         progress("starting the policy service and the MCP Gateway broker/router (v0.9.0)")
-        for name in ("policy", BROKER_ROUTER):
+        for name in ("policy", *replicas):
             services[name].start()
             started.append(services[name])
 
@@ -667,8 +725,8 @@ def start_gateway(
         bootstrap = envoy_config.bootstrap(
             listen_port=listen_port,
             admin_port=admin_port,
-            router_port=router_ports.router,
-            broker_port=router_ports.broker,
+            router_ports=[r.router for r in replicas.values()],
+            broker_ports=[r.broker for r in replicas.values()],
             servers=servers,
             auth=auth(ports, caller_secret),
         )
@@ -694,9 +752,10 @@ def start_gateway(
         envoy=envoy,
         ca_file=ca_file,
         servers=servers,
-        broker_port=ports["broker"],
+        broker_port=replicas[BROKER_ROUTER].broker,
         subdir=subdir,
         caller_secret=caller_secret,
+        brokers=replicas,
     )
 
 

@@ -29,12 +29,12 @@ LAYERS = {
 }
 
 
-def _bootstrap(layer: str) -> dict[str, Any]:
+def _bootstrap(layer: str, replicas: int = 1) -> dict[str, Any]:
     return envoy_config.bootstrap(
         listen_port=10000,
         admin_port=10003,
-        router_port=10004,
-        broker_port=10005,
+        router_ports=[10004 + 10 * i for i in range(replicas)],
+        broker_ports=[10005 + 10 * i for i in range(replicas)],
         servers=SERVERS,
         auth=LAYERS[layer](),
     )
@@ -46,10 +46,11 @@ def _hcm(config: dict[str, Any]) -> dict[str, Any]:
     return hcm
 
 
+@pytest.mark.parametrize("replicas", [1, 2])
 @pytest.mark.parametrize("layer", sorted(LAYERS))
-def test_envoy_accepts_the_configuration(layer: str, tmp_path: Path) -> None:
+def test_envoy_accepts_the_configuration(layer: str, replicas: int, tmp_path: Path) -> None:
     path = tmp_path / "envoy.yaml"
-    path.write_text(envoy_config.render(_bootstrap(layer)))
+    path.write_text(envoy_config.render(_bootstrap(layer, replicas)))
     done = subprocess.run(
         [str(envoy_binary()), "--mode", "validate", "--config-path", str(path)],
         capture_output=True,
@@ -117,3 +118,39 @@ def test_check_requests_carry_the_configured_headers() -> None:
         ]
     rendered = yaml.safe_load(envoy_config.render(_bootstrap("plugins")))
     assert rendered == _bootstrap("plugins")
+
+
+def _clusters(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in config["static_resources"]["clusters"]}
+
+
+def _ports(cluster: dict[str, Any]) -> list[int]:
+    (group,) = cluster["load_assignment"]["endpoints"]
+    return [e["endpoint"]["address"]["socket_address"]["port_value"] for e in group["lb_endpoints"]]
+
+
+def _broker_route(config: dict[str, Any]) -> dict[str, Any]:
+    hosts = {vh["name"]: vh for vh in _hcm(config)["route_config"]["virtual_hosts"]}
+    (route,) = [r for r in hosts["gateway"]["routes"] if r["match"] == {"path": "/mcp"}]
+    return route
+
+
+def test_broker_replicas_are_balanced_round_robin_for_ext_proc_and_the_broker() -> None:
+    """Two replicas: the router's ext_proc cluster (HTTP/2) and the broker's cluster each hold
+    both replicas' ports, round robin; the broker's answers name the replica that served them.
+    One replica: one endpoint each, no such header (the single-replica gateway as before)."""
+    two, one = _bootstrap("plugins", 2), _bootstrap("plugins", 1)
+    for config, count in ((two, 2), (one, 1)):
+        clusters = _clusters(config)
+        router = clusters[envoy_config.ROUTER_CLUSTER]
+        broker = clusters[envoy_config.BROKER_CLUSTER]
+        assert _ports(router) == [10004 + 10 * i for i in range(count)]
+        assert _ports(broker) == [10005 + 10 * i for i in range(count)]
+        assert router["lb_policy"] == broker["lb_policy"] == "ROUND_ROBIN"
+        assert "explicit_http_config" in str(router["typed_extension_protocol_options"])
+    (added,) = _broker_route(two)["response_headers_to_add"]
+    assert added["header"] == {
+        "key": envoy_config.BROKER_REPLICA_HEADER,
+        "value": "%UPSTREAM_REMOTE_ADDRESS%",
+    }
+    assert "response_headers_to_add" not in _broker_route(one)
