@@ -58,6 +58,8 @@ FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--max-response-bytes", "max_response_bytes", {"type": int}),
     ("--max-concurrent-calls-per-user", "max_concurrent_calls_per_user", {"type": int}),
     ("--log-tail-lines", "log_tail_lines", {"type": int}),
+    ("--log-grep-max-lines", "log_grep_max_lines", {"type": int}),
+    ("--log-grep-max-bytes", "log_grep_max_bytes", {"type": int}),
     ("--request-timeout-s", "request_timeout_s", {"type": float}),
     ("--connect-timeout-s", "connect_timeout_s", {"type": float}),
     ("--pool-size", "pool_size", {"type": int}),

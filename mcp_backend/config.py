@@ -256,6 +256,18 @@ class Settings(_Model):
         "with a tool error",
     )
     log_tail_lines: int = Field(100, ge=1, description="default tail of pods_log")
+    log_grep_max_lines: int = Field(
+        100_000,
+        ge=1,
+        description="lines at the end of a pod log (after since/sinceTime) that pods_log reads "
+        "and filters, line by line as they arrive, when `grep` is given",
+    )
+    log_grep_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="most bytes of one pod log pods_log reads when `grep` is given (limitBytes); "
+        "only matching lines are kept",
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="timeout of one API server call")
     connect_timeout_s: float = Field(5.0, gt=0, description="TCP+TLS connect timeout")
     pool_size: int = Field(32, ge=1, description="max pooled connections per cluster")

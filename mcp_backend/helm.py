@@ -98,7 +98,7 @@ class HelmRunner:
         if returncode != 0:
             if guard.refused:
                 after = (
-                    "nothing was installed"
+                    "nothing was changed: a dry run"
                     if "--dry-run=server" in args
                     else "the release may be left 'failed': helm_list shows it"
                 )

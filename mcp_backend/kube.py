@@ -320,6 +320,36 @@ class KubeClient:
             return "?"
         return str(((review.get("status") or {}).get("userInfo") or {}).get("username", "?"))
 
+    @contextlib.asynccontextmanager
+    async def stream_text(
+        self, token: str, path: str, *, params: Mapping[str, str | int]
+    ) -> AsyncIterator[aiohttp.StreamReader]:
+        """A GET whose text body is read piece by piece: ``async with`` gives the body's stream
+        (after the access check and the status: a refusal raises as :meth:`request` does).
+        Leaving the block drops the rest unread; the connection is closed, not reused."""
+        _check_path(path)
+        parsed = self.access.check_request("GET", path)
+        headers = {"Authorization": f"Bearer {token}", "Accept": "text/plain,application/json"}
+        try:
+            async with self.session().get(path.lstrip("/"), params=params, headers=headers) as resp:
+                self.metrics.upstream_requests.labels(self.name, f"{resp.status // 100}xx").inc()
+                if resp.status >= 400:
+                    raw = await resp.content.read(64 * 1024)
+                    raise await self._error(token, "GET", path, parsed, resp.status, raw)
+                yield resp.content
+        except TimeoutError:
+            self.metrics.upstream_requests.labels(self.name, "timeout").inc()
+            raise Unreachable(
+                f"cluster {self.name!r} at {self.cluster.server} did not send GET {_short(path)} "
+                f"within {self.settings.request_timeout_s:g}s; it may be overloaded or unreachable"
+            ) from None
+        except aiohttp.ClientError as exc:
+            self.metrics.upstream_requests.labels(self.name, "unreachable").inc()
+            raise Unreachable(
+                f"cluster {self.name!r} at {self.cluster.server} is unreachable: "
+                f"{_client_error_text(exc)}; check the cluster address and that it is up",
+            ) from None
+
     # -- exec ----------------------------------------------------------------------------------
 
     async def exec(

@@ -437,6 +437,8 @@ async def read_log(
     previous: bool,
     tail: int | None,
     limit_bytes: int,
+    since_seconds: int | None = None,
+    since_time: str | None = None,
 ) -> str:
     params: dict[str, str | int] = {"limitBytes": limit_bytes}
     if container:
@@ -445,6 +447,10 @@ async def read_log(
         params["previous"] = "true"
     if tail:
         params["tailLines"] = tail
+    if since_seconds is not None:
+        params["sinceSeconds"] = since_seconds
+    if since_time is not None:
+        params["sinceTime"] = since_time
     text: str = await api.get(
         POD.path(namespace, name) + "/log",
         params=params,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tests import readme_options
+from mcp_backend.tools import all_tools
+from tests import readme_options, readme_tools
 
 
 def test_settings_reference_matches_the_models() -> None:
@@ -21,3 +22,14 @@ def test_every_setting_appears_in_the_reference() -> None:
         assert rows, svc.title
         for row in rows:
             assert f"`{row.name}`" in block, (svc.title, row.name)
+
+
+def test_tool_table_matches_the_registry() -> None:
+    text = readme_options.README.read_text()
+    block = readme_tools.current_block(text)
+    assert block is not None, "README.md lost its tool-table markers"
+    assert block == readme_tools.render(), (
+        "README.md's tool table is stale: run `python -m tests.readme_tools --write`"
+    )
+    for spec in all_tools():
+        assert f"| `{spec.name}` |" in block, spec.name

@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
-from mcp_backend.tools import config, diagnose, events, helm, namespaces, nodes, pods, resources
+from mcp_backend.tools import (
+    access_review,
+    config,
+    diagnose,
+    events,
+    helm,
+    helm_release,
+    namespaces,
+    nodes,
+    pods,
+    resources,
+    rollout,
+)
 from mcp_backend.tools.base import ToolRegistry, ToolSpec
 
 
 def all_tools() -> ToolRegistry:
     """Every tool this server knows, in a registry that refuses duplicate names."""
     specs: list[ToolSpec] = []
-    for module in (config, events, helm, namespaces, nodes, pods, resources, diagnose):
+    for module in (
+        config,
+        events,
+        helm,
+        helm_release,
+        namespaces,
+        nodes,
+        pods,
+        resources,
+        diagnose,
+        rollout,
+        access_review,
+    ):
         specs += module.tools()
     return ToolRegistry(specs)

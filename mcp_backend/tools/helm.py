@@ -91,9 +91,11 @@ async def install_checked(
     approved: set[tuple[str, str]],
     files: dict[str, str],
     home: Path,
+    tool: str = "helm_install",
 ) -> dict[str, Any]:
     """``helm <args>`` with ``helm_post_render`` as post-renderer: helm renders the chart again
-    for the install, and anything but the ``approved`` kinds stops it before it creates a thing."""
+    for the install (or upgrade), and anything but the ``approved`` kinds stops it before it
+    changes a thing."""
     files = {
         **files,
         "post-render.py": launcher(),
@@ -108,7 +110,7 @@ async def install_checked(
         refused = home / REFUSAL_FILE
         if refused.exists():
             raise AccessDenied(
-                "helm_install refused, helm stopped before creating the release: "
+                f"{tool} refused, helm stopped before changing the release: "
                 + refused.read_text(encoding="utf-8")
             ) from None
         raise

@@ -22,6 +22,12 @@ from mcp_backend.tools.base import (
     list_resource,
     prop,
 )
+from mcp_backend.tools.log_filters import (
+    LOG_FILTER_PROPS,
+    grep_pod_log,
+    log_query,
+    window_text,
+)
 
 DEFAULT_NAMESPACE = "default"
 METRICS_GROUP = "metrics.k8s.io"
@@ -190,17 +196,22 @@ async def pods_log(ctx: ToolContext) -> ToolOutput:
     api = await ctx.api()
     name, namespace = ctx.req("name"), ctx.text("namespace", default=DEFAULT_NAMESPACE) or ""
     tail = ctx.integer("tail", default=ctx.settings.log_tail_lines, minimum=0)
+    query = log_query(ctx, namespace, name)
+    if ctx.text("grep") is not None:
+        return await grep_pod_log(ctx, api, query, tail)
     text = await read_log(
         api,
         namespace,
         name,
-        container=ctx.text("container"),
-        previous=ctx.flag("previous", default=False),
+        container=query.container,
+        previous=query.previous,
         tail=tail,
         limit_bytes=ctx.settings.output_max_chars * 4,
+        since_seconds=query.since_seconds,
+        since_time=query.since_time,
     )
     if not text:
-        text = f"(pod {namespace}/{name} has no log output)\n"
+        text = f"(pod {namespace}/{name} has no log output{window_text(query)})\n"
     return ToolOutput(text=tail_cap(text, ctx.settings.output_max_chars))
 
 
@@ -343,10 +354,12 @@ def tools() -> list[ToolSpec]:
                 "previous": prop("boolean", "Return previous terminated container logs (Optional)"),
                 "tail": prop(
                     "integer",
-                    "Number of lines to retrieve from the end of the logs (Optional, default: 100)",
+                    "Number of lines to retrieve from the end of the logs (Optional, default: 100; "
+                    "with grep: the number of matching lines)",
                     default=100,
                     minimum=0,
                 ),
+                **LOG_FILTER_PROPS,
             },
             ("name",),
             R,

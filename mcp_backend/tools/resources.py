@@ -21,6 +21,7 @@ from mcp_backend.tools.base import (
     list_resource,
     prop,
 )
+from mcp_backend.tools.dry_run import DRY_RUN_PROP, dry_run_output
 from mcp_backend.tools.pods import DEFAULT_NAMESPACE
 
 _KIND = {
@@ -52,6 +53,8 @@ async def resources_get(ctx: ToolContext) -> ToolOutput:
 
 
 async def resources_create_or_update(ctx: ToolContext) -> ToolOutput:
+    if ctx.flag("dryRun", default=False):
+        return await dry_run_output(ctx)
     api = await ctx.api()
     objects = parse_manifests(ctx.req("resource"))
     # Every object is checked before the first is applied: a refusal applies nothing.
@@ -146,14 +149,16 @@ def tools() -> list[ToolSpec]:
             "resources_create_or_update",
             "Create or update a Kubernetes resource in the current cluster by providing a YAML or "
             "JSON representation of the resource (server-side apply; several YAML documents "
-            "allowed)",
+            "allowed; dryRun=true previews the API server's result and the diff against the live "
+            "object without changing anything)",
             {
                 "resource": prop(
                     "string",
                     "A JSON or YAML containing a representation of the "
                     "Kubernetes resource. Should include top-level fields such as "
                     "apiVersion,kind,metadata, and spec",
-                )
+                ),
+                "dryRun": DRY_RUN_PROP,
             },
             ("resource",),
             Annotations(False, True, True, True),

@@ -19,6 +19,10 @@ WRITE_TOOLS = {
     "resources_scale",
     "helm_install",
     "helm_uninstall",
+    "helm_upgrade",
+    "helm_rollback",
+    "rollout_restart",
+    "rollout_undo",
 }
 DESTRUCTIVE = {
     "pods_delete",
@@ -27,6 +31,10 @@ DESTRUCTIVE = {
     "resources_delete",
     "resources_scale",
     "helm_uninstall",
+    "helm_upgrade",
+    "helm_rollback",
+    "rollout_restart",
+    "rollout_undo",
 }
 
 

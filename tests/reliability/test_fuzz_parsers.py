@@ -423,7 +423,9 @@ TOOL_NAMES = [
     "resources_list", "resources_get", "resources_create_or_update", "resources_delete",
     "resources_scale", "events_list", "namespaces_list", "nodes_log", "nodes_top",
     "nodes_stats_summary", "configuration_view", "configuration_contexts_list", "helm_list",
-    "helm_install", "helm_uninstall", "workload_diagnose", "no_such_tool",
+    "helm_install", "helm_uninstall", "helm_status", "helm_history", "helm_upgrade",
+    "helm_rollback", "rollout_status", "rollout_history", "rollout_restart", "rollout_undo",
+    "can_i", "workload_diagnose", "no_such_tool",
 ]  # fmt: skip
 
 
@@ -458,7 +460,9 @@ async def nobody_backend(cluster_a: Any, service_account_token: Any) -> Any:
             st.sampled_from(
                 ["name", "namespace", "context", "apiVersion", "kind", "labelSelector",
                  "fieldSelector", "resource", "command", "tail", "limit", "output", "scale",
-                 "values", "chart", "continue", "container", "query", "tailLines"]
+                 "values", "chart", "continue", "container", "query", "tailLines", "since",
+                 "sinceTime", "grep", "grepRegex", "dryRun", "revision", "verb", "max",
+                 "reuse_values"]
             ),
             json_values,
             max_size=6,

@@ -19,8 +19,10 @@ connection refused``). Tokens of that issuer get 401 until a retry succeeds: cal
 :meth:`Cluster.wait_token_accepted` once Keycloak is up.
 
 Pods on kwok nodes never run. kwok serves ``logs`` from one CRI-format file
-(``Cluster.fake_log_file``) for every container, and runs ``exec`` commands *on this machine*, in
-``Cluster.exec_dir``: it is a testbed for an API-driven tool, not a sandbox.
+(``Cluster.fake_log_file``) for every container but those named ``scripted``, whose log is
+``Cluster.scripted_log_file`` (tests write it; kwok reads it at each request, honouring
+``sinceSeconds``/``sinceTime``/``tailLines`` like a kubelet), and runs ``exec`` commands *on
+this machine*, in ``Cluster.exec_dir``: it is a testbed for an API-driven tool, not a sandbox.
 
 Node addresses: kube-apiserver refuses to proxy to a node whose address is not global unicast
 (``/api/v1/nodes/<n>/proxy/...`` answers 400 ``address not allowed`` for 127.0.0.1, see
@@ -136,6 +138,11 @@ class Cluster:
     kubelet_port: int  # kwok's kubelet-facing port (on 127.0.0.1)
     processes: dict[str, process.ManagedProcess] = field(default_factory=dict)
     startup_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def scripted_log_file(self) -> Path:
+        """The CRI-format log kwok serves for every container named ``scripted``."""
+        return scripted_log_path(self.fake_log_file)
 
     # -- clients -------------------------------------------------------------------------------
     def configuration(self, token: str | None = None) -> k8s.Configuration:
@@ -418,6 +425,7 @@ def start_cluster(
     authn_config.write_text(yaml.safe_dump(authentication_configuration(jwt_issuers)))
     fake_log = cluster_dir / "fake-container.log"
     _write_fake_log(fake_log)
+    scripted_log_path(fake_log).touch()
     exec_dir = cluster_dir / "exec"
     exec_dir.mkdir(exist_ok=True)
     kwok_config = cluster_dir / "kwok.yaml"
@@ -665,6 +673,13 @@ def _write_kubeconfig(path: Path, name: str, server: str, ca_file: Path, pair: C
     return path
 
 
+SCRIPTED_CONTAINER = "scripted"
+
+
+def scripted_log_path(fake_log: Path) -> Path:
+    return fake_log.parent / "scripted-container.log"
+
+
 def _write_fake_log(path: Path) -> None:
     start = dt.datetime.now(dt.UTC)
     lines = []
@@ -705,7 +720,16 @@ def _kwok_config(log_file: Path, exec_dir: Path) -> str:
         "apiVersion": "kwok.x-k8s.io/v1alpha1",
         "kind": "ClusterLogs",
         "metadata": {"name": "all-pods"},
-        "spec": {"logs": [{"logsFile": str(log_file), "follow": False}]},
+        "spec": {
+            "logs": [
+                {"logsFile": str(log_file), "follow": False},
+                {
+                    "containers": [SCRIPTED_CONTAINER],
+                    "logsFile": str(scripted_log_path(log_file)),
+                    "follow": False,
+                },
+            ]
+        },
     }
     cluster_exec = {
         "apiVersion": "kwok.x-k8s.io/v1alpha1",

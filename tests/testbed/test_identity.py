@@ -28,7 +28,8 @@ from tests.testbed.keycloak import TokenError, decode_jwt
 from tests.testbed.opa_server import FIXTURE_DIR, OpaServer
 from tests.testbed.ports import free_port
 
-# tool-catalogue.md (23 tools of containers/kubernetes-mcp-server) + our workload_diagnose.
+# tool-catalogue.md (23 tools of containers/kubernetes-mcp-server) + our workload_diagnose and
+# day-2 tools (helm status/history/upgrade/rollback, rollout_*, can_i).
 READ_ONLY_TOOLS = {
     "configuration_contexts_list",
     "configuration_view",
@@ -46,6 +47,11 @@ READ_ONLY_TOOLS = {
     "resources_get",
     "helm_list",
     "workload_diagnose",
+    "helm_status",
+    "helm_history",
+    "rollout_status",
+    "rollout_history",
+    "can_i",
 }
 WRITE_TOOLS = {
     "pods_delete",
@@ -56,6 +62,10 @@ WRITE_TOOLS = {
     "resources_scale",
     "helm_install",
     "helm_uninstall",
+    "helm_upgrade",
+    "helm_rollback",
+    "rollout_restart",
+    "rollout_undo",
 }
 ALL_TOOLS = READ_ONLY_TOOLS | WRITE_TOOLS
 PROMPT_ROLES = {"prompt:cluster-health-check"}  # prompts are granted by role prompt:<name>
