@@ -175,18 +175,28 @@ class Handlers:
                 is_error=True,
             )
         elapsed = time.perf_counter() - started
-        self.metrics.tool_calls.labels(spec.name, outcome).inc()
-        self.metrics.tool_seconds.labels(spec.name).observe(elapsed)
+        cluster = self._cluster_label(args.get("context"))
+        self.metrics.tool_calls.labels(spec.name, cluster, outcome).inc()
+        self.metrics.tool_seconds.labels(spec.name, cluster).observe(elapsed)
         log.info(
             "tool call",
             extra={
                 "tool": spec.name,
-                "cluster": args.get("context") or self.clusters.default.name,
+                "cluster": cluster,
                 "outcome": outcome,
                 "duration_ms": round(elapsed * 1000, 2),
             },
         )
         return result
+
+    def _cluster_label(self, context: object) -> str:
+        """The cluster a call named, for metrics and logs: a configured name only, so a
+        caller cannot grow the label set (or write into the log) with made-up contexts."""
+        if not context:
+            return self.clusters.default.name
+        if isinstance(context, str) and context in self.clusters.clusters:
+            return context
+        return "unknown"
 
     async def list_prompts(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
