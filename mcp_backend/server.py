@@ -19,6 +19,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
 
 from mcp_backend import __version__
+from mcp_backend.audit import audited_arguments, caller_of, trace_id
 from mcp_backend.auth import TokenBinding, extract_token
 from mcp_backend.caller_limits import CallLimiter
 from mcp_backend.clusters import ClusterRegistry
@@ -178,13 +179,23 @@ class Handlers:
         cluster = self._cluster_label(args.get("context"))
         self.metrics.tool_calls.labels(spec.name, cluster, outcome).inc()
         self.metrics.tool_seconds.labels(spec.name, cluster).observe(elapsed)
+        caller = caller_of(token)
         log.info(
             "tool call",
             extra={
+                "audit": True,
+                "trace_id": trace_id(headers),
+                "user": caller.user,
+                "groups": list(caller.groups),
+                "client": caller.client,
                 "tool": spec.name,
                 "cluster": cluster,
+                "arguments": audited_arguments(args),
                 "outcome": outcome,
                 "duration_ms": round(elapsed * 1000, 2),
+                "bytes": sum(
+                    len(c.text.encode()) for c in result.content if isinstance(c, types.TextContent)
+                ),
             },
         )
         return result

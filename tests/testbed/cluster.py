@@ -90,6 +90,7 @@ RESOURCE_METRICS_PATH_ANNOTATION = "metrics.k8s.io/resource-metrics-path"
 USAGE_CPU_ANNOTATION = "kwok.x-k8s.io/usage-cpu"
 USAGE_MEMORY_ANNOTATION = "kwok.x-k8s.io/usage-memory"
 FRONT_PROXY_CLIENT = "front-proxy-client"
+AUDIT_POLICY = Path(__file__).with_name("apiserver-audit-policy.yaml")
 # Usage of a fake node beyond its pods' (kubelet, OS): without it an empty node reports nothing.
 NODE_BASE_CPU_CORES = 0.05
 NODE_BASE_MEMORY_BYTES = 256 * 1024 * 1024
@@ -138,6 +139,11 @@ class Cluster:
     kubelet_port: int  # kwok's kubelet-facing port (on 127.0.0.1)
     processes: dict[str, process.ManagedProcess] = field(default_factory=dict)
     startup_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: JSON lines, policy ``apiserver-audit-policy.yaml``."""
+        return self.log_dir / "apiserver-audit.log"
 
     @property
     def scripted_log_file(self) -> Path:
@@ -517,6 +523,10 @@ def start_cluster(
                 f"--egress-selector-config-file={egress_config}",
                 "--endpoint-reconciler-type=none",  # no real network: no endpoints for `kubernetes`
                 "--profiling=false",
+                f"--audit-policy-file={AUDIT_POLICY}",
+                f"--audit-log-path={cluster.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",  # each event written before the answer: no lag
             ],
         )
         etcd.wait_until(
