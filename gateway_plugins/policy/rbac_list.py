@@ -107,6 +107,28 @@ def user_key(claims: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+class Reviewed:
+    """A user's rules on one server (one set per namespace) and the lists already filtered
+    with them: a warm tools/list costs a dict lookup, not a rule match per tool."""
+
+    __slots__ = ("_memo", "rule_sets")
+    MEMO_SIZE = 8  # distinct role-derived lists of one user (a policy change clears the cache)
+
+    def __init__(self, rule_sets: RuleSets) -> None:
+        self.rule_sets = rule_sets
+        self._memo: dict[tuple[str, ...], list[str]] = {}
+
+    def kept(self, tools: list[str]) -> list[str]:
+        key = tuple(tools)
+        found = self._memo.get(key)
+        if found is None:
+            found = filter_tools(tools, self.rule_sets)
+            if len(self._memo) >= self.MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = found
+        return list(found)
+
+
 @dataclass(frozen=True)
 class Filtered:
     """The tools to list, and whether some server fell back to its role-derived list."""
@@ -123,10 +145,10 @@ class RbacListFilter:
         self._metrics = metrics
         self._clusters = {c.server: c for c in settings.clusters}
         self._sessions: dict[str, aiohttp.ClientSession] = {}
-        self._cache: OrderedDict[tuple[str, str], tuple[float, RuleSets | ReviewFailed]] = (
+        self._cache: OrderedDict[tuple[str, str], tuple[float, Reviewed | ReviewFailed]] = (
             OrderedDict()
         )
-        self._rounds: dict[tuple[str, str], asyncio.Task[RuleSets]] = {}
+        self._rounds: dict[tuple[str, str], asyncio.Task[Reviewed]] = {}
         self._slots = asyncio.Semaphore(settings.max_concurrent_reviews)
         self._waiting = 0
 
@@ -167,17 +189,20 @@ class RbacListFilter:
         servers = [s for s in allowed if s in self._clusters]
         if not servers:
             return Filtered({s: list(t) for s, t in allowed.items()}, False)
-        results = await asyncio.gather(*(self._rule_sets(s, token, user) for s in servers))
+        if len(servers) == 1:  # the common case: no task per list
+            results = [await self._reviewed(servers[0], token, user)]
+        else:
+            results = await asyncio.gather(*(self._reviewed(s, token, user) for s in servers))
         out = {s: list(t) for s, t in allowed.items()}
         degraded = False
-        for server, rule_sets in zip(servers, results, strict=True):
-            if rule_sets is None:
+        for server, reviewed in zip(servers, results, strict=True):
+            if reviewed is None:
                 degraded = True
                 continue
-            out[server] = filter_tools(out[server], rule_sets)
+            out[server] = reviewed.kept(out[server])
         return Filtered(out, degraded)
 
-    async def _rule_sets(self, server: str, token: str | None, user: str) -> RuleSets | None:
+    async def _reviewed(self, server: str, token: str | None, user: str) -> Reviewed | None:
         key = (user, server)
         outcome = self._cached(key)
         if outcome is None:
@@ -187,7 +212,7 @@ class RbacListFilter:
             return None
         return outcome
 
-    def _cached(self, key: tuple[str, str]) -> RuleSets | ReviewFailed | None:
+    def _cached(self, key: tuple[str, str]) -> Reviewed | ReviewFailed | None:
         entry = self._cache.get(key)
         if entry is None or entry[0] <= time.monotonic():
             return None
@@ -197,7 +222,7 @@ class RbacListFilter:
 
     async def _join_round(
         self, key: tuple[str, str], server: str, token: str | None
-    ) -> RuleSets | ReviewFailed:
+    ) -> Reviewed | ReviewFailed:
         task = self._rounds.get(key)
         if task is None:
             self._metrics.cache.labels("miss").inc()
@@ -211,12 +236,12 @@ class RbacListFilter:
         except ReviewFailed as exc:
             return exc
 
-    def _round_done(self, key: tuple[str, str], task: asyncio.Task[RuleSets]) -> None:
+    def _round_done(self, key: tuple[str, str], task: asyncio.Task[Reviewed]) -> None:
         self._rounds.pop(key, None)
         if not task.cancelled():
             task.exception()  # retrieved here too: its waiters may all have gone away
 
-    async def _round(self, key: tuple[str, str], server: str, token: str | None) -> RuleSets:
+    async def _round(self, key: tuple[str, str], server: str, token: str | None) -> Reviewed:
         cluster = self._clusters[server]
         started = time.perf_counter()
         try:
@@ -236,8 +261,9 @@ class RbacListFilter:
             raise failed from None
         finally:
             self._metrics.seconds.observe(time.perf_counter() - started)
-        self._store(key, rule_sets, self._settings.cache_ttl_s)
-        return rule_sets
+        reviewed = Reviewed(rule_sets)
+        self._store(key, reviewed, self._settings.cache_ttl_s)
+        return reviewed
 
     def _remember_failure(
         self, key: tuple[str, str], cluster: RbacCluster, exc: ReviewFailed
@@ -253,7 +279,7 @@ class RbacListFilter:
         if self._settings.failure_ttl_s > 0:
             self._store(key, exc, self._settings.failure_ttl_s)
 
-    def _store(self, key: tuple[str, str], value: RuleSets | ReviewFailed, ttl: float) -> None:
+    def _store(self, key: tuple[str, str], value: Reviewed | ReviewFailed, ttl: float) -> None:
         self._cache[key] = (time.monotonic() + ttl, value)
         self._cache.move_to_end(key)
         while len(self._cache) > self._settings.cache_size:
