@@ -9,6 +9,7 @@ gives it only ClusterRole ``view`` in a namespace of its own here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -291,3 +292,64 @@ def test_settings_refuse_a_plain_http_api_server_and_an_empty_cluster_list() -> 
     with pytest.raises(ValueError, match="at least one entry"):
         RbacListSettings(enabled=True)
     assert json.loads(RbacListSettings().model_dump_json())["enabled"] is False
+
+
+@contextlib.asynccontextmanager
+async def _silent_api_server() -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """An address that accepts connections and never answers: an API server hung mid-handshake.
+
+    A stand-in (not a real API server): the real one cannot be made to hang on demand without
+    stopping it for every other test of the session. Yields its URL and an event set on the
+    first connection."""
+    connected = asyncio.Event()
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        connected.set()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"https://127.0.0.1:{port}", connected
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_hung_api_server_times_out_and_the_bound_refuses_more_at_once(
+    keycloak: kc.Keycloak,
+    policy_work: Path,
+    cluster_a: Cluster,
+    view_only_namespace: str,
+    mcp_token: str,
+    viewer_token: str,
+) -> None:
+    async with _silent_api_server() as (url, connected):
+        settings = _settings(
+            keycloak,
+            policy_work / "rbac-hung",
+            cluster_a,
+            view_only_namespace,
+            api_server=url,
+            exchange=False,
+        )
+        rbac = settings.rbac_list.model_copy(
+            update={"max_concurrent_reviews": 1, "max_waiting_reviews": 0, "timeout_s": 2.0}
+        )
+        settings = settings.model_copy(update={"rbac_list": rbac})
+        async with running_policy(settings) as running:
+            first = asyncio.create_task(_tools_list(running, mcp_token))
+            await asyncio.wait_for(connected.wait(), 10)  # mcp's review holds the only slot
+            # viewer's review finds the slot taken and no room to wait: role-only at once.
+            viewer = set((await _tools_list(running, viewer_token))[SERVER])
+            assert "pods_list" in viewer  # the role-derived list
+            assert not first.done()
+            assert (
+                await _metric(running, "policy_rbac_list_fallbacks_total", reason="overloaded") == 1
+            )
+            listed = set((await first)[SERVER])  # mcp's round ran out of time
+            assert set(CHANGING_TOOLS) <= listed
+            assert await _metric(running, "policy_rbac_list_fallbacks_total", reason="timeout") == 1
