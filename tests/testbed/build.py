@@ -19,7 +19,6 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -349,16 +348,11 @@ def build_go(comp: GoComponent, *, force: bool = False) -> Path:
     return out
 
 
-# Extra provisioners (Keycloak distribution, Java runtime, ...) register here: each is called with
-# ``force`` and must be idempotent and cached like the Go components.
-EXTRA_PROVISIONERS: list[Callable[[bool], None]] = []
-
-
-def _load_extra_provisioners() -> None:
-    from tests.testbed import provisioners  # noqa: F401 - registers into EXTRA_PROVISIONERS
-
-
 def main(argv: list[str] | None = None) -> int:
+    # The non-Go components (Keycloak, Redis, nginx) are listed in provisioners.py, which does
+    # not import this module: the dependency goes one way.
+    from tests.testbed.provisioners import PROVISIONERS
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -370,17 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     for comp in GO_COMPONENTS:
         if not args.only or comp.name in args.only:
             build_go(comp, force=args.force)
-    _load_extra_provisioners()
-    for provision in EXTRA_PROVISIONERS:
-        if not args.only or provision.__name__ in args.only:
+    for name, provision in PROVISIONERS.items():
+        if not args.only or name in args.only:
             provision(args.force)
     _log(f"ready in {time.monotonic() - started:.1f}s")
     return 0
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, not this __main__ copy: provisioners register into
-    # tests.testbed.build.EXTRA_PROVISIONERS, which a second module object would not see.
-    from tests.testbed import build as _build
-
-    sys.exit(_build.main())
+    sys.exit(main())

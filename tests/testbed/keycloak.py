@@ -2,7 +2,7 @@
 runtime, a pre-built optimized server in the cache) and a managed HTTPS server with the realms of
 ``manifests/keycloak/`` imported.
 
-Provisioning (``python -m tests.testbed.build`` runs it through ``provisioners.py``):
+Provisioning (``python -m tests.testbed.build`` runs it, listed in ``provisioners.py``):
 
 * ``org.keycloak:keycloak-quarkus-dist:<version>`` tar.gz from Maven Central, checked against the
   ``.sha1`` Maven Central publishes next to it, into ``<cache>/keycloak-<version>/``.

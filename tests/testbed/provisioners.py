@@ -1,26 +1,19 @@
-"""Non-Go components fetched into the cache; each registers in ``build.EXTRA_PROVISIONERS``."""
+"""The non-Go components ``python -m tests.testbed.build`` fetches into the cache, by name (the
+names ``--only`` takes). Each provisioner is called with ``force``, is idempotent and caches like
+the Go components. This module does not import ``build``: ``build`` reads the list.
+"""
 
 from __future__ import annotations
 
-from tests.testbed import build
-from tests.testbed import keycloak as _keycloak
-from tests.testbed import nginx_server as _nginx
-from tests.testbed import redis_server as _redis
+from collections.abc import Callable, Mapping
 
+from tests.testbed import keycloak, nginx_server, redis_server
 
-def keycloak(force: bool = False) -> None:
-    """Keycloak distribution (Maven Central, sha1-checked), Java >= 21, optimized server build."""
-    _keycloak.provision(force)
-
-
-def redis(force: bool = False) -> None:
-    """redis-server from PATH, else Debian's redis-server package unpacked into the cache."""
-    _redis.provision(force)
-
-
-def nginx(force: bool = False) -> None:
-    """nginx from PATH (the OPA bundle server of the policy reload tests), else Debian's."""
-    _nginx.provision(force)
-
-
-build.EXTRA_PROVISIONERS.extend([keycloak, redis, nginx])
+PROVISIONERS: Mapping[str, Callable[[bool], object]] = {
+    # Keycloak distribution (Maven Central, sha1-checked), Java >= 21, optimized server build
+    "keycloak": keycloak.provision,
+    # redis-server from PATH, else Debian's redis-server package unpacked into the cache
+    "redis": redis_server.provision,
+    # nginx from PATH (the OPA bundle server of the policy reload tests), else Debian's
+    "nginx": nginx_server.provision,
+}
