@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from kmg_common.tracing import subject_name
 from mcp_backend.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -47,6 +48,16 @@ def extract_token(headers: Mapping[str, str]) -> str | None:
         if header == ALT_HEADER and " " not in value:
             return value
     return None
+
+
+def token_user(token: str) -> str | None:
+    """The user a JWT names (username, else subject; read, not verified: the API server
+    verifies it), for traces and logs; None for an opaque or unreadable token."""
+    try:
+        claims = _jwt_claims(token)
+    except ValueError:
+        return None
+    return subject_name(claims)
 
 
 def _jwt_claims(token: str) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from kmg_common.tracing import Tracing
 from mcp_backend.access import AccessPolicy, ApiPath
 from mcp_backend.config import ClusterConfig, Settings
 from mcp_backend.discovery import segment
@@ -62,9 +63,15 @@ class KubeClient:
     """Pooled HTTP access to one API server; the token is supplied per call."""
 
     def __init__(
-        self, cluster: ClusterConfig, settings: Settings, access: AccessPolicy, metrics: Metrics
+        self,
+        cluster: ClusterConfig,
+        settings: Settings,
+        access: AccessPolicy,
+        metrics: Metrics,
+        tracing: Tracing | None = None,
     ) -> None:
         self.cluster = cluster
+        self.tracing = tracing
         self.settings = settings
         self.access = access
         self.metrics = metrics
@@ -91,6 +98,9 @@ class KubeClient:
         if self._session is None or self._session.closed:
             trace = aiohttp.TraceConfig()
             trace.on_connection_create_end.append(self._on_connection)
+            traces = [trace]
+            if self.tracing is not None:  # a span per API call, its traceparent sent along
+                traces.append(self.tracing.client_trace_config(f"kube-apiserver/{self.name}"))
             connector = aiohttp.TCPConnector(
                 limit=self.settings.pool_size,
                 ssl=self._ssl(),
@@ -100,7 +110,7 @@ class KubeClient:
             self._session = aiohttp.ClientSession(
                 base_url=self.cluster.server + "/",
                 connector=connector,
-                trace_configs=[trace],
+                trace_configs=traces,
                 timeout=aiohttp.ClientTimeout(
                     total=self.settings.request_timeout_s,
                     sock_connect=self.settings.connect_timeout_s,

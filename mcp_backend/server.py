@@ -18,8 +18,9 @@ from mcp.server import Server, ServerRequestContext
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
 
+from kmg_common import tracing as kt
 from mcp_backend import __version__
-from mcp_backend.auth import TokenBinding, extract_token
+from mcp_backend.auth import TokenBinding, extract_token, token_user
 from mcp_backend.caller_limits import CallLimiter
 from mcp_backend.clusters import ClusterRegistry
 from mcp_backend.config import Settings
@@ -71,8 +72,10 @@ class Handlers:
         registry: ToolRegistry,
         clusters: ClusterRegistry,
         metrics: Metrics,
+        tracing: kt.Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing
         self.registry = registry
         self.clusters = clusters
         self.metrics = metrics
@@ -105,6 +108,22 @@ class Handlers:
                 message=f"Unknown tool: {params.name!r}; tools/list shows the tools available",
             )
         headers = _headers(ctx)
+        if self.tracing is None:
+            return await self._call_tool(spec, params, headers)
+        with self.tracing.server_span(
+            f"tools/call {spec.name}",
+            headers,
+            {
+                kt.MCP_METHOD: "tools/call",
+                kt.TOOL_NAME: spec.name,
+                kt.MCP_SERVER: headers.get("x-mcp-servername"),
+            },
+        ):
+            return await self._call_tool(spec, params, headers)
+
+    async def _call_tool(
+        self, spec: ToolSpec, params: types.CallToolRequestParams, headers: Mapping[str, str]
+    ) -> types.CallToolResult:
         rid = headers.get("x-request-id") or uuid.uuid4().hex[:16]
         request_id.set(rid)
         args = dict(params.arguments or {})
@@ -112,6 +131,15 @@ class Handlers:
         token = extract_token(headers)
         if token is None and self.settings.accept_token_in_arguments and isinstance(arg_token, str):
             token = arg_token.strip() or None
+        cluster = args.get("context") or self.clusters.default.name
+        if self.tracing is not None:
+            kt.annotate(
+                {
+                    kt.REQUEST_ID: rid,
+                    kt.CLUSTER: str(cluster)[:128],
+                    kt.USER: token_user(token) if token else None,
+                }
+            )
         started = time.perf_counter()
         outcome = "ok"
         try:
@@ -160,9 +188,10 @@ class Handlers:
                 structured_content=structured,
                 is_error=True,
             )
-        except Exception:
+        except Exception as exc:
             outcome = "error"
             log.exception("tool %s failed unexpectedly", spec.name, extra={"tool": spec.name})
+            kt.record_error(exc, f"internal error in {spec.name}: {type(exc).__name__}")
             result = types.CallToolResult(
                 content=[
                     types.TextContent(
@@ -175,13 +204,17 @@ class Handlers:
                 is_error=True,
             )
         elapsed = time.perf_counter() - started
+        if self.tracing is not None:
+            kt.annotate({kt.OUTCOME: outcome})
+            if outcome != "ok":
+                kt.mark_error(outcome)
         self.metrics.tool_calls.labels(spec.name, outcome).inc()
         self.metrics.tool_seconds.labels(spec.name).observe(elapsed)
         log.info(
             "tool call",
             extra={
                 "tool": spec.name,
-                "cluster": args.get("context") or self.clusters.default.name,
+                "cluster": cluster,
                 "outcome": outcome,
                 "duration_ms": round(elapsed * 1000, 2),
             },

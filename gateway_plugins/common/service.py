@@ -3,8 +3,9 @@
 :func:`create_base_app` returns an application with: a request-id middleware (honours or sets
 ``x-request-id``), an error middleware (every failure becomes a JSON error, never a stack trace),
 request counters and latency histograms in a per-app Prometheus registry, ``/healthz``,
-``/readyz`` (pluggable async checks) and ``/metrics``, and (given a rule) the Host and Origin
-checks of ``host_origin`` on the other routes. :func:`run_app` serves it until SIGTERM or
+``/readyz`` (pluggable async checks) and ``/metrics``, (given a rule) the Host and Origin
+checks of ``host_origin`` on the other routes, and (given a tracer) a server span per request,
+child of the caller's W3C ``traceparent``. :func:`run_app` serves it until SIGTERM or
 SIGINT and shuts down gracefully.
 """
 
@@ -28,6 +29,7 @@ from prometheus_client.exposition import generate_latest
 
 from gateway_plugins.common.host_origin import PROBE_PATHS, HostOriginRule
 from gateway_plugins.common.logging import redact, request_id_var
+from kmg_common import tracing as kt
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,8 @@ class ReadinessChecks:
 SERVICE_METRICS = web.AppKey("kmg_metrics", ServiceMetrics)
 READINESS = web.AppKey("kmg_readiness", ReadinessChecks)
 SERVICE_NAME = web.AppKey("kmg_service", str)
+# The service's tracer when its ``tracing.endpoint`` is set (absent: tracing off).
+TRACING = web.AppKey("kmg_tracing", kt.Tracing)
 REQUEST_ID = web.RequestKey("kmg_request_id", str)
 # Set by an app that serves HTTPS (caller_auth mode mtls); :func:`serve` then listens with it.
 SERVER_SSL = web.AppKey("kmg_server_ssl", ssl.SSLContext)
@@ -162,13 +166,11 @@ async def error_middleware(
     except asyncio.CancelledError:
         raise
     except Exception as exc:
+        detail = redact(f"{type(exc).__name__}: {exc}")
         log.error(
-            "unhandled error in %s %s: %s",
-            request.method,
-            request.path,
-            redact(f"{type(exc).__name__}: {exc}"),
-            exc_info=True,
+            "unhandled error in %s %s: %s", request.method, request.path, detail, exc_info=True
         )
+        kt.record_error(exc, detail)
         return json_error(
             500,
             "internal_error",
@@ -194,6 +196,49 @@ def _metrics_middleware(metrics: ServiceMetrics) -> Middleware:
             metrics.observe(
                 _route_label(request), request.method, status, time.perf_counter() - started
             )
+
+    return middleware
+
+
+# Headers the gateway (Envoy + the MCP router) puts on check requests: span attributes.
+_MCP_HEADER_ATTRIBUTES = (
+    ("x-mcp-method", kt.MCP_METHOD),
+    ("x-mcp-toolname", kt.TOOL_NAME),
+    ("x-mcp-servername", kt.MCP_SERVER),
+)
+
+
+def _tracing_middleware(tracer: kt.Tracing) -> Middleware:
+    """A SERVER span per request (not for the probes and /metrics), child of the caller's
+    ``traceparent``; the MCP routing headers and the status become attributes, a 5xx or an
+    exception marks it failed."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        route = _route_label(request)
+        if route in PROBE_PATHS:
+            return await handler(request)
+        attributes: dict[str, Any] = {
+            "http.request.method": request.method,
+            "http.route": route,
+            kt.REQUEST_ID: request.get(REQUEST_ID),
+        }
+        for header, name in _MCP_HEADER_ATTRIBUTES:
+            value = request.headers.get(header)
+            if value:
+                attributes[name] = value[:256]
+        with tracer.server_span(f"{request.method} {route}", request.headers, attributes) as span:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                span.set_attribute("http.response.status_code", exc.status)
+                raise
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                kt.mark_error(f"HTTP {response.status}")
+            return response
 
     return middleware
 
@@ -287,17 +332,29 @@ def create_base_app(
     client_max_size: int = 1024 * 1024,
     host_origin: HostOriginRule | None = None,
     unchecked_prefixes: tuple[str, ...] = (),
+    tracing: kt.Tracing | None = None,
 ) -> web.Application:
     """An app with the shared middlewares and the health, readiness and metrics routes; with
-    ``host_origin``, every other route outside ``unchecked_prefixes`` checks Host and Origin."""
+    ``host_origin``, every other route outside ``unchecked_prefixes`` checks Host and Origin;
+    with ``tracing``, a span per request (exported until the app's cleanup)."""
     metrics = ServiceMetrics(service)
-    middlewares = [request_id_middleware, _metrics_middleware(metrics), error_middleware]
+    middlewares: list[Middleware] = [request_id_middleware, _metrics_middleware(metrics)]
+    if tracing is not None:
+        middlewares.append(_tracing_middleware(tracing))
+    middlewares.append(error_middleware)
     if host_origin is not None:
         middlewares.append(_host_origin_middleware(host_origin, unchecked_prefixes))
     app = web.Application(middlewares=middlewares, client_max_size=client_max_size)
     app[SERVICE_NAME] = service
     app[SERVICE_METRICS] = metrics
     app[READINESS] = ReadinessChecks(dict(ready_checks or {}))
+    if tracing is not None:
+        app[TRACING] = tracing
+
+        async def stop_tracing(_: web.Application) -> None:
+            await asyncio.to_thread(tracing.shutdown)
+
+        app.on_cleanup.append(stop_tracing)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)

@@ -1,0 +1,261 @@
+"""OpenTelemetry tracing of the three services: settings, the tracer, W3C propagation.
+
+Off by default: with no ``endpoint`` :func:`start_tracing` returns ``None``, the SDK is never
+imported, no provider is installed and the services add no middleware and no client hook. The
+helpers that only *annotate* the current span (:func:`annotate`, :func:`record_error`,
+:func:`current_trace_id`) use the OpenTelemetry API alone and do nothing then.
+
+On, each service owns one :class:`Tracing` (its own ``TracerProvider``, not the process-global
+one, so several services in one process keep their names): spans are batched to an OTLP/HTTP
+collector, new traces are sampled at ``sampling_ratio`` and a request that brings a W3C
+``traceparent`` follows its caller's decision (parent-based sampling). Incoming ``traceparent`` /
+``tracestate`` headers start the server span (:meth:`Tracing.server_span`); outgoing aiohttp
+requests get a client span and carry it on (:meth:`Tracing.client_trace_config`).
+
+Attributes never hold a token: the user is its subject name (``enduser.id``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+log = logging.getLogger(__name__)
+
+# Span attribute names (OpenTelemetry semantic conventions where one exists).
+MCP_METHOD = "mcp.method.name"
+TOOL_NAME = "gen_ai.tool.name"
+MCP_SERVER = "mcp.server.name"  # x-mcp-servername: which MCP server behind the gateway
+CLUSTER = "k8s.cluster.name"
+USER = "enduser.id"  # the subject's name (preferred_username, else sub); never a token
+DECISION = "kmg.decision"  # allow / deny (policy)
+OUTCOME = "kmg.outcome"  # ok / error / denied / ... (what the service answered)
+REQUEST_ID = "kmg.request_id"
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class TracingSettings(BaseModel):
+    """Where spans go and how many; ``endpoint`` unset = tracing off (costs nothing)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces URL of the collector, e.g. "
+        "http://otel-collector:4318/v1/traces; unset: tracing off (the SDK is not even loaded)",
+    )
+    sampling_ratio: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="share of new traces recorded (0..1); a request with a W3C traceparent "
+        "follows its caller's sampling decision",
+    )
+    service_name: str | None = Field(
+        default=None,
+        description="service.name of the spans; default: the service's own name",
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"tracing endpoint {value!r} must be an http(s) URL")
+        if parts.username or parts.password:
+            raise ValueError("tracing endpoint must not carry credentials")
+        return value.strip()
+
+
+class Tracing:
+    """One service's tracer: its provider, batch exporter and propagation helpers."""
+
+    def __init__(self, provider: TracerProvider, service_name: str) -> None:
+        self.provider = provider
+        self.service_name = service_name
+        self.tracer = provider.get_tracer("kube-mcp-gateway." + service_name)
+
+    @contextmanager
+    def server_span(
+        self, name: str, headers: Mapping[str, str], attributes: Mapping[str, Any] | None = None
+    ) -> Iterator[trace.Span]:
+        """A SERVER span, child of the caller's ``traceparent`` when the headers carry one."""
+        parent = _PROPAGATOR.extract(headers)
+        with self.tracer.start_as_current_span(
+            name, context=parent, kind=SpanKind.SERVER, attributes=_clean(attributes)
+        ) as span:
+            yield span
+
+    @contextmanager
+    def span(
+        self,
+        name: str,
+        attributes: Mapping[str, Any] | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+    ) -> Iterator[trace.Span]:
+        """A span under the current one (exceptions are recorded and mark it as an error)."""
+        with self.tracer.start_as_current_span(
+            name, kind=kind, attributes=_clean(attributes)
+        ) as span:
+            yield span
+
+    def client_trace_config(self, peer: str | None = None) -> aiohttp.TraceConfig:
+        """An aiohttp hook: every request of the session gets a CLIENT span (named for the
+        method and path; ``peer.service`` = ``peer`` when given) and carries it as
+        ``traceparent``."""
+        config = aiohttp.TraceConfig()
+        tracer = self.tracer
+
+        async def on_start(
+            _: aiohttp.ClientSession, ctx: SimpleNamespace, params: aiohttp.TraceRequestStartParams
+        ) -> None:
+            url = params.url
+            span = tracer.start_span(
+                f"{params.method} {url.path or '/'}",
+                kind=SpanKind.CLIENT,
+                attributes=_clean(
+                    {
+                        "http.request.method": params.method,
+                        "server.address": url.host or "",
+                        "server.port": url.port or 0,
+                        "url.path": url.path,
+                        "peer.service": peer,
+                    }
+                ),
+            )
+            ctx.kmg_span = span
+            _PROPAGATOR.inject(params.headers, context=trace.set_span_in_context(span))
+
+        async def on_end(
+            _: aiohttp.ClientSession, ctx: SimpleNamespace, params: aiohttp.TraceRequestEndParams
+        ) -> None:
+            span = getattr(ctx, "kmg_span", None)
+            if span is None:
+                return
+            status = params.response.status
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
+            span.end()
+
+        async def on_error(
+            _: aiohttp.ClientSession,
+            ctx: SimpleNamespace,
+            params: aiohttp.TraceRequestExceptionParams,
+        ) -> None:
+            span = getattr(ctx, "kmg_span", None)
+            if span is None:
+                return
+            span.record_exception(params.exception)
+            span.set_status(Status(StatusCode.ERROR, type(params.exception).__name__))
+            span.end()
+
+        config.on_request_start.append(on_start)
+        config.on_request_end.append(on_end)
+        config.on_request_exception.append(on_error)
+        config.freeze()
+        return config
+
+    def shutdown(self) -> None:
+        """Export what is still queued and stop (blocking: call from a worker thread)."""
+        try:
+            self.provider.shutdown()
+        except Exception as exc:  # a collector that is gone must not fail the shutdown
+            log.warning("tracing shutdown: %s", type(exc).__name__)
+
+
+def start_tracing(settings: TracingSettings, default_service_name: str) -> Tracing | None:
+    """The service's tracer, or ``None`` when tracing is off (nothing loaded)."""
+    if settings.endpoint is None:
+        return None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    name = settings.service_name or default_service_name
+    provider = TracerProvider(
+        sampler=ParentBased(TraceIdRatioBased(settings.sampling_ratio)),
+        resource=Resource.create({"service.name": name}),
+        shutdown_on_exit=False,
+    )
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.endpoint), schedule_delay_millis=500)
+    )
+    log.info(
+        "tracing on: OTLP to %s, sampling ratio %g, service %s",
+        settings.endpoint,
+        settings.sampling_ratio,
+        name,
+    )
+    return Tracing(provider, name)
+
+
+def _clean(attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not attributes:
+        return None
+    return {k: v for k, v in attributes.items() if v is not None and v != ""}
+
+
+def annotate(attributes: Mapping[str, Any]) -> None:
+    """Set ``attributes`` (``None`` values skipped) on the current span, if it records."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    cleaned = _clean(attributes)
+    if cleaned:
+        span.set_attributes(cleaned)
+
+
+def record_error(exc: BaseException, message: str | None = None) -> None:
+    """Record ``exc`` on the current span and mark the span as failed (no-op without one).
+    ``message`` replaces the exception's text where that could hold something private."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    span.record_exception(exc, attributes={"exception.message": message} if message else None)
+    span.set_status(Status(StatusCode.ERROR, message or type(exc).__name__))
+
+
+def mark_error(description: str) -> None:
+    """Mark the current span as failed without an exception (a refusal, an error result)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_status(Status(StatusCode.ERROR, description))
+
+
+def current_trace_id() -> str | None:
+    """The current trace's id (32 hex digits), or ``None`` outside a sampled or remote trace."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
+def inject(headers: MutableMapping[str, str]) -> None:
+    """Add ``traceparent`` (and ``tracestate``) of the current span to ``headers``."""
+    _PROPAGATOR.inject(headers)
+
+
+def subject_name(claims: Mapping[str, Any] | None) -> str | None:
+    """The user a token's claims name, for ``enduser.id``: username, else subject."""
+    for key in ("preferred_username", "sub"):
+        value = (claims or {}).get(key)
+        if isinstance(value, str) and value:
+            return value[:128]
+    return None
