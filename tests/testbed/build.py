@@ -138,7 +138,9 @@ GO_COMPONENTS: tuple[GoComponent, ...] = (
     ),
     # Jaeger v2: the trace collector (OTLP receiver, in-memory storage, query API) the tracing
     # tests read one trace back from (tests/testbed/jaeger.py).
-    GoComponent("jaeger", versions.JAEGER, {"jaeger": "github.com/jaegertracing/jaeger/cmd/jaeger"}),
+    GoComponent(
+        "jaeger", versions.JAEGER, {"jaeger": "github.com/jaegertracing/jaeger/cmd/jaeger"}
+    ),
 )
 
 _MARKER = ".complete"

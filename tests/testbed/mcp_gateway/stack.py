@@ -46,6 +46,7 @@ from tests.testbed.identity_plan import (
     IdentityPlan,
     new_plan,
 )
+from tests.testbed.jaeger import Jaeger
 from tests.testbed.mcp_gateway import broker_router, envoy_config
 from tests.testbed.mcp_gateway.envoy_config import AuthLayer, GatewayServer
 from tests.testbed.mcp_gateway.seed import (
@@ -189,6 +190,8 @@ class LocalGateway:
     caller_secret: str = ""  # the gateway's credential at the plugins' checks (CALLER_HEADER)
     # services[...] name -> ports of each broker/router replica (the first is BROKER_ROUTER)
     brokers: dict[str, broker_router.BrokerRouterPorts] = field(default_factory=dict)
+    # the collector our services and Envoy export spans to (None: tracing off)
+    trace_collector: Jaeger | None = None
 
     @property
     def caller_headers(self) -> dict[str, str]:
@@ -533,6 +536,7 @@ def start_gateway(
     wristband_form: str = "both",
     broker_replicas: int = 1,
     session_store: str | None = None,
+    trace_collector: Jaeger | None = None,
 ) -> LocalGateway:
     """Our services, the real broker/router and Envoy next to a running testbed.
 
@@ -546,7 +550,14 @@ def start_gateway(
     Envoy balances the router's ext_proc streams and the broker's requests round robin over
     them. ``session_store``: the Redis URL (password included) every replica gets as
     ``CACHE_CONNECTION_STRING``; ``None`` keeps each replica's sessions in its own memory.
+    ``trace_collector``: our services (``tracing.endpoint``, every trace sampled) and Envoy
+    export their spans there.
     """
+    tracing: dict[str, Any] = (
+        {"tracing": {"endpoint": trace_collector.otlp_http_traces_url, "sampling_ratio": 1.0}}
+        if trace_collector is not None
+        else {}
+    )
     if broker_replicas < 1:
         raise ValueError("broker_replicas must be at least 1")
     gw_dir = run_dir / subdir
@@ -608,7 +619,8 @@ def start_gateway(
                     token_exchange_port=ports["token-exchange"],
                     facade_secret=facade_secret,
                     discovery_credential=discovery_file,
-                ),
+                )
+                | tracing,
             )
             services[plan.service] = Service(
                 plan.service,
@@ -630,7 +642,8 @@ def start_gateway(
                 extra_facade_clients=extra_facade_clients or {},
                 metadata_url=metadata_url,
                 caller_auth=caller_auth,
-            ),
+            )
+            | tracing,
         )
         services["token-exchange"] = Service(
             "token-exchange",
@@ -680,6 +693,7 @@ def start_gateway(
                 "caller_auth": caller_auth,
                 "wristband": {"signing_key_file": str(signing_key), "form": wristband_form},
                 "decision_log": str(gw_dir / "policy-decisions.jsonl"),
+                **tracing,
             },
         )
         services["policy"] = Service(
@@ -729,6 +743,7 @@ def start_gateway(
             broker_ports=[r.broker for r in replicas.values()],
             servers=servers,
             auth=auth(ports, caller_secret),
+            trace_collector_port=trace_collector.otlp_grpc_port if trace_collector else None,
         )
         envoy = envoy_proxy.EnvoyProxy(
             gw_dir,
@@ -756,6 +771,7 @@ def start_gateway(
         subdir=subdir,
         caller_secret=caller_secret,
         brokers=replicas,
+        trace_collector=trace_collector,
     )
 
 
