@@ -277,6 +277,8 @@ class LocalGateway:
             self.keycloak.stop()
             self.cluster_b.stop()
             self.cluster_a.stop()
+            if self.trace_collector is not None:
+                self.trace_collector.stop()
 
 
 # -- configuration files ------------------------------------------------------------------------
@@ -789,7 +791,10 @@ def start_stack(
     plan: IdentityPlan = new_plan()
     keycloak = kc.Keycloak(run_dir=run_dir, plan=plan, tls=ca.issue("keycloak"), ca_file=ca.cert)
     clusters: list[Cluster] = []
+    jaeger = Jaeger(run_dir)
     try:
+        progress("starting Jaeger (the trace collector)")
+        jaeger.start()
         progress(f"starting Keycloak on {plan.keycloak_url} (first start: a minute or two)")
         keycloak.launch()
         progress("starting clusters A and B (etcd, kube-apiserver, controllers, kwok)")
@@ -809,6 +814,7 @@ def start_stack(
             ],
             ca,
             run_dir,
+            tracing_endpoint=jaeger.otlp_grpc_endpoint,
         )
         progress(f"clusters A and B ready after {time.monotonic() - started:.0f}s")
         progress("waiting for Keycloak to import realms mcp and cluster-b")
@@ -823,11 +829,13 @@ def start_stack(
             progress=progress,
             listen_port=listen_port,
             policy_engine=policy_engine,
+            trace_collector=jaeger,
         )
     except BaseException:
         keycloak.stop()
         for cluster in clusters:
             cluster.stop()
+        jaeger.stop()
         raise
     stack.owns_testbed = True
     return stack
