@@ -26,7 +26,6 @@ from urllib.parse import urlparse
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from kmg_common.tracing import subject_name
 from mcp_backend.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -50,14 +49,13 @@ def extract_token(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def token_user(token: str) -> str | None:
-    """The user a JWT names (username, else subject; read, not verified: the API server
-    verifies it), for traces and logs; None for an opaque or unreadable token."""
+def token_claims(token: str) -> dict[str, Any] | None:
+    """A JWT's claims, read, not verified (the API server verifies the token), for traces and
+    the audit log; None for an opaque or unreadable token."""
     try:
-        claims = _jwt_claims(token)
+        return _jwt_claims(token)
     except ValueError:
         return None
-    return subject_name(claims)
 
 
 def _jwt_claims(token: str) -> dict[str, Any] | None:

@@ -11,6 +11,8 @@ import time
 from typing import Any
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# The W3C trace id of the tool call being served ("" outside one, or when it came without one).
+trace_id: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="")
 
 _BEARER = re.compile(r"(?i)(bearer(?:\s+|%20|\+))[A-Za-z0-9._~+/=%-]+")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
@@ -63,10 +65,22 @@ class JsonFormatter(logging.Formatter):
             "message": scrub(record.getMessage()),
             "request_id": getattr(record, "request_id", None) or request_id.get(),
         }
+        current_trace = trace_id.get()
+        if current_trace:
+            out["trace_id"] = current_trace
         for key in ("tool", "cluster", "outcome", "duration_ms", "status"):
             value = getattr(record, key, None)
             if value is not None:
                 out[key] = scrub_value(value)
+        audit = getattr(record, "audit", None)
+        if isinstance(audit, dict):  # mcp_backend.audit: arguments come elided and scrubbed
+            for key, value in audit.items():
+                if key == "arguments":
+                    out[key] = value
+                elif isinstance(value, list):
+                    out[key] = [scrub_value(v) for v in value]
+                else:
+                    out[key] = scrub_value(value)
         if record.exc_info:
             out["exception"] = scrub(self.formatException(record.exc_info))
         return json.dumps(out, separators=(",", ":"))

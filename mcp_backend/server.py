@@ -19,14 +19,15 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
 
 from kmg_common import tracing as kt
-from mcp_backend import __version__
-from mcp_backend.auth import TokenBinding, extract_token, token_user
+from kmg_common.tracing import subject_name
+from mcp_backend import __version__, audit
+from mcp_backend.auth import TokenBinding, extract_token, token_claims
 from mcp_backend.caller_limits import CallLimiter
 from mcp_backend.clusters import ClusterRegistry
 from mcp_backend.config import Settings
 from mcp_backend.errors import AccessDenied, Busy, ToolFailure
 from mcp_backend.helm import HelmRunner
-from mcp_backend.log import request_id
+from mcp_backend.log import request_id, trace_id
 from mcp_backend.metrics import Metrics
 from mcp_backend.prompts import CLUSTER_HEALTH_CHECK, cluster_health_check
 from mcp_backend.tools.base import ToolContext, ToolRegistry, ToolSpec
@@ -126,20 +127,17 @@ class Handlers:
     ) -> types.CallToolResult:
         rid = headers.get("x-request-id") or uuid.uuid4().hex[:16]
         request_id.set(rid)
+        trace_id.set(kt.current_trace_id() or kt.trace_id_of(headers) or "")
         args = dict(params.arguments or {})
         arg_token = args.pop(TOKEN_ARGUMENT, None)  # stripped always; never in a schema or log
         token = extract_token(headers)
         if token is None and self.settings.accept_token_in_arguments and isinstance(arg_token, str):
             token = arg_token.strip() or None
-        cluster = args.get("context") or self.clusters.default.name
+        cluster = str(args.get("context") or self.clusters.default.name)[:128]
+        claims = token_claims(token) if token else None
+        user = subject_name(claims)
         if self.tracing is not None:
-            kt.annotate(
-                {
-                    kt.REQUEST_ID: rid,
-                    kt.CLUSTER: str(cluster)[:128],
-                    kt.USER: token_user(token) if token else None,
-                }
-            )
+            kt.annotate({kt.REQUEST_ID: rid, kt.CLUSTER: cluster, kt.USER: user})
         started = time.perf_counter()
         outcome = "ok"
         try:
@@ -210,14 +208,15 @@ class Handlers:
                 kt.mark_error(outcome)
         self.metrics.tool_calls.labels(spec.name, outcome).inc()
         self.metrics.tool_seconds.labels(spec.name).observe(elapsed)
-        log.info(
-            "tool call",
-            extra={
-                "tool": spec.name,
-                "cluster": cluster,
-                "outcome": outcome,
-                "duration_ms": round(elapsed * 1000, 2),
-            },
+        audit.record(
+            user=user,
+            groups=audit.groups_of(claims),
+            cluster=cluster,
+            tool=spec.name,
+            arguments=args,
+            outcome=outcome,
+            duration_ms=elapsed * 1000,
+            bytes_returned=sum(len(c.text.encode()) for c in result.content if c.type == "text"),
         )
         return result
 

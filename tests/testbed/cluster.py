@@ -140,6 +140,11 @@ class Cluster:
     startup_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
+    def audit_log(self) -> Path:
+        """The API server's audit log (JSON lines, :data:`AUDIT_POLICY`)."""
+        return self.log_dir / AUDIT_LOG
+
+    @property
     def scripted_log_file(self) -> Path:
         """The CRI-format log kwok serves for every container named ``scripted``."""
         return scripted_log_path(self.fake_log_file)
@@ -437,11 +442,16 @@ def start_cluster(
     egress_socket = _socket_path(cluster_dir / "egress.sock")
     egress_config = cluster_dir / "egress-selector.yaml"
     egress_config.write_text(yaml.safe_dump(_egress_selector_configuration(egress_socket)))
-    tracing_args: list[str | os.PathLike[str]] = []
+    audit_policy = cluster_dir / "audit-policy.yaml"
+    audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+    extra_args: list[str | os.PathLike[str]] = [
+        f"--audit-policy-file={audit_policy}",
+        f"--audit-log-path={cluster_dir / AUDIT_LOG}",
+    ]
     if tracing_endpoint is not None:
         tracing_config = cluster_dir / "tracing-config.yaml"
         tracing_config.write_text(yaml.safe_dump(tracing_configuration(tracing_endpoint)))
-        tracing_args.append(f"--tracing-config-file={tracing_config}")
+        extra_args.append(f"--tracing-config-file={tracing_config}")
 
     cluster = Cluster(
         name=name,
@@ -526,7 +536,7 @@ def start_cluster(
                 f"--egress-selector-config-file={egress_config}",
                 "--endpoint-reconciler-type=none",  # no real network: no endpoints for `kubernetes`
                 "--profiling=false",
-                *tracing_args,
+                *extra_args,
             ],
         )
         etcd.wait_until(
@@ -637,6 +647,29 @@ def start_clusters_parallel(
             for n, issuers in specs
         ]
         return [f.result() for f in futures]
+
+
+# The API server's audit log (``<cluster dir>/audit.log``, JSON lines): every request at
+# Metadata level (who, verb, object, userAgent, response status), no bodies; the many requests
+# of the control plane's own components are left out.
+AUDIT_LOG = "audit.log"
+AUDIT_POLICY: dict[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {
+            "level": "None",
+            "users": [
+                "system:kube-controller-manager",
+                "system:kube-scheduler",
+                "system:apiserver",
+            ],
+        },
+        {"level": "None", "userGroups": ["system:nodes", "system:serviceaccounts"]},
+        {"level": "Metadata"},
+    ],
+}
 
 
 def tracing_configuration(endpoint: str) -> dict[str, Any]:
