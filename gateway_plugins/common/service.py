@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.exposition import generate_latest
 
 from gateway_plugins.common.host_origin import PROBE_PATHS, HostOriginRule
-from gateway_plugins.common.logging import redact, request_id_var
+from gateway_plugins.common.logging import redact, request_id_var, trace_id_var
 from kmg_common import tracing as kt
 
 log = logging.getLogger(__name__)
@@ -137,12 +137,17 @@ async def request_id_middleware(
     request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id
     token = request_id_var.set(request_id)
+    # the caller's trace id (logs, decision log), also when this service does not trace
+    trace = trace_id_var.set(
+        kt.trace_id_of(request.headers) if "traceparent" in request.headers else None
+    )
     try:
         response = await handler(request)
     except web.HTTPException as exc:
         exc.headers[REQUEST_ID_HEADER] = request_id
         raise
     finally:
+        trace_id_var.reset(trace)
         request_id_var.reset(token)
     response.headers[REQUEST_ID_HEADER] = request_id
     return response

@@ -46,6 +46,7 @@ from gateway_plugins.common.host_origin import service_rule
 from gateway_plugins.common.http_client import make_client_session
 from gateway_plugins.common.jwks import JWKSCache
 from gateway_plugins.common.jwt_validation import InvalidToken, JWTValidator, ValidationUnavailable
+from gateway_plugins.common.logging import trace_id_var
 from gateway_plugins.common.service import (
     SERVER_SSL,
     SERVICE_METRICS,
@@ -268,7 +269,7 @@ class PolicyService:
     ) -> None:
         decision = "allow" if allow else "deny"
         self.metrics.decisions.labels(endpoint, decision).inc()
-        trace_id = kt.current_trace_id()
+        trace_id = trace_id_var.get()
         extra = {
             "endpoint": endpoint,
             **({"prompt": prompt} if prompt else {}),
