@@ -116,15 +116,26 @@ class Tracing:
             yield span
 
     def client_trace_config(self, peer: str | None = None) -> aiohttp.TraceConfig:
-        """An aiohttp hook: every request of the session gets a CLIENT span (named for the
-        method and path; ``peer.service`` = ``peer`` when given) and carries it as
-        ``traceparent``."""
+        """An aiohttp hook for a session: see :meth:`add_client_hooks`."""
         config = aiohttp.TraceConfig()
+        self.add_client_hooks(config, peer)
+        config.freeze()
+        return config
+
+    def add_client_hooks(self, config: aiohttp.TraceConfig, peer: str | None = None) -> None:
+        """Hook ``config`` (not yet frozen) so that every request of its session carries the
+        current trace as ``traceparent``, inside a CLIENT span of its own (named for the method
+        and path; ``peer.service`` = ``peer`` when given) when the current span is recorded.
+        Under an unsampled span no span is made: the request carries the caller's context (and
+        its "not sampled" flag) as it is."""
         tracer = self.tracer
 
         async def on_start(
             _: aiohttp.ClientSession, ctx: SimpleNamespace, params: aiohttp.TraceRequestStartParams
         ) -> None:
+            if not trace.get_current_span().is_recording():
+                _PROPAGATOR.inject(params.headers)
+                return
             url = params.url
             span = tracer.start_span(
                 f"{params.method} {url.path or '/'}",
@@ -169,8 +180,6 @@ class Tracing:
         config.on_request_start.append(on_start)
         config.on_request_end.append(on_end)
         config.on_request_exception.append(on_error)
-        config.freeze()
-        return config
 
     def shutdown(self) -> None:
         """Export what is still queued and stop (blocking: call from a worker thread)."""

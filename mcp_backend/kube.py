@@ -99,9 +99,8 @@ class KubeClient:
         if self._session is None or self._session.closed:
             trace = aiohttp.TraceConfig()
             trace.on_connection_create_end.append(self._on_connection)
-            traces = [trace]
             if self.tracing is not None:  # a span per API call, its traceparent sent along
-                traces.append(self.tracing.client_trace_config(f"kube-apiserver/{self.name}"))
+                self.tracing.add_client_hooks(trace, f"kube-apiserver/{self.name}")
             connector = aiohttp.TCPConnector(
                 limit=self.settings.pool_size,
                 ssl=self._ssl(),
@@ -111,7 +110,7 @@ class KubeClient:
             self._session = aiohttp.ClientSession(
                 base_url=self.cluster.server + "/",
                 connector=connector,
-                trace_configs=traces,
+                trace_configs=[trace],
                 timeout=aiohttp.ClientTimeout(
                     total=self.settings.request_timeout_s,
                     sock_connect=self.settings.connect_timeout_s,
