@@ -49,15 +49,6 @@ def extract_token(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def token_claims(token: str) -> dict[str, Any] | None:
-    """A JWT's claims, read, not verified (the API server verifies the token), for traces and
-    the audit log; None for an opaque or unreadable token."""
-    try:
-        return _jwt_claims(token)
-    except ValueError:
-        return None
-
-
 def _jwt_claims(token: str) -> dict[str, Any] | None:
     """The payload of a JWT-shaped token (not verified), None for an opaque token.
 

@@ -41,7 +41,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from mcp_backend.access import AccessPolicy
+from mcp_backend.audit import AUDIT_ID_HEADER, audit_id
 from mcp_backend.errors import AccessDenied
+from mcp_backend.log import request_id
 
 DENIED_MARKER = "refused by the MCP backend"  # in every refusal, for the helm runner to spot
 # Hop-by-hop and framing headers: aiohttp sets its own on both legs.
@@ -98,6 +100,7 @@ class ApiGuard:
         self.session = session
         self.access = access
         self.refused: list[str] = []
+        self._request_id = request_id.get()  # helm's requests are made for this tool call
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._forward)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -133,6 +136,7 @@ class ApiGuard:
             self.refused.append(exc.message)
             return self._refuse(403, "Forbidden", exc.message)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIP_REQUEST}
+        headers[AUDIT_ID_HEADER] = audit_id(self._request_id)
         try:
             return await self._relay(request, headers, body)
         except (aiohttp.ClientError, TimeoutError) as exc:

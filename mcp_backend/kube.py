@@ -22,7 +22,7 @@ import orjson
 
 from kmg_common.tracing import Tracing
 from mcp_backend.access import AccessPolicy, ApiPath
-from mcp_backend.audit import user_agent
+from mcp_backend.audit import USER_AGENT, caller_headers
 from mcp_backend.config import ClusterConfig, Settings
 from mcp_backend.discovery import segment
 from mcp_backend.errors import (
@@ -117,6 +117,7 @@ class KubeClient:
                 ),
                 auto_decompress=True,
                 raise_for_status=False,
+                headers={"User-Agent": USER_AGENT},  # the API server's audit log shows it
             )
         return self._session
 
@@ -149,7 +150,7 @@ class KubeClient:
         body of any size read in bounded memory when ``tail_bytes``); raises ClusterError."""
         _check_path(path)
         parsed = self.access.check_request(method, path)
-        headers = {"Authorization": f"Bearer {token}", "User-Agent": user_agent(), "Accept": accept}
+        headers = caller_headers(token, Accept=accept)
         data: bytes | None = None
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -248,7 +249,7 @@ class KubeClient:
         drops the rest of the body unread (the connection is closed, not reused)."""
         _check_path(path)
         parsed = self.access.check_request("GET", path)
-        headers = {"Authorization": f"Bearer {token}", "User-Agent": user_agent(), "Accept": accept}
+        headers = caller_headers(token, Accept=accept)
         try:
             async with self.session().get(path.lstrip("/"), params=params, headers=headers) as resp:
                 status = resp.status
@@ -339,11 +340,7 @@ class KubeClient:
         Leaving the block drops the rest unread; the connection is closed, not reused."""
         _check_path(path)
         parsed = self.access.check_request("GET", path)
-        headers = {
-            "Authorization": f"Bearer {token}",
-            "User-Agent": user_agent(),
-            "Accept": "text/plain,application/json",
-        }
+        headers = caller_headers(token, Accept="text/plain,application/json")
         try:
             async with self.session().get(path.lstrip("/"), params=params, headers=headers) as resp:
                 self.metrics.upstream_requests.labels(self.name, f"{resp.status // 100}xx").inc()
@@ -394,7 +391,7 @@ class KubeClient:
                 async with self.session().ws_connect(
                     path.lstrip("/"),
                     params=params,
-                    headers={"Authorization": f"Bearer {token}", "User-Agent": user_agent()},
+                    headers=caller_headers(token),
                     protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"),
                     max_msg_size=limit + 1,  # one frame larger than the bound: truncated too
                     # Leaving early (bound reached, timeout) closes at once: without this the

@@ -11,11 +11,10 @@ import time
 from typing import Any
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-# The W3C trace id of the tool call being served ("" outside one, or when it came without one).
-trace_id: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="")
 
 _BEARER = re.compile(r"(?i)(bearer(?:\s+|%20|\+))[A-Za-z0-9._~+/=%-]+")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+_SECRET_KEY = re.compile(r"(?i)(?:token|secret|password)$")
 _OPAQUE = re.compile(r"(sha256~)[A-Za-z0-9_-]+")  # OpenShift-style opaque tokens
 # `token=x`, `"access_token": "x"`, `'client_secret': 'x'`, `token%3Dx`, JSON-in-JSON `\"token\"`:
 # any key ending in token, secret or password, then `=` or `:` (maybe URL-encoded), then a value.
@@ -44,13 +43,35 @@ def scrub(text: str) -> str:
 
 
 def scrub_value(value: Any) -> Any:
-    """A log field without secrets: numbers and booleans as they are, anything else serialised
-    to text and scrubbed."""
+    """A log field without secrets: numbers and booleans as they are, mappings and sequences
+    with each member scrubbed, anything else as scrubbed text."""
     if value is None or isinstance(value, bool | int | float):
         return value
-    if not isinstance(value, str):
-        value = json.dumps(value, default=str, separators=(",", ":"))
-    return scrub(value)
+    if isinstance(value, dict):
+        return {
+            scrub(str(k)): "<redacted>" if _SECRET_KEY.search(str(k)) else scrub_value(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [scrub_value(v) for v in value]
+    return scrub(value if isinstance(value, str) else str(value))
+
+
+# the extra fields a log record may carry into its line (the audit line of a tool call: audit.py)
+FIELDS = (
+    "audit",
+    "trace_id",
+    "user",
+    "groups",
+    "client",
+    "tool",
+    "cluster",
+    "arguments",
+    "outcome",
+    "duration_ms",
+    "bytes",
+    "status",
+)
 
 
 class JsonFormatter(logging.Formatter):
@@ -65,22 +86,10 @@ class JsonFormatter(logging.Formatter):
             "message": scrub(record.getMessage()),
             "request_id": getattr(record, "request_id", None) or request_id.get(),
         }
-        current_trace = trace_id.get()
-        if current_trace:
-            out["trace_id"] = current_trace
-        for key in ("tool", "cluster", "outcome", "duration_ms", "status"):
+        for key in FIELDS:
             value = getattr(record, key, None)
             if value is not None:
                 out[key] = scrub_value(value)
-        audit = getattr(record, "audit", None)
-        if isinstance(audit, dict):  # mcp_backend.audit: arguments come elided and scrubbed
-            for key, value in audit.items():
-                if key == "arguments":
-                    out[key] = value
-                elif isinstance(value, list):
-                    out[key] = [scrub_value(v) for v in value]
-                else:
-                    out[key] = scrub_value(value)
         if record.exc_info:
             out["exception"] = scrub(self.formatException(record.exc_info))
         return json.dumps(out, separators=(",", ":"))

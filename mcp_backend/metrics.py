@@ -12,14 +12,15 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.tool_calls = Counter(
             "kmg_backend_tool_calls_total",
-            "Tool calls by tool and outcome (ok, error, denied, busy)",
-            ["tool", "outcome"],
+            "Tool calls by tool, cluster (a configured name, or 'unknown' for a context that "
+            "names none) and outcome (ok, error, denied, busy)",
+            ["tool", "cluster", "outcome"],
             registry=self.registry,
         )
         self.tool_seconds = Histogram(
             "kmg_backend_tool_duration_seconds",
-            "Tool call duration",
-            ["tool"],
+            "Tool call duration, by tool and cluster",
+            ["tool", "cluster"],
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )

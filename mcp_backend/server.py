@@ -19,15 +19,15 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
 
 from kmg_common import tracing as kt
-from kmg_common.tracing import subject_name
-from mcp_backend import __version__, audit
-from mcp_backend.auth import TokenBinding, extract_token, token_claims
+from mcp_backend import __version__
+from mcp_backend.audit import audited_arguments, caller_of, trace_id
+from mcp_backend.auth import TokenBinding, extract_token
 from mcp_backend.caller_limits import CallLimiter
 from mcp_backend.clusters import ClusterRegistry
 from mcp_backend.config import Settings
 from mcp_backend.errors import AccessDenied, Busy, ToolFailure
 from mcp_backend.helm import HelmRunner
-from mcp_backend.log import request_id, trace_id
+from mcp_backend.log import request_id
 from mcp_backend.metrics import Metrics
 from mcp_backend.prompts import CLUSTER_HEALTH_CHECK, cluster_health_check
 from mcp_backend.tools.base import ToolContext, ToolRegistry, ToolSpec
@@ -127,17 +127,15 @@ class Handlers:
     ) -> types.CallToolResult:
         rid = headers.get("x-request-id") or uuid.uuid4().hex[:16]
         request_id.set(rid)
-        trace_id.set(kt.current_trace_id() or kt.trace_id_of(headers) or "")
         args = dict(params.arguments or {})
         arg_token = args.pop(TOKEN_ARGUMENT, None)  # stripped always; never in a schema or log
         token = extract_token(headers)
         if token is None and self.settings.accept_token_in_arguments and isinstance(arg_token, str):
             token = arg_token.strip() or None
-        cluster = str(args.get("context") or self.clusters.default.name)[:128]
-        claims = token_claims(token) if token else None
-        user = subject_name(claims)
+        cluster = self._cluster_label(args.get("context"))
+        caller = caller_of(token)
         if self.tracing is not None:
-            kt.annotate({kt.REQUEST_ID: rid, kt.CLUSTER: cluster, kt.USER: user})
+            kt.annotate({kt.REQUEST_ID: rid, kt.CLUSTER: cluster, kt.USER: caller.user})
         started = time.perf_counter()
         outcome = "ok"
         try:
@@ -206,19 +204,36 @@ class Handlers:
             kt.annotate({kt.OUTCOME: outcome})
             if outcome != "ok":
                 kt.mark_error(outcome)
-        self.metrics.tool_calls.labels(spec.name, outcome).inc()
-        self.metrics.tool_seconds.labels(spec.name).observe(elapsed)
-        audit.record(
-            user=user,
-            groups=audit.groups_of(claims),
-            cluster=cluster,
-            tool=spec.name,
-            arguments=args,
-            outcome=outcome,
-            duration_ms=elapsed * 1000,
-            bytes_returned=sum(len(c.text.encode()) for c in result.content if c.type == "text"),
+        self.metrics.tool_calls.labels(spec.name, cluster, outcome).inc()
+        self.metrics.tool_seconds.labels(spec.name, cluster).observe(elapsed)
+        log.info(
+            "tool call",
+            extra={
+                "audit": True,
+                "trace_id": trace_id(headers),
+                "user": caller.user,
+                "groups": list(caller.groups),
+                "client": caller.client,
+                "tool": spec.name,
+                "cluster": cluster,
+                "arguments": audited_arguments(args),
+                "outcome": outcome,
+                "duration_ms": round(elapsed * 1000, 2),
+                "bytes": sum(
+                    len(c.text.encode()) for c in result.content if isinstance(c, types.TextContent)
+                ),
+            },
         )
         return result
+
+    def _cluster_label(self, context: object) -> str:
+        """The cluster a call named, for metrics and logs: a configured name only, so a
+        caller cannot grow the label set (or write into the log) with made-up contexts."""
+        if not context:
+            return self.clusters.default.name
+        if isinstance(context, str) and context in self.clusters.clusters:
+            return context
+        return "unknown"
 
     async def list_prompts(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None

@@ -55,9 +55,9 @@ class WristbandSettings(_Strict):
     issuer: str = Field(default="mcp-policy", description="iss of the signed header.")
     lifetime_s: int = Field(default=300, gt=0, le=3600, description="exp - iat, seconds.")
     form: WristbandForm = Field(
-        default=WristbandForm.LEGACY,
-        description="x-authorized-tools (allowed-tools), x-mcp-authorized "
-        "(allowed-capabilities) or both.",
+        default=WristbandForm.BOTH,
+        description="x-authorized-tools (allowed-tools, older broker releases), "
+        "x-mcp-authorized (allowed-capabilities, read by the MCP Gateway v0.9.0 broker) or both.",
     )
     cache_ttl_s: float = Field(
         default=30.0,

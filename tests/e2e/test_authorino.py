@@ -358,6 +358,8 @@ async def test_a_stopped_plugin_denies_then_recovers(
                 assert says in resp.json()["error"]["message"]
     finally:
         svc.start()
+        if service in authorino_gateway.gateway.brokers:
+            authorino_gateway.gateway.refresh_routing_tables()
     resp = await post(url, LIST_PODS, tokens["mcp"], session_id=sid)
     assert "web-cluster-a" in json.dumps(result_of(resp))
 

@@ -480,6 +480,8 @@ async def test_a_stopped_component_denies_then_recovers_when_restarted(
             assert "web-cluster-a" not in resp.text
     finally:
         svc.start()
+        if service in local_gateway.brokers:
+            local_gateway.refresh_routing_tables()
     # Sessions live in the broker's memory: a restarted broker/router needs a new one.
     sid = await open_session(url, tokens["mcp"])
     resp = await post(url, allowed, tokens["mcp"], session_id=sid)

@@ -33,6 +33,7 @@ TARGETS: tuple[str, ...] = (
     "overlays/kuadrant",
     "overlays/istio-ext-authz",
     "overlays/kind",
+    "observability",
 )
 
 

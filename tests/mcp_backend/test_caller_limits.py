@@ -82,6 +82,7 @@ async def test_a_user_gets_at_most_the_limit_of_calls_at_once(
     assert not served_again.is_error, text_of(served_again)
     assert limiter.running(caller_key(tokens.admin)) == 0
     outcomes = running.backend.metrics.registry.get_sample_value(
-        "kmg_backend_tool_calls_total", {"tool": "pods_list_in_namespace", "outcome": "busy"}
+        "kmg_backend_tool_calls_total",
+        {"tool": "pods_list_in_namespace", "cluster": "cluster-a", "outcome": "busy"},
     )
     assert outcomes == 1

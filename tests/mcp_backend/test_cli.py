@@ -115,7 +115,7 @@ def test_scrub_keeps_ordinary_text() -> None:
     assert scrub(text) == text
 
 
-def test_non_string_log_extras_are_serialised_then_redacted() -> None:
+def test_structured_log_extras_keep_their_shape_and_are_redacted() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "call", (), None)
     record.tool = {"name": "pods_list", "access_token": "opaque-abc123"}
     record.cluster = ["a", "Bearer opaque-def456"]
@@ -123,5 +123,6 @@ def test_non_string_log_extras_are_serialised_then_redacted() -> None:
     line = json.loads(JsonFormatter().format(record))
     assert "opaque-abc123" not in json.dumps(line)
     assert "opaque-def456" not in json.dumps(line)
-    assert "pods_list" in line["tool"]
+    assert line["tool"] == {"name": "pods_list", "access_token": "<redacted>"}
+    assert line["cluster"] == ["a", "Bearer <redacted>"]
     assert line["duration_ms"] == 12

@@ -90,6 +90,7 @@ RESOURCE_METRICS_PATH_ANNOTATION = "metrics.k8s.io/resource-metrics-path"
 USAGE_CPU_ANNOTATION = "kwok.x-k8s.io/usage-cpu"
 USAGE_MEMORY_ANNOTATION = "kwok.x-k8s.io/usage-memory"
 FRONT_PROXY_CLIENT = "front-proxy-client"
+AUDIT_POLICY = Path(__file__).with_name("apiserver-audit-policy.yaml")
 # Usage of a fake node beyond its pods' (kubelet, OS): without it an empty node reports nothing.
 NODE_BASE_CPU_CORES = 0.05
 NODE_BASE_MEMORY_BYTES = 256 * 1024 * 1024
@@ -141,8 +142,8 @@ class Cluster:
 
     @property
     def audit_log(self) -> Path:
-        """The API server's audit log (JSON lines, :data:`AUDIT_POLICY`)."""
-        return self.log_dir / AUDIT_LOG
+        """The API server's audit log: JSON lines, policy ``apiserver-audit-policy.yaml``."""
+        return self.log_dir / "apiserver-audit.log"
 
     @property
     def scripted_log_file(self) -> Path:
@@ -442,16 +443,11 @@ def start_cluster(
     egress_socket = _socket_path(cluster_dir / "egress.sock")
     egress_config = cluster_dir / "egress-selector.yaml"
     egress_config.write_text(yaml.safe_dump(_egress_selector_configuration(egress_socket)))
-    audit_policy = cluster_dir / "audit-policy.yaml"
-    audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
-    extra_args: list[str | os.PathLike[str]] = [
-        f"--audit-policy-file={audit_policy}",
-        f"--audit-log-path={cluster_dir / AUDIT_LOG}",
-    ]
+    tracing_args: list[str | os.PathLike[str]] = []
     if tracing_endpoint is not None:
         tracing_config = cluster_dir / "tracing-config.yaml"
         tracing_config.write_text(yaml.safe_dump(tracing_configuration(tracing_endpoint)))
-        extra_args.append(f"--tracing-config-file={tracing_config}")
+        tracing_args.append(f"--tracing-config-file={tracing_config}")
 
     cluster = Cluster(
         name=name,
@@ -536,7 +532,11 @@ def start_cluster(
                 f"--egress-selector-config-file={egress_config}",
                 "--endpoint-reconciler-type=none",  # no real network: no endpoints for `kubernetes`
                 "--profiling=false",
-                *extra_args,
+                f"--audit-policy-file={AUDIT_POLICY}",
+                f"--audit-log-path={cluster.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",  # each event written before the answer: no lag
+                *tracing_args,
             ],
         )
         etcd.wait_until(
@@ -647,29 +647,6 @@ def start_clusters_parallel(
             for n, issuers in specs
         ]
         return [f.result() for f in futures]
-
-
-# The API server's audit log (``<cluster dir>/audit.log``, JSON lines): every request at
-# Metadata level (who, verb, object, userAgent, response status), no bodies; the many requests
-# of the control plane's own components are left out.
-AUDIT_LOG = "audit.log"
-AUDIT_POLICY: dict[str, Any] = {
-    "apiVersion": "audit.k8s.io/v1",
-    "kind": "Policy",
-    "omitStages": ["RequestReceived"],
-    "rules": [
-        {
-            "level": "None",
-            "users": [
-                "system:kube-controller-manager",
-                "system:kube-scheduler",
-                "system:apiserver",
-            ],
-        },
-        {"level": "None", "userGroups": ["system:nodes", "system:serviceaccounts"]},
-        {"level": "Metadata"},
-    ],
-}
 
 
 def tracing_configuration(endpoint: str) -> dict[str, Any]:

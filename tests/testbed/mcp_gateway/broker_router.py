@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -90,6 +91,9 @@ def servers_config(servers: Sequence[GatewayServer], credential: str) -> dict[st
     }
 
 
+SERVERS_FILE = "mcp-gateway-servers.yaml"
+
+
 def write_config(
     directory: Path, servers: Sequence[GatewayServer], secrets_dir: Path, *, credential: str
 ) -> tuple[Path, str]:
@@ -97,7 +101,7 @@ def write_config(
     the backends accept for listing only) and the signing key."""
     signing_key = secrets.token_urlsafe(48)
     leak_scan.register_secret(signing_key, "GATEWAY_SIGNING_KEY of the local gateway")
-    path = directory / "mcp-gateway-servers.yaml"
+    path = directory / SERVERS_FILE
     path.write_text(yaml.safe_dump(servers_config(servers, credential), sort_keys=False))
     path.chmod(0o600)
     key_file = secrets_dir / "gateway-signing.key"
@@ -163,10 +167,50 @@ def status(broker_port: int) -> dict[str, Any]:
 
 
 def servers_ready(broker_port: int, expected: int) -> bool:
-    """Every configured server connected and its tools listed (the broker's own status)."""
+    """Every configured server connected and its tools and prompts listed (the broker's own
+    status). Our backends always serve a prompt; the broker may list a server's tools on its
+    first discovery event and its prompts only on the next timer, and until then a
+    ``prompts/get`` routed to that replica is "Prompt not found"."""
     try:
         servers = status(broker_port).get("servers") or []
     except (OSError, ValueError, urllib.error.URLError):
         return False
-    ready = [s for s in servers if s.get("ready") and s.get("totalTools", 0) > 0]
+    ready = [
+        s
+        for s in servers
+        if s.get("ready") and s.get("totalTools", 0) > 0 and s.get("totalPrompts", 0) > 0
+    ]
     return len(ready) == expected
+
+
+CONFIG_RELOADED = "notifying observers of config change"
+
+
+def refresh_routing_tables(servers_file: Path, logs: Sequence[Path], timeout: float = 30.0) -> None:
+    """Make every replica rebuild its routing table once all its servers are ready.
+
+    v0.9.0 rebuilds the router's table (``internal/broker/routing_table.go``) from each
+    server manager's tool or prompt change under a *read* lock, and stores the snapshot last
+    built: two servers discovered at once can store a table that misses the other's prompts
+    (a lost update), and the table then stays so until the next change, every ``prompts/get``
+    of it answered "Prompt not found" by that replica. A config reload rebuilds it under the
+    write lock (``OnConfigChange`` → ``startManagers`` → ``refreshRoutingTable``): rewriting
+    the servers file unchanged makes each replica reload it (viper watches the file), after
+    which the tables hold every ready server's tools and prompts. Waits for each replica's log
+    line, then a moment for the reload goroutine it announces."""
+    seen = [_count(log, CONFIG_RELOADED) for log in logs]
+    servers_file.write_bytes(servers_file.read_bytes())
+    deadline = time.monotonic() + timeout
+    for log, before in zip(logs, seen, strict=True):
+        while _count(log, CONFIG_RELOADED) <= before:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{log.name}: no config reload within {timeout:.0f}s")
+            time.sleep(0.05)
+    time.sleep(0.5)  # OnConfigChange runs in a goroutine started after that line
+
+
+def _count(log: Path, line: str) -> int:
+    try:
+        return log.read_text(errors="replace").count(line)
+    except FileNotFoundError:
+        return 0

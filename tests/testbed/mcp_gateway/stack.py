@@ -266,6 +266,14 @@ class LocalGateway:
             if session_store:
                 svc.env[broker_router.SESSION_STORE_ENV] = session_store
             svc.start()
+        self.refresh_routing_tables()
+
+    def refresh_routing_tables(self) -> None:
+        """See :func:`broker_router.refresh_routing_tables` (a v0.9.0 race at discovery)."""
+        broker_router.refresh_routing_tables(
+            self.gateway_dir / broker_router.SERVERS_FILE,
+            [self.services[name].log_path for name in self.brokers],
+        )
 
     def stop(self) -> None:
         """Stop what this stack started (Envoy first; the testbed only if it started it)."""
@@ -735,6 +743,9 @@ def start_gateway(
         for name in ("policy", *replicas):
             services[name].start()
             started.append(services[name])
+        broker_router.refresh_routing_tables(
+            servers_file, [services[name].log_path for name in replicas]
+        )
 
         progress("starting Envoy (router ext_proc, auth, routes to the broker and the servers)")
         admin_port = free_port()
