@@ -7,10 +7,10 @@ helpers that only *annotate* the current span (:func:`annotate`, :func:`record_e
 
 On, each service owns one :class:`Tracing` (its own ``TracerProvider``, not the process-global
 one, so several services in one process keep their names): spans are batched to an OTLP/HTTP
-collector, new traces are sampled at ``sampling_ratio`` and a request that brings a W3C
-``traceparent`` follows its caller's decision (parent-based sampling). Incoming ``traceparent`` /
-``tracestate`` headers start the server span (:meth:`Tracing.server_span`); outgoing aiohttp
-requests get a client span and carry it on (:meth:`Tracing.client_trace_config`).
+collector. Sampling is decided before any span is made (:meth:`Tracing.server_span`), so an
+unsampled request costs next to nothing: a request that brings a W3C ``traceparent`` follows its
+caller's decision, a new trace is recorded with probability ``sampling_ratio``. Outgoing aiohttp
+requests get a client span and carry it on (:meth:`Tracing.add_client_hooks`).
 
 Attributes never hold a token: the user is its subject name (``enduser.id``).
 """
@@ -18,6 +18,7 @@ Attributes never hold a token: the user is its subject name (``enduser.id``).
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -86,17 +88,39 @@ class TracingSettings(BaseModel):
 class Tracing:
     """One service's tracer: its provider, batch exporter and propagation helpers."""
 
-    def __init__(self, provider: TracerProvider, service_name: str) -> None:
+    def __init__(
+        self, provider: TracerProvider, service_name: str, sampling_ratio: float = 1.0
+    ) -> None:
         self.provider = provider
         self.service_name = service_name
+        self.sampling_ratio = sampling_ratio
         self.tracer = provider.get_tracer("kube-mcp-gateway." + service_name)
 
     @contextmanager
     def server_span(
         self, name: str, headers: Mapping[str, str], attributes: Mapping[str, Any] | None = None
     ) -> Iterator[trace.Span]:
-        """A SERVER span, child of the caller's ``traceparent`` when the headers carry one."""
+        """A SERVER span, child of the caller's ``traceparent`` when the headers carry one.
+
+        Sampling is decided here, before the SDK is asked, so that an unsampled request costs
+        almost nothing: a caller's decision is followed (not sampled: its context is made current
+        without a span, so outgoing requests pass it on as it came); a request without a caller
+        trace is recorded with probability ``sampling_ratio``, and otherwise gets no span and
+        no context at all."""
         parent = _PROPAGATOR.extract(headers)
+        caller = trace.get_current_span(parent).get_span_context()
+        if caller.is_valid and not caller.trace_flags.sampled:
+            token = otel_context.attach(parent)
+            try:
+                yield trace.get_current_span()
+            finally:
+                otel_context.detach(token)
+            return
+        if not caller.is_valid and (
+            self.sampling_ratio <= 0.0 or random.random() >= self.sampling_ratio  # noqa: S311
+        ):
+            yield trace.INVALID_SPAN
+            return
         with self.tracer.start_as_current_span(
             name, context=parent, kind=SpanKind.SERVER, attributes=_clean(attributes)
         ) as span:
@@ -197,11 +221,12 @@ def start_tracing(settings: TracingSettings, default_service_name: str) -> Traci
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
     name = settings.service_name or default_service_name
     provider = TracerProvider(
-        sampler=ParentBased(TraceIdRatioBased(settings.sampling_ratio)),
+        # roots are sampled by Tracing.server_span (sampling_ratio) before a span is made
+        sampler=ParentBased(ALWAYS_ON),
         resource=Resource.create({"service.name": name}),
         shutdown_on_exit=False,
     )
@@ -214,7 +239,7 @@ def start_tracing(settings: TracingSettings, default_service_name: str) -> Traci
         settings.sampling_ratio,
         name,
     )
-    return Tracing(provider, name)
+    return Tracing(provider, name, settings.sampling_ratio)
 
 
 def _clean(attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ from kmg_common.tracing import (
     TracingSettings,
     annotate,
     current_trace_id,
+    inject,
     start_tracing,
     subject_name,
 )
@@ -97,7 +98,8 @@ def test_without_a_span_the_helpers_do_nothing() -> None:
 def test_spans_reach_jaeger_under_the_callers_trace_and_sampling_follows_the_caller(
     trace_collector: Jaeger,
 ) -> None:
-    """Ratio 0: a new trace is dropped, a caller's sampled traceparent is followed."""
+    """Ratio 0: a new trace is dropped, a caller's sampled traceparent is followed, an
+    unsampled one is passed on as it came."""
     tracing = start_tracing(
         TracingSettings(
             endpoint=trace_collector.otlp_http_traces_url,
@@ -116,8 +118,14 @@ def test_spans_reach_jaeger_under_the_callers_trace_and_sampling_follows_the_cal
         with tracing.span("inner"):
             pass
     with tracing.server_span("new root", {}) as span:
-        dropped = format(span.get_span_context().trace_id, "032x")
         assert not span.is_recording()
+        assert current_trace_id() is None  # no span, no context: nothing to pass on
+    unsampled, caller = secrets.token_hex(16), secrets.token_hex(8)
+    with tracing.server_span("unsampled", {"traceparent": f"00-{unsampled}-{caller}-00"}) as span:
+        assert not span.is_recording()
+        carried: dict[str, str] = {}
+        inject(carried)  # the caller's context goes on as it came: not sampled
+        assert carried["traceparent"] == f"00-{unsampled}-{caller}-00"
     tracing.shutdown()  # flushes the batch
 
     trace = trace_collector.wait_trace(followed, services={"kmg-tracing-test"})
@@ -131,4 +139,4 @@ def test_spans_reach_jaeger_under_the_callers_trace_and_sampling_follows_the_cal
     assert "ignored" not in tags
     assert names["inner"]["references"][0]["spanID"] == root["spanID"]
     time.sleep(1)  # anything exported would be there by now (the export above is done)
-    assert trace_collector.trace(dropped) is None
+    assert trace_collector.trace(unsampled) is None
