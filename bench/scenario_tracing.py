@@ -251,8 +251,13 @@ async def run(soak: bool = False) -> dict[str, Any]:
                 "services_seen_by_jaeger": sorted(traced),
             },
             **measured,
+            # judged on the CPU capacity ratio: the throughput medians move with whatever else
+            # the shared machine runs (see the rounds), the service's own CPU per call less so
             "goals": {
-                f"{query}_{path}_ratio_ge_{goal}": per_path[path]["throughput_ratio_to_off"] >= goal
+                f"{query}_{path}_cpu_capacity_ratio_ge_{goal}": per_path[path][
+                    "cpu_capacity_ratio_to_off"
+                ]
+                >= goal
                 for query, per_path in measured.items()
                 for path, goal in (("sampled_100pct", 0.90), ("sampled_1pct", 0.98))
             },

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -98,7 +98,10 @@ class Tracing:
 
     @contextmanager
     def server_span(
-        self, name: str, headers: Mapping[str, str], attributes: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        headers: Mapping[str, str],
+        attributes: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
     ) -> Iterator[trace.Span]:
         """A SERVER span, child of the caller's ``traceparent`` when the headers carry one.
 
@@ -106,7 +109,7 @@ class Tracing:
         almost nothing: a caller's decision is followed (not sampled: its context is made current
         without a span, so outgoing requests pass it on as it came); a request without a caller
         trace is recorded with probability ``sampling_ratio``, and otherwise gets no span and
-        no context at all."""
+        no context at all. ``attributes`` may be a function: called only for a recorded span."""
         parent = _PROPAGATOR.extract(headers)
         caller = trace.get_current_span(parent).get_span_context()
         if caller.is_valid and not caller.trace_flags.sampled:
@@ -121,6 +124,8 @@ class Tracing:
         ):
             yield trace.INVALID_SPAN
             return
+        if callable(attributes):
+            attributes = attributes()
         with self.tracer.start_as_current_span(
             name, context=parent, kind=SpanKind.SERVER, attributes=_clean(attributes)
         ) as span:

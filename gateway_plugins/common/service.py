@@ -225,15 +225,19 @@ def _tracing_middleware(tracer: kt.Tracing) -> Middleware:
         route = _route_label(request)
         if route in PROBE_PATHS:
             return await handler(request)
-        attributes: dict[str, Any] = {
-            "http.request.method": request.method,
-            "http.route": route,
-            kt.REQUEST_ID: request.get(REQUEST_ID),
-        }
-        for header, name in _MCP_HEADER_ATTRIBUTES:
-            value = request.headers.get(header)
-            if value:
-                attributes[name] = value[:256]
+
+        def attributes() -> dict[str, Any]:  # only for a recorded span
+            found: dict[str, Any] = {
+                "http.request.method": request.method,
+                "http.route": route,
+                kt.REQUEST_ID: request.get(REQUEST_ID),
+            }
+            for header, name in _MCP_HEADER_ATTRIBUTES:
+                value = request.headers.get(header)
+                if value:
+                    found[name] = value[:256]
+            return found
+
         with tracer.server_span(f"{request.method} {route}", request.headers, attributes) as span:
             try:
                 response = await handler(request)
