@@ -1,9 +1,9 @@
 """Session fixtures for the real Kubernetes control planes (see ``tests/testbed/cluster.py``).
 
 * ``cluster_a``: trusts Keycloak realm ``mcp`` (audiences ``CLUSTER_A_AUDIENCES``).
-* Both export their API server spans to the session's ``trace_collector`` (Jaeger).
 * ``cluster_b``: trusts only realm ``cluster-b`` (``CLUSTER_B_AUDIENCES``); started only by tests
-  that ask for it.
+  that ask for it. Both API servers export their spans to the session's ``trace_collector``
+  (Jaeger, ``TracingConfiguration``: see ``tests/testbed/cluster.py``).
 * ``admin_client``: a kubernetes_asyncio ``ApiClient`` for cluster A as ``admin`` (system:masters).
 * ``service_account_token``: ``await service_account_token(cluster, name=..., rules=...)`` returns a
   real TokenRequest token of a ServiceAccount with exactly the permissions asked for.
