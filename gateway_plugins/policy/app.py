@@ -67,6 +67,7 @@ from gateway_plugins.policy.engines import (
 )
 from gateway_plugins.policy.input import Catalogue, HeaderMismatch, InputError
 from gateway_plugins.policy.live_engine import LiveEngine
+from gateway_plugins.policy.rbac_list import RbacListFilter, RbacMetrics, user_key
 from gateway_plugins.policy.reloader import (
     AwaitingPolicy,
     PolicyReloader,
@@ -126,6 +127,7 @@ class PolicyService:
     decisions: DecisionLog
     catalogue: Catalogue | None
     metrics: _Metrics
+    rbac: RbacListFilter | None = None
     _wristbands: OrderedDict[str, tuple[float, SignedList]] = field(default_factory=OrderedDict)
     _policy_generation: int = 0
 
@@ -133,6 +135,8 @@ class PolicyService:
         """A reload put ``source`` in force: nothing computed from the old policy is reused."""
         self._policy_generation += 1
         self._wristbands.clear()
+        if self.rbac is not None:
+            self.rbac.clear()
         self.catalogue = source.catalogue
 
     # -- tokens --------------------------------------------------------------------------------
@@ -232,10 +236,27 @@ class PolicyService:
                 time.perf_counter() - started
             )
 
-    async def wristband(self, claims: Mapping[str, Any]) -> SignedList:
+    async def listed_tools(
+        self,
+        claims: Mapping[str, Any],
+        token: str | None,
+        catalogue: Catalogue | None = None,
+    ) -> tuple[dict[str, list[str]], bool]:
+        """The tools tools/list shows: the roles' tools, narrowed by the cluster's RBAC for the
+        user's own token when ``rbac_list`` is on; True when some server fell back to its
+        role-derived list (a failed review: fail soft, see :mod:`.rbac_list`)."""
+        allowed = await self.allowed_tools(claims, catalogue)
+        if self.rbac is None:
+            return allowed, False
+        filtered = await self.rbac.filter(allowed, token, user_key(claims))
+        return filtered.allowed, filtered.degraded
+
+    async def wristband(self, claims: Mapping[str, Any], token: str | None = None) -> SignedList:
         """The signed list for these claims, reused while fresh (same claims ⇒ same list)."""
         assert self.signer is not None
         ttl = min(self.settings.wristband.cache_ttl_s, self.signer.lifetime_s / 2)
+        if self.rbac is not None:
+            ttl = min(ttl, self.rbac.ttl_s)
         key = hashlib.sha256(compact_json(policy_input.policy_claims(claims)).encode()).hexdigest()
         now = time.time()
         cached = self._wristbands.get(key)
@@ -244,10 +265,11 @@ class PolicyService:
             return cached[1]
         # The engine uses data.mcp.catalogue (loaded at start), not a per-request copy.
         generation = self._policy_generation
-        allowed = await self.allowed_tools(claims, None)
+        allowed, degraded = await self.listed_tools(claims, token)
         prompts = await self.allowed_prompts(claims)
         signed = self.signer.sign(allowed, prompts=prompts, subject=_subject(claims))
-        if ttl > 0 and generation == self._policy_generation:  # not from a replaced policy
+        # not from a replaced policy, nor a role-only list standing in for a failed review
+        if ttl > 0 and generation == self._policy_generation and not degraded:
             self._wristbands[key] = (now, signed)
             while len(self._wristbands) > _WRISTBAND_CACHE_SIZE:
                 self._wristbands.popitem(last=False)
@@ -382,7 +404,8 @@ async def check(request: web.Request) -> web.Response:
         body = await _read_body(request, method)
         method, tool, prompt = _reconcile(method, tool, prompt, body)
         if method in LIST_METHODS:
-            return await _check_list(service, claims, started, server, method)
+            token = _bearer(request.headers.get("Authorization"))
+            return await _check_list(service, claims, token, started, server, method)
         names_tool = bool(tool) and server != policy_input.BROKER_SERVER
         if method not in NAMED_METHODS and not names_tool:
             reason = f"method {method or '(none)'} names no tool: no tool decision needed"
@@ -503,14 +526,19 @@ def _reconcile(
 
 
 async def _check_list(
-    service: PolicyService, claims: dict[str, Any], started: float, server: str, method: str
+    service: PolicyService,
+    claims: dict[str, Any],
+    token: str | None,
+    started: float,
+    server: str,
+    method: str,
 ) -> web.Response:
     headers: Mapping[str, str] = {}
     extra: dict[str, Any] = {}
     if service.signer is None:
         reason = f"{method} allowed; no signed list (wristband.signing_key_file is not set)"
     else:
-        signed = await service.wristband(claims)
+        signed = await service.wristband(claims, token)
         count = sum(len(v) for v in signed.allowed.values())
         prompts = sum(len(v) for v in signed.prompts.values())
         reason = (
@@ -578,16 +606,18 @@ async def decide(request: web.Request) -> web.Response:
         server = _str_field(body, "server")
         tool = _str_field(body, "tool")
         prompt = _str_field(body, "prompt")
-        claims = await service.claims_of(_authorization(request, body))
+        authorization = _authorization(request, body)
+        claims = await service.claims_of(authorization)
         if method in LIST_METHODS:
+            token = _bearer(authorization)
             if service.signer is not None:
                 # Authorino reads metadata bodies, not response headers: the signed list travels
                 # in the body as "headers" so an AuthPolicy can copy it onto the request.
-                signed = await service.wristband(claims)
+                signed = await service.wristband(claims, token)
                 allowed, prompts = signed.allowed, signed.prompts
                 extra["headers"] = dict(signed.headers)
             else:
-                allowed = await service.allowed_tools(claims, None)
+                allowed, _ = await service.listed_tools(claims, token)
                 prompts = await service.allowed_prompts(claims)
             allow, reason = (
                 True,
@@ -669,11 +699,13 @@ async def filter_tools(request: web.Request) -> web.Response:
         tools = result.get("tools")
         if not isinstance(tools, list):
             raise InputError("expected the tools/list result: {server, result: {tools: [...]}}")
-        claims = await service.claims_of(_authorization(request, body))
+        authorization = _authorization(request, body)
+        claims = await service.claims_of(authorization)
         catalogue = {
             server: policy_input.catalogue_from_tools(t for t in tools if isinstance(t, dict))
         }
-        allowed = set((await service.allowed_tools(claims, catalogue)).get(server, []))
+        listed, _ = await service.listed_tools(claims, _bearer(authorization), catalogue)
+        allowed = set(listed.get(server, []))
         kept = [t for t in tools if isinstance(t, dict) and t.get("name") in allowed]
         reason = f"{len(kept)} of {len(tools)} tool(s) of {server} allowed"
         service.record(
@@ -877,6 +909,7 @@ def create_app(
         ),
     )
     reload_metrics = ReloadMetrics.register(registry)
+    rbac_metrics = RbacMetrics.register(registry)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         session = make_client_session(ca_file=settings.auth.ca_file, timeout_s=5.0)
@@ -904,6 +937,9 @@ def create_app(
             source.catalogue if source is not None else None,
             metrics,
         )
+        if settings.rbac_list.enabled:
+            service.rbac = RbacListFilter(settings.rbac_list, rbac_metrics)
+            await service.rbac.start()
         app[_SLOT].service = service
         if owns_engine:
             await the_engine.start()
@@ -929,6 +965,8 @@ def create_app(
                 await the_engine.close()
             if decision_log is None:
                 log_sink.close()
+            if service.rbac is not None:
+                await service.rbac.close()
             await session.close()
             app[_SLOT].service = None
 

@@ -148,6 +148,122 @@ class BundleSettings(_Strict):
         return value.strip()
 
 
+class RbacTokenExchange(_Strict):
+    """RFC 8693 exchange of the user's token for one the cluster accepts (before its review)."""
+
+    url: str = Field(
+        description="Token endpoint (POST, form): the token exchange service's /token facade "
+        "or the identity provider's own."
+    )
+    audience: str = Field(
+        description="audience asked for: what the cluster accepts (e.g. the MCP server's name, "
+        "the audience the backend's tokens carry)."
+    )
+    client_id: str | None = Field(default=None, description="HTTP Basic client id.")
+    client_secret_file: Path | None = Field(default=None, description="File with the secret.")
+    ca_file: Path | None = Field(default=None, description="CA bundle for an https url.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return _plain_http_url(value, "rbac_list.clusters[].token_exchange.url")
+
+    def client_secret(self) -> str | None:
+        if self.client_secret_file is None:
+            return None
+        return self.client_secret_file.read_text(encoding="utf-8").strip()
+
+
+class RbacCluster(_Strict):
+    """The cluster behind one MCP server, asked what the user's own token may do."""
+
+    server: str = Field(description="MCP server name (x-mcp-servername, catalogue key).")
+    api_server: str = Field(description="The cluster's API server URL (https).")
+    ca_file: Path | None = Field(default=None, description="CA bundle of the API server.")
+    namespaces: list[str] = Field(
+        default_factory=lambda: ["default"],
+        min_length=1,
+        description="Namespace scope: one SelfSubjectRulesReview each; a tool is kept when "
+        "the rules of any of them grant it (cluster-wide grants show in every namespace).",
+    )
+    token_exchange: RbacTokenExchange | None = Field(
+        default=None,
+        description="Exchange the user's token first (the token tools/list carries is addressed "
+        "to the gateway; the cluster may accept only the server's audience); unset: the "
+        "request's token as-is.",
+    )
+
+    @field_validator("api_server")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        url = _plain_http_url(value, "rbac_list.clusters[].api_server")
+        if not url.startswith("https://"):
+            raise ValueError(f"rbac_list api_server {value!r} must be https (tokens go there)")
+        return url
+
+
+class RbacListSettings(_Strict):
+    """tools/list that knows the cluster's RBAC (off by default)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Intersect the role-derived tools/list with what the user's own token may "
+        "do on each configured server's cluster (SelfSubjectRulesReview); a failed review lists "
+        "the role-derived tools (fail soft: tools/call is still decided by the policy and the "
+        "cluster's RBAC).",
+    )
+    clusters: list[RbacCluster] = Field(
+        default_factory=list,
+        description="One entry per MCP server to check; servers not listed keep the "
+        "role-derived list.",
+    )
+    cache_ttl_s: float = Field(
+        default=30.0, gt=0, le=3600, description="Reuse a user's review results this long."
+    )
+    failure_ttl_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="After a failed review, list by role only this long before asking again.",
+    )
+    timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=30,
+        description="Bound on a user's reviews of one server (exchange, queue and calls).",
+    )
+    max_concurrent_reviews: int = Field(
+        default=8, ge=1, le=1024, description="Review (and exchange) calls in flight at once."
+    )
+    max_waiting_reviews: int = Field(
+        default=64,
+        ge=0,
+        le=100_000,
+        description="Reviews queued for a slot; beyond that tools/list lists by role only.",
+    )
+    cache_size: int = Field(
+        default=10_000, ge=1, description="Most (user, server) review results remembered."
+    )
+
+    @model_validator(mode="after")
+    def _clusters(self) -> RbacListSettings:
+        if self.enabled and not self.clusters:
+            raise ValueError("rbac_list.enabled needs at least one entry in rbac_list.clusters")
+        servers = [c.server for c in self.clusters]
+        if len(servers) != len(set(servers)):
+            raise ValueError("rbac_list.clusters: each server may be listed once")
+        return self
+
+
+def _plain_http_url(value: str, name: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{name} {value!r} must be an http(s) URL")
+    if parts.username or parts.password:
+        raise ValueError(f"{name} must not carry credentials")
+    return value.strip().rstrip("/")
+
+
 class PolicySettings(_Strict):
     """The policy service."""
 
@@ -186,6 +302,10 @@ class PolicySettings(_Strict):
     bundle: BundleSettings = Field(default_factory=BundleSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     wristband: WristbandSettings = Field(default_factory=WristbandSettings)
+    rbac_list: RbacListSettings = Field(
+        default_factory=RbacListSettings,
+        description="tools/list filtered by the cluster's RBAC for the user's own token.",
+    )
     decision_log: str | None = Field(
         default="-", description="Decision log: a file path, '-' for stderr, null for off."
     )

@@ -546,6 +546,7 @@ def start_gateway(
     wristband_form: str = "both",
     broker_replicas: int = 1,
     session_store: str | None = None,
+    policy_extra: Callable[[Mapping[str, int]], Mapping[str, Any]] | None = None,
     trace_collector: Jaeger | None = None,
 ) -> LocalGateway:
     """Our services, the real broker/router and Envoy next to a running testbed.
@@ -560,6 +561,8 @@ def start_gateway(
     Envoy balances the router's ext_proc streams and the broker's requests round robin over
     them. ``session_store``: the Redis URL (password included) every replica gets as
     ``CACHE_CONNECTION_STRING``; ``None`` keeps each replica's sessions in its own memory.
+    ``policy_extra``: the services' ports -> settings added to the policy service's (e.g.
+    ``rbac_list``, which names the token exchange's ``/token``).
     ``trace_collector``: our services (``tracing.endpoint``, every trace sampled) and Envoy
     export their spans there.
     """
@@ -703,6 +706,7 @@ def start_gateway(
                 "caller_auth": caller_auth,
                 "wristband": {"signing_key_file": str(signing_key), "form": wristband_form},
                 "decision_log": str(gw_dir / "policy-decisions.jsonl"),
+                **(policy_extra(ports) if policy_extra is not None else {}),
                 **tracing,
             },
         )
