@@ -9,9 +9,10 @@ each backend decides the sampling itself, as behind a gateway that does not trac
 measured apart: ``resources_get`` of one Deployment (a cheap call, where the span cost weighs the
 most) and ``pods_list`` (a Table of 200 pods rendered: a typical heavier call).
 
-The policy service the same way: three ``mcp-policy serve`` processes (embedded engine, a real
-Keycloak token verified against the realm's keys) that differ only in ``tracing``, asked the
-ext_authz ``/check`` of a ``tools/call``.
+The policy service and the token exchange the same way: three ``mcp-policy serve`` (embedded
+engine) and three ``mcp-token-exchange serve`` processes that differ only in ``tracing``, asked
+the gateway's ext_authz ``/check`` of a ``tools/call`` with a real Keycloak token (the exchange
+answers from its cache after the first call).
 
 Each round runs every path in turn (order rotating) as a closed loop of 16 workers; reported per
 path: throughput (median over the rounds), its ratio to ``off``, and the service process's CPU
@@ -47,12 +48,14 @@ from bench.scenario_backend import (
     _start_backend,
 )
 from tests.gateway_plugins.policy.running import CALLER_HEADERS, SERVER, policy_settings
+from tests.gateway_plugins.token_exchange import running as te_running
 from tests.testbed import keycloak as kc
 from tests.testbed import paths, process
 from tests.testbed.cluster import Cluster, start_cluster
 from tests.testbed.identity_plan import new_plan
 from tests.testbed.jaeger import Jaeger
 from tests.testbed.pki import CertificateAuthority
+from tests.testbed.ports import free_port
 
 ROUNDS = 5
 CALLS_PER_ROUND = 1500
@@ -132,6 +135,46 @@ def _start_policy(
     return proc, url
 
 
+def _exchange_path(http: aiohttp.ClientSession, base: str, token: str) -> Call:
+    """The gateway's ext_authz check at the token exchange for server A (after the first call
+    the exchanged token comes from the service's cache: the common case)."""
+    headers = {
+        "authorization": f"Bearer {token}",
+        "x-mcp-method": "tools/call",
+        "x-mcp-servername": SERVER,
+        **te_running.CALLER_HEADERS,
+    }
+
+    async def call(i: int) -> None:
+        async with http.post(f"{base}/check/mcp", headers=headers) as resp:
+            answer = await resp.read()
+        _check(resp.status == 200 and "authorization" in resp.headers, "exchange check", answer)
+
+    return call
+
+
+def _start_exchange(
+    keycloak: kc.Keycloak, run_dir: Path, name: str, tracing: dict[str, Any] | None
+) -> tuple[process.ManagedProcess, str]:
+    settings = te_running.service_settings(keycloak, run_dir / f"{name}-secrets")
+    data = settings.model_dump(mode="json", exclude_none=True)
+    data["port"] = port = free_port()
+    if tracing is not None:
+        data["tracing"] = tracing
+    config = run_dir / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = process.ManagedProcess(
+        name,
+        [sys.executable, "-m", "gateway_plugins.token_exchange", "serve", "--config", str(config)],
+        run_dir / f"{name}.log",
+        cwd=paths.REPO_ROOT,
+    )
+    proc.start()
+    url = f"http://127.0.0.1:{port}"
+    proc.wait_until(lambda: process.http_ok(f"{url}/readyz"), timeout=60, what="ready (/readyz)")
+    return proc, url
+
+
 def _tracing(jaeger: Jaeger, service: str, ratio: float | None) -> dict[str, Any] | None:
     if ratio is None:
         return None
@@ -164,12 +207,12 @@ async def _measure(
         return await _rounds(paths_, pids)
 
 
-async def _measure_policy(
-    bases: dict[str, str], pids: dict[str, int], token: str
+async def _measure_checks(
+    make: Any, bases: dict[str, str], pids: dict[str, int], token: str
 ) -> dict[str, dict[str, Any]]:
     connector = aiohttp.TCPConnector(limit=CONCURRENCY)
     async with aiohttp.ClientSession(connector=connector) as http:
-        return await _rounds({n: _policy_path(http, b, token) for n, b in bases.items()}, pids)
+        return await _rounds({n: make(http, b, token) for n, b in bases.items()}, pids)
 
 
 async def _rounds(paths_: dict[str, Call], pids: dict[str, int]) -> dict[str, dict[str, Any]]:
@@ -206,6 +249,7 @@ async def run(soak: bool = False) -> dict[str, Any]:
     jaeger = Jaeger(run_dir)
     backends: dict[str, tuple[process.ManagedProcess, str]] = {}
     policies: dict[str, tuple[process.ManagedProcess, str]] = {}
+    exchanges: dict[str, tuple[process.ManagedProcess, str]] = {}
     keycloak: kc.Keycloak | None = None
     try:
         jaeger.start()
@@ -235,13 +279,29 @@ async def run(soak: bool = False) -> dict[str, Any]:
         user_token = await asyncio.to_thread(keycloak.user_token, "mcp", "mcp")
         pids = {n: p.proc.pid for n, (p, _) in policies.items() if p.proc is not None}
         bases = {n: b for n, (_, b) in policies.items()}
-        measured["policy_check"] = _with_ratios(await _measure_policy(bases, pids, user_token))
+        measured["policy_check"] = _with_ratios(
+            await _measure_checks(_policy_path, bases, pids, user_token)
+        )
+        for proc, _ in policies.values():
+            proc.stop()
+        for name, ratio in RATIOS.items():
+            exchanges[name] = _start_exchange(
+                keycloak,
+                run_dir,
+                f"token-exchange-{name}",
+                _tracing(jaeger, f"bench-token-exchange-{name}", ratio),
+            )
+        pids = {n: p.proc.pid for n, (p, _) in exchanges.items() if p.proc is not None}
+        bases = {n: b for n, (_, b) in exchanges.items()}
+        measured["token_exchange_check"] = _with_ratios(
+            await _measure_checks(_exchange_path, bases, pids, user_token)
+        )
         await asyncio.sleep(2)  # the batch exporters' last flush
         traced = jaeger.services()
         return {
             "setup": {
                 "calls": "backend: resources_get (one Deployment), pods_list (200 pods); "
-                "policy: /check of a tools/call",
+                "policy and token exchange: the gateway's /check of a tools/call",
                 "concurrency": CONCURRENCY,
                 "rounds": ROUNDS,
                 "calls_per_round": CALLS_PER_ROUND,
@@ -263,7 +323,7 @@ async def run(soak: bool = False) -> dict[str, Any]:
             },
         }
     finally:
-        for proc, _ in (*backends.values(), *policies.values()):
+        for proc, _ in (*backends.values(), *policies.values(), *exchanges.values()):
             proc.stop()
         if cluster is not None:
             cluster.stop()
