@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from kmg_common.tracing import start_tracing
 from mcp_backend.access import AccessPolicy
 from mcp_backend.auth import METADATA_PATH, RequireBearer, request_resource_url
 from mcp_backend.clusters import ClusterRegistry
@@ -25,6 +27,8 @@ from mcp_backend.protocol_eras import HandshakeOnly
 from mcp_backend.server import Handlers, build_server
 from mcp_backend.single_exchange import SingleExchange
 from mcp_backend.tools import all_tools
+
+TRACING_NAME = "mcp-backend"  # service.name of its spans unless tracing.service_name
 
 
 @dataclass
@@ -41,10 +45,11 @@ class Backend:
 def create_backend(settings: Settings) -> Backend:
     """Wire settings → registry, clusters, handlers → Starlette app (nothing connects yet)."""
     metrics = Metrics()
+    tracing = start_tracing(settings.tracing, TRACING_NAME)
     access = AccessPolicy(settings.denied_kinds, redact_secrets=settings.redact_secrets)
-    clusters = ClusterRegistry(effective_clusters(settings), settings, access, metrics)
+    clusters = ClusterRegistry(effective_clusters(settings), settings, access, metrics, tracing)
     registry = all_tools().select(settings)
-    handlers = Handlers(settings, registry, clusters, metrics)
+    handlers = Handlers(settings, registry, clusters, metrics, tracing)
     server = build_server(handlers, otel_spans=settings.otel_spans)
     rule = host_origin_rule(settings)
     security = transport_security(rule)
@@ -101,6 +106,8 @@ def create_backend(settings: Settings) -> Backend:
                 yield
             finally:
                 await clusters.close()
+                if tracing is not None:
+                    await asyncio.to_thread(tracing.shutdown)
 
     app = Starlette(
         routes=[

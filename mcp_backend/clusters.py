@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kmg_common.tracing import Tracing
 from mcp_backend.access import AccessPolicy
 from mcp_backend.config import ClusterConfig, Settings
 from mcp_backend.discovery import Discovery, DiscoveryCache, ResourceInfo
@@ -93,16 +94,17 @@ class ClusterRegistry:
         settings: Settings,
         access: AccessPolicy,
         metrics: Metrics,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.access = access
         self._tmp = tempfile.TemporaryDirectory(prefix="mcp-backend-")
         self.clusters: dict[str, Cluster] = {}
-        self.exchanger = TokenExchanger()
+        self.exchanger = TokenExchanger(tracing)
         for cfg in configs:
             self.clusters[cfg.name] = Cluster(
                 config=cfg,
-                client=KubeClient(cfg, settings, access, metrics),
+                client=KubeClient(cfg, settings, access, metrics, tracing),
                 discovery=DiscoveryCache(
                     cfg.name, cfg.server, settings.discovery_ttl_s, settings.discovery_timeout_s
                 ),

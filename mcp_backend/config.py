@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gateway_plugins.common.host_origin import HostPatterns, OriginPatterns, public_url
 from gateway_plugins.common.settings import SettingsError as SettingsError
 from gateway_plugins.common.settings import read_yaml, read_yaml_mapping
+from kmg_common.tracing import TracingSettings
 
 ENV_PREFIX = "KMG_BACKEND_"
 IN_CLUSTER_TOKEN_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -293,6 +294,12 @@ class Settings(_Model):
     )
     otel_spans: bool = Field(
         False, description="keep the SDK's OpenTelemetry span per MCP message (costs CPU per call)"
+    )
+    tracing: TracingSettings = Field(
+        default_factory=TracingSettings,
+        description="OpenTelemetry tracing (OTLP/HTTP): a span per tool call and per API server "
+        "call, the caller's W3C traceparent continued and sent on to the API server; off unless "
+        "`endpoint` is set (YAML, or KMG_BACKEND_TRACING as JSON)",
     )
     kubeconfig: Path | None = Field(
         None, description="import clusters (server + CA only, never credentials) from a kubeconfig"

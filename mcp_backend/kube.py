@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from kmg_common.tracing import Tracing
 from mcp_backend.access import AccessPolicy, ApiPath
 from mcp_backend.audit import USER_AGENT, caller_headers
 from mcp_backend.config import ClusterConfig, Settings
@@ -63,9 +64,15 @@ class KubeClient:
     """Pooled HTTP access to one API server; the token is supplied per call."""
 
     def __init__(
-        self, cluster: ClusterConfig, settings: Settings, access: AccessPolicy, metrics: Metrics
+        self,
+        cluster: ClusterConfig,
+        settings: Settings,
+        access: AccessPolicy,
+        metrics: Metrics,
+        tracing: Tracing | None = None,
     ) -> None:
         self.cluster = cluster
+        self.tracing = tracing
         self.settings = settings
         self.access = access
         self.metrics = metrics
@@ -92,6 +99,8 @@ class KubeClient:
         if self._session is None or self._session.closed:
             trace = aiohttp.TraceConfig()
             trace.on_connection_create_end.append(self._on_connection)
+            if self.tracing is not None:  # a span per API call, its traceparent sent along
+                self.tracing.add_client_hooks(trace, f"kube-apiserver/{self.name}")
             connector = aiohttp.TCPConnector(
                 limit=self.settings.pool_size,
                 ssl=self._ssl(),

@@ -18,6 +18,7 @@ from mcp.server import Server, ServerRequestContext
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
 
+from kmg_common import tracing as kt
 from mcp_backend import __version__
 from mcp_backend.audit import audited_arguments, caller_of, trace_id
 from mcp_backend.auth import TokenBinding, extract_token
@@ -72,8 +73,10 @@ class Handlers:
         registry: ToolRegistry,
         clusters: ClusterRegistry,
         metrics: Metrics,
+        tracing: kt.Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing
         self.registry = registry
         self.clusters = clusters
         self.metrics = metrics
@@ -106,6 +109,22 @@ class Handlers:
                 message=f"Unknown tool: {params.name!r}; tools/list shows the tools available",
             )
         headers = _headers(ctx)
+        if self.tracing is None:
+            return await self._call_tool(spec, params, headers)
+        with self.tracing.server_span(
+            f"tools/call {spec.name}",
+            headers,
+            {
+                kt.MCP_METHOD: "tools/call",
+                kt.TOOL_NAME: spec.name,
+                kt.MCP_SERVER: headers.get("x-mcp-servername"),
+            },
+        ):
+            return await self._call_tool(spec, params, headers)
+
+    async def _call_tool(
+        self, spec: ToolSpec, params: types.CallToolRequestParams, headers: Mapping[str, str]
+    ) -> types.CallToolResult:
         rid = headers.get("x-request-id") or uuid.uuid4().hex[:16]
         request_id.set(rid)
         args = dict(params.arguments or {})
@@ -113,6 +132,10 @@ class Handlers:
         token = extract_token(headers)
         if token is None and self.settings.accept_token_in_arguments and isinstance(arg_token, str):
             token = arg_token.strip() or None
+        cluster = self._cluster_label(args.get("context"))
+        caller = caller_of(token)
+        if self.tracing is not None:
+            kt.annotate({kt.REQUEST_ID: rid, kt.CLUSTER: cluster, kt.USER: caller.user})
         started = time.perf_counter()
         outcome = "ok"
         try:
@@ -161,9 +184,10 @@ class Handlers:
                 structured_content=structured,
                 is_error=True,
             )
-        except Exception:
+        except Exception as exc:
             outcome = "error"
             log.exception("tool %s failed unexpectedly", spec.name, extra={"tool": spec.name})
+            kt.record_error(exc, f"internal error in {spec.name}: {type(exc).__name__}")
             result = types.CallToolResult(
                 content=[
                     types.TextContent(
@@ -176,10 +200,12 @@ class Handlers:
                 is_error=True,
             )
         elapsed = time.perf_counter() - started
-        cluster = self._cluster_label(args.get("context"))
+        if self.tracing is not None:
+            kt.annotate({kt.OUTCOME: outcome})
+            if outcome != "ok":
+                kt.mark_error(outcome)
         self.metrics.tool_calls.labels(spec.name, cluster, outcome).inc()
         self.metrics.tool_seconds.labels(spec.name, cluster).observe(elapsed)
-        caller = caller_of(token)
         log.info(
             "tool call",
             extra={

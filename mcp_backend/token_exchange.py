@@ -12,6 +12,7 @@ import ssl
 
 import aiohttp
 
+from kmg_common.tracing import Tracing
 from mcp_backend.config import TokenExchangeConfig
 from mcp_backend.errors import Unauthorized, Unreachable
 
@@ -33,8 +34,9 @@ def exchange_form(subject_token: str, audience: str) -> dict[str, str]:
 class TokenExchanger:
     """POSTs the exchange form to the configured URL; one pooled session per exchange URL."""
 
-    def __init__(self) -> None:
+    def __init__(self, tracing: Tracing | None = None) -> None:
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._tracing = tracing
 
     def _client(self, cfg: TokenExchangeConfig) -> aiohttp.ClientSession:
         session = self._sessions.get(cfg.url)
@@ -42,7 +44,10 @@ class TokenExchanger:
             ssl_ctx: ssl.SSLContext | bool = True
             if cfg.ca_file is not None:
                 ssl_ctx = ssl.create_default_context(cafile=str(cfg.ca_file))
-            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_ctx))
+            traces = [self._tracing.client_trace_config("token-exchange")] if self._tracing else []
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=ssl_ctx), trace_configs=traces
+            )
             self._sessions[cfg.url] = session
         return session
 

@@ -22,6 +22,7 @@ def make_client_session(
     timeout_s: float = 5.0,
     connect_timeout_s: float | None = None,
     limit: int = 100,
+    trace_configs: list[aiohttp.TraceConfig] | None = None,
 ) -> aiohttp.ClientSession:
     """A pooled session; call from inside a running event loop and close it on shutdown."""
     connector = aiohttp.TCPConnector(
@@ -30,4 +31,6 @@ def make_client_session(
     timeout = aiohttp.ClientTimeout(
         total=timeout_s, sock_connect=connect_timeout_s or min(timeout_s, 3.0)
     )
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, raise_for_status=False)
+    return aiohttp.ClientSession(
+        connector=connector, timeout=timeout, raise_for_status=False, trace_configs=trace_configs
+    )

@@ -17,6 +17,10 @@ from typing import Any, TextIO
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "kmg_request_id", default=None
 )
+# The W3C trace id of the request being served (its traceparent), tracing on or off.
+trace_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "kmg_trace_id", default=None
+)
 
 # "Bearer <token>" / "Basic <credentials>", also URL/form-encoded ("Bearer%20...", "Bearer+...").
 _BEARER = re.compile(r"(?i)\b(bearer|basic)(?:\s+|%20|\+)[A-Za-z0-9\-._~+/%]+=*")
@@ -121,6 +125,9 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None) or request_id_var.get()
         if request_id:
             entry["request_id"] = request_id
+        trace_id = trace_id_var.get()
+        if trace_id:
+            entry["trace_id"] = trace_id
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and key not in entry and not key.startswith("_"):
                 entry[key] = redact_value(value)

@@ -3,8 +3,9 @@
 :func:`create_base_app` returns an application with: a request-id middleware (honours or sets
 ``x-request-id``), an error middleware (every failure becomes a JSON error, never a stack trace),
 request counters and latency histograms in a per-app Prometheus registry, ``/healthz``,
-``/readyz`` (pluggable async checks) and ``/metrics``, and (given a rule) the Host and Origin
-checks of ``host_origin`` on the other routes. :func:`run_app` serves it until SIGTERM or
+``/readyz`` (pluggable async checks) and ``/metrics``, (given a rule) the Host and Origin
+checks of ``host_origin`` on the other routes, and (given a tracer) a server span per request,
+child of the caller's W3C ``traceparent``. :func:`run_app` serves it until SIGTERM or
 SIGINT and shuts down gracefully.
 """
 
@@ -27,7 +28,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.exposition import generate_latest
 
 from gateway_plugins.common.host_origin import PROBE_PATHS, HostOriginRule
-from gateway_plugins.common.logging import redact, request_id_var
+from gateway_plugins.common.logging import redact, request_id_var, trace_id_var
+from kmg_common import tracing as kt
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,8 @@ class ReadinessChecks:
 SERVICE_METRICS = web.AppKey("kmg_metrics", ServiceMetrics)
 READINESS = web.AppKey("kmg_readiness", ReadinessChecks)
 SERVICE_NAME = web.AppKey("kmg_service", str)
+# The service's tracer when its ``tracing.endpoint`` is set (absent: tracing off).
+TRACING = web.AppKey("kmg_tracing", kt.Tracing)
 REQUEST_ID = web.RequestKey("kmg_request_id", str)
 # Set by an app that serves HTTPS (caller_auth mode mtls); :func:`serve` then listens with it.
 SERVER_SSL = web.AppKey("kmg_server_ssl", ssl.SSLContext)
@@ -133,12 +137,17 @@ async def request_id_middleware(
     request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id
     token = request_id_var.set(request_id)
+    # the caller's trace id (logs, decision log), also when this service does not trace
+    trace = trace_id_var.set(
+        kt.trace_id_of(request.headers) if "traceparent" in request.headers else None
+    )
     try:
         response = await handler(request)
     except web.HTTPException as exc:
         exc.headers[REQUEST_ID_HEADER] = request_id
         raise
     finally:
+        trace_id_var.reset(trace)
         request_id_var.reset(token)
     response.headers[REQUEST_ID_HEADER] = request_id
     return response
@@ -162,13 +171,11 @@ async def error_middleware(
     except asyncio.CancelledError:
         raise
     except Exception as exc:
+        detail = redact(f"{type(exc).__name__}: {exc}")
         log.error(
-            "unhandled error in %s %s: %s",
-            request.method,
-            request.path,
-            redact(f"{type(exc).__name__}: {exc}"),
-            exc_info=True,
+            "unhandled error in %s %s: %s", request.method, request.path, detail, exc_info=True
         )
+        kt.record_error(exc, detail)
         return json_error(
             500,
             "internal_error",
@@ -194,6 +201,53 @@ def _metrics_middleware(metrics: ServiceMetrics) -> Middleware:
             metrics.observe(
                 _route_label(request), request.method, status, time.perf_counter() - started
             )
+
+    return middleware
+
+
+# Headers the gateway (Envoy + the MCP router) puts on check requests: span attributes.
+_MCP_HEADER_ATTRIBUTES = (
+    ("x-mcp-method", kt.MCP_METHOD),
+    ("x-mcp-toolname", kt.TOOL_NAME),
+    ("x-mcp-servername", kt.MCP_SERVER),
+)
+
+
+def _tracing_middleware(tracer: kt.Tracing) -> Middleware:
+    """A SERVER span per request (not for the probes and /metrics), child of the caller's
+    ``traceparent``; the MCP routing headers and the status become attributes, a 5xx or an
+    exception marks it failed."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        route = _route_label(request)
+        if route in PROBE_PATHS:
+            return await handler(request)
+
+        def attributes() -> dict[str, Any]:  # only for a recorded span
+            found: dict[str, Any] = {
+                "http.request.method": request.method,
+                "http.route": route,
+                kt.REQUEST_ID: request.get(REQUEST_ID),
+            }
+            for header, name in _MCP_HEADER_ATTRIBUTES:
+                value = request.headers.get(header)
+                if value:
+                    found[name] = value[:256]
+            return found
+
+        with tracer.server_span(f"{request.method} {route}", request.headers, attributes) as span:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                span.set_attribute("http.response.status_code", exc.status)
+                raise
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                kt.mark_error(f"HTTP {response.status}")
+            return response
 
     return middleware
 
@@ -287,17 +341,29 @@ def create_base_app(
     client_max_size: int = 1024 * 1024,
     host_origin: HostOriginRule | None = None,
     unchecked_prefixes: tuple[str, ...] = (),
+    tracing: kt.Tracing | None = None,
 ) -> web.Application:
     """An app with the shared middlewares and the health, readiness and metrics routes; with
-    ``host_origin``, every other route outside ``unchecked_prefixes`` checks Host and Origin."""
+    ``host_origin``, every other route outside ``unchecked_prefixes`` checks Host and Origin;
+    with ``tracing``, a span per request (exported until the app's cleanup)."""
     metrics = ServiceMetrics(service)
-    middlewares = [request_id_middleware, _metrics_middleware(metrics), error_middleware]
+    middlewares: list[Middleware] = [request_id_middleware, _metrics_middleware(metrics)]
+    if tracing is not None:
+        middlewares.append(_tracing_middleware(tracing))
+    middlewares.append(error_middleware)
     if host_origin is not None:
         middlewares.append(_host_origin_middleware(host_origin, unchecked_prefixes))
     app = web.Application(middlewares=middlewares, client_max_size=client_max_size)
     app[SERVICE_NAME] = service
     app[SERVICE_METRICS] = metrics
     app[READINESS] = ReadinessChecks(dict(ready_checks or {}))
+    if tracing is not None:
+        app[TRACING] = tracing
+
+        async def stop_tracing(_: web.Application) -> None:
+            await asyncio.to_thread(tracing.shutdown)
+
+        app.on_cleanup.append(stop_tracing)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)

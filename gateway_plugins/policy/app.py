@@ -46,6 +46,7 @@ from gateway_plugins.common.host_origin import service_rule
 from gateway_plugins.common.http_client import make_client_session
 from gateway_plugins.common.jwks import JWKSCache
 from gateway_plugins.common.jwt_validation import InvalidToken, JWTValidator, ValidationUnavailable
+from gateway_plugins.common.logging import trace_id_var
 from gateway_plugins.common.service import (
     SERVER_SSL,
     SERVICE_METRICS,
@@ -81,6 +82,7 @@ from gateway_plugins.policy.wristband import (
     compact_json,
     load_signing_key,
 )
+from kmg_common import tracing as kt
 
 log = logging.getLogger(__name__)
 
@@ -287,8 +289,24 @@ class PolicyService:
         endpoint: str,
         prompt: str | None = None,
     ) -> None:
-        self.metrics.decisions.labels(endpoint, "allow" if allow else "deny").inc()
-        extra = {"endpoint": endpoint, **({"prompt": prompt} if prompt else {})}
+        decision = "allow" if allow else "deny"
+        self.metrics.decisions.labels(endpoint, decision).inc()
+        trace_id = trace_id_var.get()
+        extra = {
+            "endpoint": endpoint,
+            **({"prompt": prompt} if prompt else {}),
+            **({"trace_id": trace_id} if trace_id else {}),
+        }
+        kt.annotate(
+            {
+                kt.USER: kt.subject_name(claims),
+                kt.MCP_METHOD: method,
+                kt.MCP_SERVER: server,
+                kt.TOOL_NAME: tool,
+                kt.DECISION: decision,
+                kt.OUTCOME: str(status),
+            }
+        )
         self.decisions.record(
             user=policy_input.display_name(claims or {}),
             subject=_subject(claims or {}),
@@ -827,6 +845,9 @@ async def _start_reloader(
     return _Reloading(asyncio.create_task(reloader.run()), session)
 
 
+TRACING_NAME = "mcp-policy"  # service.name of its spans unless tracing.service_name
+
+
 def create_app(
     settings: PolicySettings,
     *,
@@ -860,11 +881,13 @@ def create_app(
         )
         the_engine = live = LiveEngine(first)
     # The ext_authz check carries the original request's Host (Envoy's); the rest is checked.
+    tracer = kt.start_tracing(settings.tracing, TRACING_NAME)
     app = create_base_app(
         SERVICE,
         client_max_size=settings.max_body_bytes,
         host_origin=service_rule(settings),
         unchecked_prefixes=("/check",),
+        tracing=tracer,
     )
     server_ssl = caller.server_ssl_context()
     if server_ssl is not None:

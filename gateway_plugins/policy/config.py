@@ -21,6 +21,7 @@ from gateway_plugins.common.host_origin import (
 from gateway_plugins.common.jwt_validation import DEFAULT_ALGORITHMS, IssuerConfig
 from gateway_plugins.policy.engine_guard import EmbeddedVerifySettings
 from gateway_plugins.policy.wristband import WristbandForm
+from kmg_common.tracing import TracingSettings
 
 SERVICE = "policy"
 
@@ -314,6 +315,10 @@ class PolicySettings(_Strict):
         default_factory=CallerAuthConfig,
         description="The credential the gateway (Envoy, Authorino, the combined check) presents "
         "on /check, /v1/decide and /v1/filter.",
+    )
+    tracing: TracingSettings = Field(
+        default_factory=TracingSettings,
+        description="OpenTelemetry tracing (OTLP/HTTP); off unless endpoint is set.",
     )
 
     @model_validator(mode="after")

@@ -56,6 +56,7 @@ from gateway_plugins.token_exchange.redis_cache import (
 )
 from gateway_plugins.token_exchange.sts_client import STSClient, STSUnavailable
 from gateway_plugins.token_exchange.targets import TargetRegistry, UnknownTarget
+from kmg_common import tracing as kt
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +176,17 @@ def build_exchanger(runtime: Runtime, session: Any) -> Exchanger:
     )
 
 
+TRACING_NAME = "mcp-token-exchange"  # service.name of its spans unless tracing.service_name
+
+
 def create_app(settings: Settings) -> web.Application:
     # The ext_authz checks carry the original request's Host (Envoy's); /token is checked.
+    tracer = kt.start_tracing(settings.tracing, TRACING_NAME)
     app = create_base_app(
-        SERVICE, host_origin=service_rule(settings), unchecked_prefixes=("/check", COMBINED_PREFIX)
+        SERVICE,
+        host_origin=service_rule(settings),
+        unchecked_prefixes=("/check", COMBINED_PREFIX),
+        tracing=tracer,
     )
     secrets, keys, facade = load_credentials(settings)
     caller = CallerAuthenticator(settings.caller_auth)
@@ -200,7 +208,11 @@ def create_app(settings: Settings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         timeout = max([s.timeout_s for s in settings.sts.values()] + [3.0]) + 1.0
-        session = make_client_session(ca_file=settings.ca_file, timeout_s=timeout)
+        session = make_client_session(
+            ca_file=settings.ca_file,
+            timeout_s=timeout,
+            trace_configs=[tracer.client_trace_config()] if tracer is not None else None,
+        )
         if shared is not None:
             runtime.shared_cache = await _open_shared(settings, shared, runtime.metrics)
         runtime.exchanger = build_exchanger(runtime, session)
@@ -292,6 +304,7 @@ def _unauthorized(
     challenge = f'Bearer resource_metadata="{_quote(metadata)}"'
     if error:
         challenge += f', error="invalid_token", error_description="{_quote(reason)}"'
+    kt.annotate({kt.OUTCOME: "unauthenticated", kt.DECISION: "deny"})
     return web.json_response(
         {"allow": False, "error": "unauthenticated", "reason": reason},
         status=401,
@@ -300,6 +313,9 @@ def _unauthorized(
 
 
 def _deny(status: int, error: str, reason: str) -> web.Response:
+    kt.annotate({kt.OUTCOME: error, kt.DECISION: "deny"})
+    if status >= 500:
+        kt.mark_error(error)
     return web.json_response({"allow": False, "error": error, "reason": reason}, status=status)
 
 
@@ -328,8 +344,10 @@ async def _validate_and_exchange(
         return _unauthorized(request, settings, "no bearer token", error=False)
     ext_authz = settings.ext_authz
     target = request.headers.get(ext_authz.target_header, "").strip()
+    kt.annotate({kt.MCP_SERVER: target[:256]})
     try:
         claims = await exchanger.validate(token)
+        kt.annotate({kt.USER: kt.subject_name(claims)})
         _check_gateway_audience(claims, ext_authz.audiences)
         if not target or target in ext_authz.passthrough_targets:
             return _Granted(token, None, exchanged=False)
@@ -354,6 +372,7 @@ async def _validate_and_exchange(
         runtime.metrics.count(_label(exchanger, target), "unavailable")
         log.warning("token exchange unavailable for target %s: %s", target, exc)
         return _deny(503, "token_service_unavailable", f"{exc}; retry shortly")
+    kt.annotate({kt.OUTCOME: result.outcome})
     return _Granted(token, result.token, exchanged=result.outcome != "unchanged")
 
 

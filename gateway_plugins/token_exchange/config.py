@@ -21,6 +21,7 @@ from gateway_plugins.common.host_origin import (
     OriginPatterns,
 )
 from gateway_plugins.common.jwt_validation import DEFAULT_ALGORITHMS, IssuerConfig
+from kmg_common.tracing import TracingSettings
 
 SERVICE = "token-exchange"
 
@@ -404,6 +405,10 @@ class Settings(_Strict):
         default_factory=CallerAuthConfig,
         description="The credential the gateway presents on /check and /ext-authz/* (POST "
         "/token authenticates its clients itself).",
+    )
+    tracing: TracingSettings = Field(
+        default_factory=TracingSettings,
+        description="OpenTelemetry tracing (OTLP/HTTP); off unless endpoint is set.",
     )
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ from mcp_backend.log import JsonFormatter, request_id, scrub
 from tests.testbed import paths, process
 from tests.testbed.ports import free_port
 
-YAML_ONLY = {"clusters", "denied_kinds"}  # structured: YAML file or JSON env var
+YAML_ONLY = {"clusters", "denied_kinds", "tracing"}  # structured: YAML file or JSON env var
 
 
 def test_every_setting_has_a_flag_with_its_default_in_help() -> None:

@@ -135,6 +135,11 @@ GO_COMPONENTS: tuple[GoComponent, ...] = (
         ),
         share=("config", "charts/mcp-gateway"),
     ),
+    # Jaeger v2: the trace collector (OTLP receiver, in-memory storage, query API) the tracing
+    # tests read one trace back from (tests/testbed/jaeger.py).
+    GoComponent(
+        "jaeger", versions.JAEGER, {"jaeger": "github.com/jaegertracing/jaeger/cmd/jaeger"}
+    ),
 )
 
 _MARKER = ".complete"

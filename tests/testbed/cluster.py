@@ -379,8 +379,12 @@ def start_cluster(
     ca: CertificateAuthority,
     run_dir: Path,
     jwt_issuers: Sequence[JWTIssuer] = (),
+    tracing_endpoint: str | None = None,
 ) -> Cluster:
-    """Start a whole control plane named ``name`` and wait until it schedules and runs pods."""
+    """Start a whole control plane named ``name`` and wait until it schedules and runs pods.
+
+    ``tracing_endpoint`` (``host:port`` of an OTLP/gRPC collector): the API server exports its
+    spans there (:func:`tracing_configuration`)."""
     t0 = time.monotonic()
     cluster_dir = run_dir / name
     cluster_dir.mkdir(parents=True, exist_ok=True)
@@ -439,6 +443,11 @@ def start_cluster(
     egress_socket = _socket_path(cluster_dir / "egress.sock")
     egress_config = cluster_dir / "egress-selector.yaml"
     egress_config.write_text(yaml.safe_dump(_egress_selector_configuration(egress_socket)))
+    tracing_args: list[str | os.PathLike[str]] = []
+    if tracing_endpoint is not None:
+        tracing_config = cluster_dir / "tracing-config.yaml"
+        tracing_config.write_text(yaml.safe_dump(tracing_configuration(tracing_endpoint)))
+        tracing_args.append(f"--tracing-config-file={tracing_config}")
 
     cluster = Cluster(
         name=name,
@@ -527,6 +536,7 @@ def start_cluster(
                 f"--audit-log-path={cluster.audit_log}",
                 "--audit-log-format=json",
                 "--audit-log-mode=blocking",  # each event written before the answer: no lag
+                *tracing_args,
             ],
         )
         etcd.wait_until(
@@ -625,12 +635,34 @@ def start_cluster(
 
 
 def start_clusters_parallel(
-    specs: Sequence[tuple[str, Sequence[JWTIssuer]]], ca: CertificateAuthority, run_dir: Path
+    specs: Sequence[tuple[str, Sequence[JWTIssuer]]],
+    ca: CertificateAuthority,
+    run_dir: Path,
+    tracing_endpoint: str | None = None,
 ) -> list[Cluster]:
     """Start several clusters at once (threads; each start is mostly waiting)."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(specs)) as pool:
-        futures = [pool.submit(start_cluster, n, ca, run_dir, issuers) for n, issuers in specs]
+        futures = [
+            pool.submit(start_cluster, n, ca, run_dir, issuers, tracing_endpoint)
+            for n, issuers in specs
+        ]
         return [f.result() for f in futures]
+
+
+def tracing_configuration(endpoint: str) -> dict[str, Any]:
+    """The API server's ``TracingConfiguration`` (apiserver.config.k8s.io/v1): OTLP/gRPC to
+    ``endpoint``, every request sampled.
+
+    Why every request: the API server continues a caller's ``traceparent`` only for callers in
+    ``system:masters`` or ``system:monitoring``; for everyone else (our users) it starts a new
+    trace whose root span *links* to the caller's span, and that new root is sampled by this
+    rate alone (parent-based sampling has no parent to follow)."""
+    return {
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "kind": "TracingConfiguration",
+        "endpoint": endpoint,
+        "samplingRatePerMillion": 1_000_000,
+    }
 
 
 def authentication_configuration(issuers: Sequence[JWTIssuer]) -> dict[str, Any]:

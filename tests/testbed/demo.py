@@ -182,6 +182,11 @@ def banner(stack: LocalGateway) -> None:
     say("  (read-only user: the same with username=viewer password=viewer)")
     say("Client config (Streamable HTTP; put the token in KMG_TOKEN):")
     say(indent(json.dumps(stack.client_config(), indent=2), "  ", limit=40))
+    if stack.trace_collector is not None:
+        jaeger = stack.trace_collector.ui_url
+        say(f"Traces (Jaeger UI): {jaeger}/search  (services mcp-gateway-envoy, mcp-backend, ...)")
+        say(f"  one trace as JSON: curl -s {jaeger}/api/traces/<trace id>")
+        say("  (send 'traceparent: 00-<32 hex trace id>-<16 hex>-01' with a call to pick the id)")
     say(f"Logs and configs: {stack.run_dir}")
     say("=" * 78)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.testbed.cluster import Cluster
+from tests.testbed.jaeger import Jaeger
 from tests.testbed.keycloak import Keycloak
 from tests.testbed.mcp_gateway.stack import LocalGateway, start_gateway
 from tests.testbed.pki import CertificateAuthority
@@ -35,14 +36,17 @@ def local_gateway(
     keycloak: Keycloak,
     cluster_a: Cluster,
     cluster_b: Cluster,
+    trace_collector: Jaeger,
 ) -> Iterator[LocalGateway]:
-    """The running gateway; ``local_gateway.mcp_url`` is Envoy's ``/mcp``."""
+    """The running gateway; ``local_gateway.mcp_url`` is Envoy's ``/mcp``. Our services and Envoy
+    export their spans to the session's ``trace_collector``."""
     gateway = start_gateway(
         testbed_run_dir,
         keycloak=keycloak,
         cluster_a=cluster_a,
         cluster_b=cluster_b,
         ca_file=testbed_ca.cert,
+        trace_collector=trace_collector,
     )
     try:
         yield gateway

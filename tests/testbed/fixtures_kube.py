@@ -2,7 +2,8 @@
 
 * ``cluster_a``: trusts Keycloak realm ``mcp`` (audiences ``CLUSTER_A_AUDIENCES``).
 * ``cluster_b``: trusts only realm ``cluster-b`` (``CLUSTER_B_AUDIENCES``); started only by tests
-  that ask for it.
+  that ask for it. Both API servers export their spans to the session's ``trace_collector``
+  (Jaeger, ``TracingConfiguration``: see ``tests/testbed/cluster.py``).
 * ``admin_client``: a kubernetes_asyncio ``ApiClient`` for cluster A as ``admin`` (system:masters).
 * ``service_account_token``: ``await service_account_token(cluster, name=..., rules=...)`` returns a
   real TokenRequest token of a ServiceAccount with exactly the permissions asked for.
@@ -36,6 +37,7 @@ from tests.testbed.identity_plan import (
     REALM_MCP,
     IdentityPlan,
 )
+from tests.testbed.jaeger import Jaeger
 from tests.testbed.kubelet import Kubelet, start_kubelet
 from tests.testbed.metrics_server import MetricsServer, start_metrics_server
 from tests.testbed.pki import CertificateAuthority
@@ -59,11 +61,18 @@ def cluster_b_issuers(plan: IdentityPlan, ca: CertificateAuthority) -> list[JWTI
 
 @pytest.fixture(scope="session")
 def cluster_a(
-    testbed_ca: CertificateAuthority, testbed_run_dir: Path, identity_plan: IdentityPlan
+    testbed_ca: CertificateAuthority,
+    testbed_run_dir: Path,
+    identity_plan: IdentityPlan,
+    trace_collector: Jaeger,
 ) -> Iterator[Cluster]:
     """Cluster A: etcd, kube-apiserver, controller manager, scheduler and kwok, all running."""
     cluster = start_cluster(
-        CLUSTER_A, testbed_ca, testbed_run_dir, cluster_a_issuers(identity_plan, testbed_ca)
+        CLUSTER_A,
+        testbed_ca,
+        testbed_run_dir,
+        cluster_a_issuers(identity_plan, testbed_ca),
+        tracing_endpoint=trace_collector.otlp_grpc_endpoint,
     )
     try:
         yield cluster
@@ -73,11 +82,18 @@ def cluster_a(
 
 @pytest.fixture(scope="session")
 def cluster_b(
-    testbed_ca: CertificateAuthority, testbed_run_dir: Path, identity_plan: IdentityPlan
+    testbed_ca: CertificateAuthority,
+    testbed_run_dir: Path,
+    identity_plan: IdentityPlan,
+    trace_collector: Jaeger,
 ) -> Iterator[Cluster]:
     """Cluster B: fully independent of A (own etcd, ports, client CA, service-account key)."""
     cluster = start_cluster(
-        CLUSTER_B, testbed_ca, testbed_run_dir, cluster_b_issuers(identity_plan, testbed_ca)
+        CLUSTER_B,
+        testbed_ca,
+        testbed_run_dir,
+        cluster_b_issuers(identity_plan, testbed_ca),
+        tracing_endpoint=trace_collector.otlp_grpc_endpoint,
     )
     try:
         yield cluster

@@ -30,3 +30,6 @@ CONTAINERD = "v2.4.2"
 # (GitHub's tag tarball, checked against this sha256; see tests/testbed/build.py).
 MCP_GATEWAY = "v0.9.0"
 MCP_GATEWAY_ARCHIVE_SHA256 = "93a54c08d9b42475c0ccab3cf3f0cb6a43a014bb37679b849d91e2c7e7c6e233"
+# github.com/jaegertracing/jaeger: Jaeger v2 (cmd/jaeger, an OpenTelemetry Collector build), the
+# testbed's trace collector: OTLP in, in-memory storage, query API (tests/testbed/jaeger.py).
+JAEGER = "v1.75.0"

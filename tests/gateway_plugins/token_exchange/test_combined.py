@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from pydantic import ValidationError
 from gateway_plugins.policy.config import PolicySettings
 from gateway_plugins.policy.wristband import LEGACY_HEADER, verify
 from gateway_plugins.token_exchange.config import ExtAuthzConfig, Settings
+from kmg_common.tracing import TracingSettings
 from tests.gateway_plugins.policy.running import (
     CHANGING_TOOLS,
     READ_ONLY_TOOLS,
@@ -41,6 +43,7 @@ from tests.gateway_plugins.token_exchange.running import (
 from tests.testbed import keycloak as kc
 from tests.testbed.fixtures_identity import SessionKeycloak
 from tests.testbed.identity_plan import BACKEND_AUDIENCE
+from tests.testbed.jaeger import Jaeger
 from tests.testbed.ports import free_port
 
 pytestmark = pytest.mark.timeout(600)
@@ -435,3 +438,71 @@ def test_policy_url_is_normalised() -> None:
     assert config.policy_url == "http://policy:8080/check"
     assert ExtAuthzConfig().policy_url is None
     assert ExtAuthzConfig().policy_upstream_headers == ["x-authorized-tools", "x-mcp-authorized"]
+
+
+# --- tracing (issue 16): the combined check is one trace: exchange, Keycloak, policy ----------
+
+
+async def test_a_traced_combined_check_is_one_trace_through_keycloak_and_the_policy(
+    http: aiohttp.ClientSession,
+    keycloak: SessionKeycloak,
+    work: Path,
+    trace_collector: Jaeger,
+) -> None:
+    """Both services trace to the testbed's Jaeger: the combined check continues the gateway's
+    ``traceparent``, its Keycloak exchange and its policy call are its children, and the policy
+    service's span is the child of that call (its decision log names the trace)."""
+    names = {"te": "combined-token-exchange", "policy": "combined-policy"}
+
+    def traced(service: str) -> TracingSettings:
+        return TracingSettings(endpoint=trace_collector.otlp_http_traces_url, service_name=service)
+
+    policy_config = policy_settings(keycloak, work / "traced-policy")
+    policy_config = policy_config.model_copy(update={"tracing": traced(names["policy"])})
+    base = service_settings(keycloak, work / "traced-te-secrets")
+    base = _with_policy_url(base, f"http://127.0.0.1:{policy_config.port}/check")
+    base = base.model_copy(update={"tracing": traced(names["te"])})
+    token = await keycloak.auser_token("mcp", "mcp")  # fresh: no cached exchange
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    headers = {
+        **_headers(token, "tools/call", tool="pods_list"),
+        "traceparent": f"00-{trace_id}-{parent}-01",
+    }
+    async with running_policy(policy_config) as policy, running_service(base) as te:
+        status, _, payload = await _combined(http, te, headers)
+    assert status == 200, payload
+    trace = await asyncio.to_thread(
+        trace_collector.wait_trace, trace_id, services=set(names.values())
+    )
+    services = {pid: p["serviceName"] for pid, p in trace["processes"].items()}
+    spans = [
+        (
+            services[s["processID"]],
+            dict((t["key"], t["value"]) for t in s["tags"]),
+            s["spanID"],
+            next((r["spanID"] for r in s["references"] if r["refType"] == "CHILD_OF"), None),
+        )
+        for s in trace["spans"]
+    ]
+
+    def only(service: str, kind: str, path_end: str = "") -> tuple[str, str | None]:
+        found = [
+            (span_id, parent_id)
+            for svc, tags, span_id, parent_id in spans
+            if svc == service
+            and tags.get("span.kind") == kind
+            and str(tags.get("url.path", tags.get("http.route", ""))).endswith(path_end)
+        ]
+        assert len(found) == 1, (service, kind, path_end, spans)
+        return found[0]
+
+    te_server, te_parent = only(names["te"], "server")
+    assert te_parent == parent
+    _, keycloak_parent = only(names["te"], "client", "/protocol/openid-connect/token")
+    assert keycloak_parent == te_server
+    policy_call, policy_call_parent = only(names["te"], "client", "/check/mcp")
+    assert policy_call_parent == te_server
+    _, policy_parent = only(names["policy"], "server")
+    assert policy_parent == policy_call
+    decision = json.loads(policy.decision_log.read_text().strip().splitlines()[-1])
+    assert (decision["tool"], decision["trace_id"]) == ("pods_list", trace_id)

@@ -213,6 +213,31 @@ def http_ext_authz(
     return {"name": name, "typed_config": config}
 
 
+TRACE_CLUSTER = "otel_collector"  # the OTLP/gRPC collector Envoy's spans go to
+TRACE_SERVICE_NAME = "mcp-gateway-envoy"
+_OTEL_TRACER = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
+
+
+def tracing(collector_port: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Envoy's OpenTelemetry tracer: the connection manager's ``tracing`` block (every request
+    sampled; a sampled ``traceparent`` from the client is continued) and the collector's cluster.
+    Envoy then starts a span per request, a child span per ext_authz check, and passes
+    ``traceparent`` to the check services and the upstream."""
+    block = {
+        "random_sampling": {"value": 100},
+        "spawn_upstream_span": True,
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": _OTEL_TRACER,
+                "grpc_service": {"envoy_grpc": {"cluster_name": TRACE_CLUSTER}, "timeout": "2s"},
+                "service_name": TRACE_SERVICE_NAME,
+            },
+        },
+    }
+    return block, static_cluster(TRACE_CLUSTER, collector_port, http2=True)
+
+
 def plugin_auth(
     token_exchange_port: int,
     policy_port: int,
@@ -350,10 +375,12 @@ def bootstrap(
     broker_ports: Sequence[int],
     servers: Sequence[GatewayServer],
     auth: AuthLayer,
+    trace_collector_port: int | None = None,
 ) -> dict[str, Any]:
     """The whole Envoy bootstrap of the local gateway. ``router_ports`` / ``broker_ports``: one
     entry per broker/router replica (the ext_proc cluster and the broker's cluster balance round
-    robin over them)."""
+    robin over them). ``trace_collector_port``: an OTLP/gRPC collector for Envoy's spans
+    (:func:`tracing`); None: no tracing."""
     no_filters: dict[str, Any] = {
         STRIP_FILTER: {"@type": _LUA_PER_ROUTE, "disabled": True},
         ROUTER_FILTER: {"@type": _EXT_PROC_PER_ROUTE, "disabled": True},
@@ -471,6 +498,10 @@ def bootstrap(
             },
         ],
     }
+    extra_clusters: list[dict[str, Any]] = []
+    if trace_collector_port is not None:
+        hcm["tracing"], trace_cluster = tracing(trace_collector_port)
+        extra_clusters.append(trace_cluster)
     return {
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
@@ -499,6 +530,7 @@ def bootstrap(
                 static_cluster(BROKER_CLUSTER, broker_ports),
                 *(static_cluster(s.cluster, s.backend_port) for s in servers),
                 *auth.clusters,
+                *extra_clusters,
             ],
         },
     }

@@ -46,6 +46,7 @@ from tests.testbed.identity_plan import (
     IdentityPlan,
     new_plan,
 )
+from tests.testbed.jaeger import Jaeger
 from tests.testbed.mcp_gateway import broker_router, envoy_config
 from tests.testbed.mcp_gateway.envoy_config import AuthLayer, GatewayServer
 from tests.testbed.mcp_gateway.seed import (
@@ -189,6 +190,8 @@ class LocalGateway:
     caller_secret: str = ""  # the gateway's credential at the plugins' checks (CALLER_HEADER)
     # services[...] name -> ports of each broker/router replica (the first is BROKER_ROUTER)
     brokers: dict[str, broker_router.BrokerRouterPorts] = field(default_factory=dict)
+    # the collector our services and Envoy export spans to (None: tracing off)
+    trace_collector: Jaeger | None = None
 
     @property
     def caller_headers(self) -> dict[str, str]:
@@ -282,6 +285,8 @@ class LocalGateway:
             self.keycloak.stop()
             self.cluster_b.stop()
             self.cluster_a.stop()
+            if self.trace_collector is not None:
+                self.trace_collector.stop()
 
 
 # -- configuration files ------------------------------------------------------------------------
@@ -542,6 +547,7 @@ def start_gateway(
     broker_replicas: int = 1,
     session_store: str | None = None,
     policy_extra: Callable[[Mapping[str, int]], Mapping[str, Any]] | None = None,
+    trace_collector: Jaeger | None = None,
 ) -> LocalGateway:
     """Our services, the real broker/router and Envoy next to a running testbed.
 
@@ -557,7 +563,14 @@ def start_gateway(
     ``CACHE_CONNECTION_STRING``; ``None`` keeps each replica's sessions in its own memory.
     ``policy_extra``: the services' ports -> settings added to the policy service's (e.g.
     ``rbac_list``, which names the token exchange's ``/token``).
+    ``trace_collector``: our services (``tracing.endpoint``, every trace sampled) and Envoy
+    export their spans there.
     """
+    tracing: dict[str, Any] = (
+        {"tracing": {"endpoint": trace_collector.otlp_http_traces_url, "sampling_ratio": 1.0}}
+        if trace_collector is not None
+        else {}
+    )
     if broker_replicas < 1:
         raise ValueError("broker_replicas must be at least 1")
     gw_dir = run_dir / subdir
@@ -619,7 +632,8 @@ def start_gateway(
                     token_exchange_port=ports["token-exchange"],
                     facade_secret=facade_secret,
                     discovery_credential=discovery_file,
-                ),
+                )
+                | tracing,
             )
             services[plan.service] = Service(
                 plan.service,
@@ -641,7 +655,8 @@ def start_gateway(
                 extra_facade_clients=extra_facade_clients or {},
                 metadata_url=metadata_url,
                 caller_auth=caller_auth,
-            ),
+            )
+            | tracing,
         )
         services["token-exchange"] = Service(
             "token-exchange",
@@ -692,6 +707,7 @@ def start_gateway(
                 "wristband": {"signing_key_file": str(signing_key), "form": wristband_form},
                 "decision_log": str(gw_dir / "policy-decisions.jsonl"),
                 **(policy_extra(ports) if policy_extra is not None else {}),
+                **tracing,
             },
         )
         services["policy"] = Service(
@@ -744,6 +760,7 @@ def start_gateway(
             broker_ports=[r.broker for r in replicas.values()],
             servers=servers,
             auth=auth(ports, caller_secret),
+            trace_collector_port=trace_collector.otlp_grpc_port if trace_collector else None,
         )
         envoy = envoy_proxy.EnvoyProxy(
             gw_dir,
@@ -771,6 +788,7 @@ def start_gateway(
         subdir=subdir,
         caller_secret=caller_secret,
         brokers=replicas,
+        trace_collector=trace_collector,
     )
 
 
@@ -788,7 +806,10 @@ def start_stack(
     plan: IdentityPlan = new_plan()
     keycloak = kc.Keycloak(run_dir=run_dir, plan=plan, tls=ca.issue("keycloak"), ca_file=ca.cert)
     clusters: list[Cluster] = []
+    jaeger = Jaeger(run_dir)
     try:
+        progress("starting Jaeger (the trace collector)")
+        jaeger.start()
         progress(f"starting Keycloak on {plan.keycloak_url} (first start: a minute or two)")
         keycloak.launch()
         progress("starting clusters A and B (etcd, kube-apiserver, controllers, kwok)")
@@ -808,6 +829,7 @@ def start_stack(
             ],
             ca,
             run_dir,
+            tracing_endpoint=jaeger.otlp_grpc_endpoint,
         )
         progress(f"clusters A and B ready after {time.monotonic() - started:.0f}s")
         progress("waiting for Keycloak to import realms mcp and cluster-b")
@@ -822,11 +844,13 @@ def start_stack(
             progress=progress,
             listen_port=listen_port,
             policy_engine=policy_engine,
+            trace_collector=jaeger,
         )
     except BaseException:
         keycloak.stop()
         for cluster in clusters:
             cluster.stop()
+        jaeger.stop()
         raise
     stack.owns_testbed = True
     return stack

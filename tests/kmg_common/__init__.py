@@ -1,0 +1,1 @@
+"""Tests of the code shared by the services (kmg_common)."""
