@@ -67,7 +67,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -374,24 +374,52 @@ class Cluster:
 
 
 # -- startup ---------------------------------------------------------------------------------------
-def start_cluster(
+@dataclass(frozen=True)
+class _Plan:
+    """Everything a cluster's processes are started with: ports, certificates, config files."""
+
+    name: str
+    dir: Path
+    ca: CertificateAuthority
+    binaries: Mapping[str, Path]
+    ports: Mapping[str, int]
+    server: str
+    node_ip: str
+    client_ca: CertificateAuthority
+    admin: CertPair
+    kubelet_client: CertPair
+    front_proxy_ca: CertificateAuthority
+    front_proxy_client: CertPair
+    serving: Mapping[str, CertPair]
+    service_account: CertPair
+    kubeconfigs: Mapping[str, Path]
+    authn_config: Path
+    fake_log: Path
+    exec_dir: Path
+    kwok_config: Path
+    egress_socket: Path
+    egress_config: Path
+    tracing_config: Path | None
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://{HOST}:{self.ports['etcd']}"
+
+    def healthz(self, comp: str) -> Callable[[], bool]:
+        url = f"https://{HOST}:{self.ports[comp]}/healthz"
+        return lambda: _https_status(url, self.ca.cert) == 200
+
+
+def _plan(
     name: str,
     ca: CertificateAuthority,
     run_dir: Path,
-    jwt_issuers: Sequence[JWTIssuer] = (),
-    tracing_endpoint: str | None = None,
-) -> Cluster:
-    """Start a whole control plane named ``name`` and wait until it schedules and runs pods.
-
-    ``tracing_endpoint`` (``host:port`` of an OTLP/gRPC collector): the API server exports its
-    spans there (:func:`tracing_configuration`)."""
-    t0 = time.monotonic()
+    jwt_issuers: Sequence[JWTIssuer],
+    tracing_endpoint: str | None,
+) -> _Plan:
+    """Stage 1: ports, PKI and every configuration file, nothing started."""
     cluster_dir = run_dir / name
     cluster_dir.mkdir(parents=True, exist_ok=True)
-    binaries = {
-        comp: build.binary(comp)
-        for comp in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-    }
     ports = {
         comp: free_port() for comp in ("etcd", "etcd-peer", "apiserver", "cm", "sched", "kwok")
     }
@@ -410,18 +438,15 @@ def start_cluster(
         server=False,
     )
     sched_client = client_ca.issue("system:kube-scheduler", client=True, server=False)
-    kubelet_client = client_ca.issue("kube-apiserver-kubelet-client", client=True, server=False)
     # Aggregation layer (metrics-server): the API server authenticates to aggregated API servers
     # with this client certificate; they trust it through the request-header CA it publishes.
     front_proxy_ca = CertificateAuthority(
         cluster_dir / "pki" / "front-proxy", name=f"kmg-{name}-front-proxy-ca"
     )
-    front_proxy_client = front_proxy_ca.issue(FRONT_PROXY_CLIENT, client=True, server=False)
     serving = {comp: ca.issue(f"{name}-{comp}") for comp in ("apiserver", "cm", "sched")}
     # kwok is every fake node's kubelet: the API server reaches it at the nodes' InternalIP
     # (through the egress proxy), metrics-server at their InternalDNS name, localhost.
     serving["kwok"] = ca.issue(f"{name}-kwok", hosts=(HOST, "localhost", node_ip))
-    sa = pki.rsa_key_pair(cluster_dir / "pki", "service-account")
 
     kubeconfigs = {
         who: _write_kubeconfig(cluster_dir / f"{who}.kubeconfig", name, server, ca.cert, pair)
@@ -443,195 +468,253 @@ def start_cluster(
     egress_socket = _socket_path(cluster_dir / "egress.sock")
     egress_config = cluster_dir / "egress-selector.yaml"
     egress_config.write_text(yaml.safe_dump(_egress_selector_configuration(egress_socket)))
-    tracing_args: list[str | os.PathLike[str]] = []
+    tracing_config = None
     if tracing_endpoint is not None:
         tracing_config = cluster_dir / "tracing-config.yaml"
         tracing_config.write_text(yaml.safe_dump(tracing_configuration(tracing_endpoint)))
-        tracing_args.append(f"--tracing-config-file={tracing_config}")
+    return _Plan(
+        name=name,
+        dir=cluster_dir,
+        ca=ca,
+        binaries={
+            comp: build.binary(comp)
+            for comp in (
+                "etcd",
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kwok",
+            )
+        },
+        ports=ports,
+        server=server,
+        node_ip=node_ip,
+        client_ca=client_ca,
+        admin=admin,
+        kubelet_client=client_ca.issue("kube-apiserver-kubelet-client", client=True, server=False),
+        front_proxy_ca=front_proxy_ca,
+        front_proxy_client=front_proxy_ca.issue(FRONT_PROXY_CLIENT, client=True, server=False),
+        serving=serving,
+        service_account=pki.rsa_key_pair(cluster_dir / "pki", "service-account"),
+        kubeconfigs=kubeconfigs,
+        authn_config=authn_config,
+        fake_log=fake_log,
+        exec_dir=exec_dir,
+        kwok_config=kwok_config,
+        egress_socket=egress_socket,
+        egress_config=egress_config,
+        tracing_config=tracing_config,
+    )
 
+
+Argv = list[str | os.PathLike[str]]
+
+
+def _etcd_argv(plan: _Plan) -> Argv:
+    peer_url = f"http://{HOST}:{plan.ports['etcd-peer']}"
+    return [
+        plan.binaries["etcd"],
+        f"--name={plan.name}",
+        f"--data-dir={plan.dir / 'etcd-data'}",
+        f"--listen-client-urls={plan.etcd_url}",
+        f"--advertise-client-urls={plan.etcd_url}",
+        f"--listen-peer-urls={peer_url}",
+        f"--initial-advertise-peer-urls={peer_url}",
+        f"--initial-cluster={plan.name}={peer_url}",
+        "--initial-cluster-state=new",
+        "--unsafe-no-fsync",  # throwaway test data: no fsync makes writes much faster
+        "--log-level=warn",
+    ]
+
+
+def _egress_argv(plan: _Plan) -> Argv:
+    return [
+        sys.executable,
+        "-m",
+        "tests.testbed.egress_proxy",
+        f"--socket={plan.egress_socket}",
+        f"--map={plan.node_ip}={HOST}",
+    ]
+
+
+def _apiserver_argv(plan: _Plan, audit_log: Path) -> Argv:
+    serving, sa = plan.serving["apiserver"], plan.service_account
+    argv: Argv = [
+        plan.binaries["kube-apiserver"],
+        f"--etcd-servers={plan.etcd_url}",
+        f"--bind-address={HOST}",
+        f"--secure-port={plan.ports['apiserver']}",
+        f"--cert-dir={plan.dir / 'apiserver-certs'}",
+        f"--tls-cert-file={serving.cert}",
+        f"--tls-private-key-file={serving.key}",
+        f"--client-ca-file={plan.client_ca.cert}",
+        "--authorization-mode=Node,RBAC",
+        f"--authentication-config={plan.authn_config}",
+        f"--service-account-issuer={plan.server}",
+        f"--service-account-key-file={sa.cert}",
+        f"--service-account-signing-key-file={sa.key}",
+        f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+        f"--kubelet-certificate-authority={plan.ca.cert}",
+        f"--kubelet-client-certificate={plan.kubelet_client.cert}",
+        f"--kubelet-client-key={plan.kubelet_client.key}",
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
+        f"--requestheader-client-ca-file={plan.front_proxy_ca.cert}",
+        f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-uid-headers=X-Remote-Uid",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={plan.front_proxy_client.cert}",
+        f"--proxy-client-key-file={plan.front_proxy_client.key}",
+        f"--egress-selector-config-file={plan.egress_config}",
+        "--endpoint-reconciler-type=none",  # no real network: no endpoints for `kubernetes`
+        "--profiling=false",
+        f"--audit-policy-file={AUDIT_POLICY}",
+        f"--audit-log-path={audit_log}",
+        "--audit-log-format=json",
+        "--audit-log-mode=blocking",  # each event written before the answer: no lag
+    ]
+    if plan.tracing_config is not None:
+        argv.append(f"--tracing-config-file={plan.tracing_config}")
+    return argv
+
+
+def _controller_manager_argv(plan: _Plan) -> Argv:
+    serving = plan.serving["cm"]
+    return [
+        plan.binaries["kube-controller-manager"],
+        f"--kubeconfig={plan.kubeconfigs['controller-manager']}",
+        f"--bind-address={HOST}",
+        f"--secure-port={plan.ports['cm']}",
+        f"--tls-cert-file={serving.cert}",
+        f"--tls-private-key-file={serving.key}",
+        f"--cert-dir={plan.dir / 'cm-certs'}",
+        "--leader-elect=false",
+        "--use-service-account-credentials=false",
+        f"--service-account-private-key-file={plan.service_account.key}",
+        f"--root-ca-file={plan.ca.cert}",
+        f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+        "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
+        "--profiling=false",
+    ]
+
+
+def _scheduler_argv(plan: _Plan) -> Argv:
+    serving = plan.serving["sched"]
+    return [
+        plan.binaries["kube-scheduler"],
+        f"--kubeconfig={plan.kubeconfigs['scheduler']}",
+        f"--bind-address={HOST}",
+        f"--secure-port={plan.ports['sched']}",
+        f"--tls-cert-file={serving.cert}",
+        f"--tls-private-key-file={serving.key}",
+        "--leader-elect=false",
+        "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
+        "--profiling=false",
+    ]
+
+
+def _kwok_argv(plan: _Plan) -> Argv:
+    serving = plan.serving["kwok"]
+    return [
+        plan.binaries["kwok"],
+        f"--kubeconfig={plan.kubeconfigs['admin']}",
+        f"--config={plan.kwok_config}",
+        "--manage-all-nodes=false",
+        "--manage-nodes-with-annotation-selector=" + "=".join(KWOK_NODE_ANNOTATION),
+        f"--node-ip={plan.node_ip}",
+        f"--node-port={plan.ports['kwok']}",
+        f"--server-address={HOST}:{plan.ports['kwok']}",
+        f"--tls-cert-file={serving.cert}",
+        f"--tls-private-key-file={serving.key}",
+        "--node-lease-duration-seconds=40",
+    ]
+
+
+def start_cluster(
+    name: str,
+    ca: CertificateAuthority,
+    run_dir: Path,
+    jwt_issuers: Sequence[JWTIssuer] = (),
+    tracing_endpoint: str | None = None,
+) -> Cluster:
+    """Start a whole control plane named ``name`` and wait until it schedules and runs pods.
+
+    Stages: plan (ports, PKI, config files), storage and API (etcd, the egress proxy,
+    kube-apiserver, until ready), control loops and nodes (controller manager, scheduler, kwok,
+    until healthy and the default service account exists).
+
+    ``tracing_endpoint`` (``host:port`` of an OTLP/gRPC collector): the API server exports its
+    spans there (:func:`tracing_configuration`)."""
+    t0 = time.monotonic()
+    plan = _plan(name, ca, run_dir, jwt_issuers, tracing_endpoint)
     cluster = Cluster(
         name=name,
-        server=server,
+        server=plan.server,
         ca_file=ca.cert,
-        admin_kubeconfig=kubeconfigs["admin"],
-        admin_cert=admin,
-        log_dir=cluster_dir,
-        service_account_issuer=server,
-        fake_log_file=fake_log,
-        exec_dir=exec_dir,
-        node_ip=node_ip,
-        kubelet_port=ports["kwok"],
+        admin_kubeconfig=plan.kubeconfigs["admin"],
+        admin_cert=plan.admin,
+        log_dir=plan.dir,
+        service_account_issuer=plan.server,
+        fake_log_file=plan.fake_log,
+        exec_dir=plan.exec_dir,
+        node_ip=plan.node_ip,
+        kubelet_port=plan.ports["kwok"],
     )
     cluster.startup_seconds["prepare"] = time.monotonic() - t0
 
-    def managed(comp: str, argv: list[str | os.PathLike[str]], **kw: Any) -> process.ManagedProcess:
-        proc = process.ManagedProcess(f"{name}-{comp}", argv, cluster_dir / f"{comp}.log", **kw)
+    def managed(comp: str, argv: Argv, **kw: Any) -> process.ManagedProcess:
+        proc = process.ManagedProcess(f"{name}-{comp}", argv, plan.dir / f"{comp}.log", **kw)
         cluster.processes[comp] = proc
         proc.start()
         return proc
 
     try:
-        etcd_url = f"http://{HOST}:{ports['etcd']}"
-        peer_url = f"http://{HOST}:{ports['etcd-peer']}"
-        etcd = managed(
-            "etcd",
-            [
-                binaries["etcd"],
-                f"--name={name}",
-                f"--data-dir={cluster_dir / 'etcd-data'}",
-                f"--listen-client-urls={etcd_url}",
-                f"--advertise-client-urls={etcd_url}",
-                f"--listen-peer-urls={peer_url}",
-                f"--initial-advertise-peer-urls={peer_url}",
-                f"--initial-cluster={name}={peer_url}",
-                "--initial-cluster-state=new",
-                "--unsafe-no-fsync",  # throwaway test data: no fsync makes writes much faster
-                "--log-level=warn",
-            ],
-        )
-        egress = managed(
-            "egress-proxy",
-            [
-                sys.executable,
-                "-m",
-                "tests.testbed.egress_proxy",
-                f"--socket={egress_socket}",
-                f"--map={node_ip}={HOST}",
-            ],
-            cwd=paths.REPO_ROOT,
-        )
-        apiserver = managed(
-            "kube-apiserver",
-            [
-                binaries["kube-apiserver"],
-                f"--etcd-servers={etcd_url}",
-                f"--bind-address={HOST}",
-                f"--secure-port={ports['apiserver']}",
-                f"--cert-dir={cluster_dir / 'apiserver-certs'}",
-                f"--tls-cert-file={serving['apiserver'].cert}",
-                f"--tls-private-key-file={serving['apiserver'].key}",
-                f"--client-ca-file={client_ca.cert}",
-                "--authorization-mode=Node,RBAC",
-                f"--authentication-config={authn_config}",
-                f"--service-account-issuer={server}",
-                f"--service-account-key-file={sa.cert}",
-                f"--service-account-signing-key-file={sa.key}",
-                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-                f"--kubelet-certificate-authority={ca.cert}",
-                f"--kubelet-client-certificate={kubelet_client.cert}",
-                f"--kubelet-client-key={kubelet_client.key}",
-                "--kubelet-preferred-address-types=InternalIP,Hostname",
-                f"--requestheader-client-ca-file={front_proxy_ca.cert}",
-                f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
-                "--requestheader-username-headers=X-Remote-User",
-                "--requestheader-uid-headers=X-Remote-Uid",
-                "--requestheader-group-headers=X-Remote-Group",
-                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-                f"--proxy-client-cert-file={front_proxy_client.cert}",
-                f"--proxy-client-key-file={front_proxy_client.key}",
-                f"--egress-selector-config-file={egress_config}",
-                "--endpoint-reconciler-type=none",  # no real network: no endpoints for `kubernetes`
-                "--profiling=false",
-                f"--audit-policy-file={AUDIT_POLICY}",
-                f"--audit-log-path={cluster.audit_log}",
-                "--audit-log-format=json",
-                "--audit-log-mode=blocking",  # each event written before the answer: no lag
-                *tracing_args,
-            ],
-        )
-        etcd.wait_until(
-            lambda: process.http_ok(f"{etcd_url}/health"), timeout=ETCD_TIMEOUT, what="healthy"
-        )
-        egress.wait_until(egress_socket.exists, timeout=COMPONENT_TIMEOUT, what="listening")
-        apiserver.wait_until(
-            lambda: _https_status(f"{server}/readyz", ca.cert) == 200,
-            timeout=APISERVER_TIMEOUT,
-            what="ready (/readyz)",
-        )
+        _start_storage_and_api(plan, cluster, managed)
         cluster.startup_seconds["apiserver_ready"] = time.monotonic() - t0
-
-        cm = managed(
-            "kube-controller-manager",
-            [
-                binaries["kube-controller-manager"],
-                f"--kubeconfig={kubeconfigs['controller-manager']}",
-                f"--bind-address={HOST}",
-                f"--secure-port={ports['cm']}",
-                f"--tls-cert-file={serving['cm'].cert}",
-                f"--tls-private-key-file={serving['cm'].key}",
-                f"--cert-dir={cluster_dir / 'cm-certs'}",
-                "--leader-elect=false",
-                "--use-service-account-credentials=false",
-                f"--service-account-private-key-file={sa.key}",
-                f"--root-ca-file={ca.cert}",
-                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-                "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
-                "--profiling=false",
-            ],
-        )
-        sched = managed(
-            "kube-scheduler",
-            [
-                binaries["kube-scheduler"],
-                f"--kubeconfig={kubeconfigs['scheduler']}",
-                f"--bind-address={HOST}",
-                f"--secure-port={ports['sched']}",
-                f"--tls-cert-file={serving['sched'].cert}",
-                f"--tls-private-key-file={serving['sched'].key}",
-                "--leader-elect=false",
-                "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
-                "--profiling=false",
-            ],
-        )
-        kwok = managed(
-            "kwok",
-            [
-                binaries["kwok"],
-                f"--kubeconfig={kubeconfigs['admin']}",
-                f"--config={kwok_config}",
-                "--manage-all-nodes=false",
-                "--manage-nodes-with-annotation-selector=" + "=".join(KWOK_NODE_ANNOTATION),
-                f"--node-ip={node_ip}",
-                f"--node-port={ports['kwok']}",
-                f"--server-address={HOST}:{ports['kwok']}",
-                f"--tls-cert-file={serving['kwok'].cert}",
-                f"--tls-private-key-file={serving['kwok'].key}",
-                "--node-lease-duration-seconds=40",
-            ],
-            # kwok also reads ~/.kwok/kwok.yaml when present: point its work dir at ours instead.
-            env={"KWOK_WORKDIR": str(cluster_dir / "kwok-workdir")},
-        )
-        cm.wait_until(
-            lambda: _https_status(f"https://{HOST}:{ports['cm']}/healthz", ca.cert) == 200,
-            timeout=COMPONENT_TIMEOUT,
-            what="healthy",
-        )
-        sched.wait_until(
-            lambda: _https_status(f"https://{HOST}:{ports['sched']}/healthz", ca.cert) == 200,
-            timeout=COMPONENT_TIMEOUT,
-            what="healthy",
-        )
-        kwok.wait_until(
-            lambda: _https_status(f"https://{HOST}:{ports['kwok']}/healthz", ca.cert) == 200,
-            timeout=COMPONENT_TIMEOUT,
-            what="serving (/healthz)",
-        )
-        # Pods are admitted only once their service account exists (controller manager's job).
-        cm.wait_until(
-            lambda: (
-                _https_status(
-                    f"{server}/api/v1/namespaces/default/serviceaccounts/default", ca.cert, admin
-                )
-                == 200
-            ),
-            timeout=DEFAULT_SA_TIMEOUT,
-            what="creating the default service account",
-        )
+        _start_control_loops_and_nodes(plan, managed)
     except BaseException:
         cluster.stop()
         raise
     cluster.startup_seconds["ready"] = time.monotonic() - t0
     return cluster
+
+
+Starter = Callable[..., process.ManagedProcess]
+
+
+def _start_storage_and_api(plan: _Plan, cluster: Cluster, managed: Starter) -> None:
+    """Stage 2: etcd, the egress proxy and kube-apiserver, until the API server is ready."""
+    etcd = managed("etcd", _etcd_argv(plan))
+    egress = managed("egress-proxy", _egress_argv(plan), cwd=paths.REPO_ROOT)
+    apiserver = managed("kube-apiserver", _apiserver_argv(plan, cluster.audit_log))
+    etcd.wait_until(
+        lambda: process.http_ok(f"{plan.etcd_url}/health"), timeout=ETCD_TIMEOUT, what="healthy"
+    )
+    egress.wait_until(plan.egress_socket.exists, timeout=COMPONENT_TIMEOUT, what="listening")
+    apiserver.wait_until(
+        lambda: _https_status(f"{plan.server}/readyz", plan.ca.cert) == 200,
+        timeout=APISERVER_TIMEOUT,
+        what="ready (/readyz)",
+    )
+
+
+def _start_control_loops_and_nodes(plan: _Plan, managed: Starter) -> None:
+    """Stage 3: controller manager, scheduler and kwok, until healthy and pods can be admitted."""
+    cm = managed("kube-controller-manager", _controller_manager_argv(plan))
+    sched = managed("kube-scheduler", _scheduler_argv(plan))
+    # kwok also reads ~/.kwok/kwok.yaml when present: point its work dir at ours instead.
+    kwok = managed("kwok", _kwok_argv(plan), env={"KWOK_WORKDIR": str(plan.dir / "kwok-workdir")})
+    cm.wait_until(plan.healthz("cm"), timeout=COMPONENT_TIMEOUT, what="healthy")
+    sched.wait_until(plan.healthz("sched"), timeout=COMPONENT_TIMEOUT, what="healthy")
+    kwok.wait_until(plan.healthz("kwok"), timeout=COMPONENT_TIMEOUT, what="serving (/healthz)")
+    # Pods are admitted only once their service account exists (controller manager's job).
+    default_sa = f"{plan.server}/api/v1/namespaces/default/serviceaccounts/default"
+    cm.wait_until(
+        lambda: _https_status(default_sa, plan.ca.cert, plan.admin) == 200,
+        timeout=DEFAULT_SA_TIMEOUT,
+        what="creating the default service account",
+    )
 
 
 def start_clusters_parallel(
