@@ -24,6 +24,7 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY kmg_common/ kmg_common/
 COPY mcp_backend/ mcp_backend/
 COPY gateway_plugins/ gateway_plugins/
 RUN pip install . && python -m compileall -q /opt/venv

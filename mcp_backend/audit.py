@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kmg_common.logging import request_id_var
 from mcp_backend import __version__
-from mcp_backend.log import request_id
 
 AUDIT_ID_HEADER = "Audit-ID"
 USER_AGENT = f"kube-mcp-gateway-backend/{__version__}"
@@ -43,8 +43,8 @@ MAX_ARGUMENT_CHARS = 200
 def audit_id(rid: str | None = None) -> str:
     """The ``Audit-ID`` of one API server request of the tool call ``rid`` (default: the
     current one)."""
-    rid = request_id.get() if rid is None else rid
-    prefix = rid if _ID.fullmatch(rid) else "kmg"
+    rid = request_id_var.get() if rid is None else rid
+    prefix = rid if rid is not None and _ID.fullmatch(rid) else "kmg"
     return f"{prefix}-{secrets.token_hex(3)}"
 
 

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from kmg_common.bearer import bearer_token
 from mcp_backend.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -41,12 +42,19 @@ def extract_token(headers: Mapping[str, str]) -> str | None:
         value = (headers.get(header) or "").strip()
         if not value:
             continue
-        scheme, _, rest = value.partition(" ")
-        if scheme.lower() == "bearer" and rest.strip():
-            return rest.strip()
-        if header == ALT_HEADER and " " not in value:
+        token = bearer_token(value)
+        if token is not None:
+            return token
+        if header == ALT_HEADER and _bare_token(value):
             return value
     return None
+
+
+def _bare_token(value: str) -> bool:
+    """A ``kubernetes-authorization`` value without a scheme: one token, not a scheme name."""
+    if value.lower() in ("bearer", "basic"):
+        return False
+    return not any(char.isspace() or char == "," for char in value)
 
 
 def _jwt_claims(token: str) -> dict[str, Any] | None:

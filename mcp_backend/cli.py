@@ -113,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     config_file = args.pop("config")
     try:
         settings = load_settings(config_file, overrides=args)
+        from kmg_common.logging import configure_logging
         from mcp_backend.app import create_app
-        from mcp_backend.log import configure
 
-        configure(settings.log_level)
+        configure_logging("mcp-backend", settings.log_level)
         app = create_app(settings)
     except (SettingsError, ValueError) as exc:
         print(f"mcp-backend: {exc}", file=sys.stderr)

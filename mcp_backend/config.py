@@ -8,7 +8,6 @@ token-exchange endpoint used when the cluster trusts another identity domain.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -17,12 +16,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway_plugins.common.host_origin import HostPatterns, OriginPatterns, public_url
-from gateway_plugins.common.settings import SettingsError as SettingsError
-from gateway_plugins.common.settings import read_yaml, read_yaml_mapping
+from kmg_common.host_origin import HostPatterns, OriginPatterns, public_url
+from kmg_common.settings import SettingsError as SettingsError
+from kmg_common.settings import env_prefix, read_yaml_mapping
+from kmg_common.settings import load_settings as load_service_settings
 from kmg_common.tracing import TracingSettings
 
-ENV_PREFIX = "KMG_BACKEND_"
+SERVICE = "backend"
+ENV_PREFIX = env_prefix(SERVICE)  # KMG_BACKEND_
 IN_CLUSTER_TOKEN_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 _API_GROUP = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 DEFAULT_CHART_SOURCES = ("oci://", "https://")
@@ -376,43 +377,17 @@ class Settings(_Model):
 # Loading
 
 
-def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """``KMG_BACKEND_READ_ONLY=true`` → ``{"read_only": "true"}``; JSON for lists and objects."""
-    out: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX:
-            continue
-        key = name[len(ENV_PREFIX) :].lower()
-        value: Any = raw
-        if raw.strip().startswith(("[", "{")):
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise SettingsError(f"env var {name}: invalid JSON ({exc.msg})") from None
-        out[key] = value
-    return out
-
-
 def load_settings(
     config_file: Path | None = None,
     *,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Build the settings from the layers; ``overrides`` with value None are ignored."""
-    data: dict[str, Any] = read_yaml(config_file) if config_file is not None else {}
-    data.update(env_overrides(os.environ if environ is None else environ))
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        settings = Settings.model_validate(data)
-    except ValidationError as exc:
-        source = f"config file {config_file}" if config_file else "settings"
-        lines = [f"invalid {source} (env prefix {ENV_PREFIX}):"]
-        for err in exc.errors(include_input=False, include_url=False):
-            field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"  {field}: {err['msg']}")
-        raise SettingsError("\n".join(lines)) from None
-    return settings
+    """Build the settings from the layers (:func:`kmg_common.settings.load_settings`, the loader
+    of every service); ``overrides`` (CLI flags) with value None are ignored."""
+    return load_service_settings(
+        Settings, SERVICE, config_file=config_file, cli=overrides, environ=environ
+    )
 
 
 def clusters_from_kubeconfig(path: Path) -> list[ClusterConfig]:

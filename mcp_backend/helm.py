@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from kmg_common.logging import redact
 from mcp_backend.clusters import Api
 from mcp_backend.errors import AccessDenied, InvalidArguments, ToolFailure, Unauthorized
 from mcp_backend.helm_api_guard import ApiGuard
-from mcp_backend.log import scrub
 
 
 class HelmRunner:
@@ -94,7 +94,7 @@ class HelmRunner:
             returncode, stdout, stderr = await self._exec(
                 api, binary, argv, home, self.environment(api, home, guard)
             )
-        err = scrub(stderr.decode(errors="replace").strip()).replace(api.token, "<token>")
+        err = redact(stderr.decode(errors="replace").strip()).replace(api.token, "<token>")
         if returncode != 0:
             if guard.refused:
                 after = (

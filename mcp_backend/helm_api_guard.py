@@ -40,10 +40,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from kmg_common.logging import request_id_var
 from mcp_backend.access import AccessPolicy
 from mcp_backend.audit import AUDIT_ID_HEADER, audit_id
 from mcp_backend.errors import AccessDenied
-from mcp_backend.log import request_id
 
 DENIED_MARKER = "refused by the MCP backend"  # in every refusal, for the helm runner to spot
 # Hop-by-hop and framing headers: aiohttp sets its own on both legs.
@@ -100,7 +100,7 @@ class ApiGuard:
         self.session = session
         self.access = access
         self.refused: list[str] = []
-        self._request_id = request_id.get()  # helm's requests are made for this tool call
+        self._request_id = request_id_var.get()  # helm's requests are made for this tool call
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._forward)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -1,6 +1,6 @@
 """The Host and Origin checks in front of every route but the probes (DNS rebinding protection).
 
-The rule (``gateway_plugins.common.host_origin``) comes from the settings: the loopback names, a
+The rule (``kmg_common.host_origin``) comes from the settings: the loopback names, a
 specific listen address, ``resource_url``'s host and ``allowed_hosts``; ``resource_url``'s origin,
 the loopback origins when listening on loopback, and ``allowed_origins``. A refused request gets
 a JSON answer before authentication, the MCP transport or any tool sees it. The SDK's transport
@@ -16,7 +16,7 @@ import logging
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway_plugins.common.host_origin import PROBE_PATHS, HostOriginRule, service_rule
+from kmg_common.host_origin import PROBE_PATHS, HostOriginRule, service_rule
 from mcp_backend.config import Settings
 from mcp_backend.metrics import Metrics
 

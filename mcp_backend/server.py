@@ -19,6 +19,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
 
 from kmg_common import tracing as kt
+from kmg_common.logging import request_id_var
 from mcp_backend import __version__
 from mcp_backend.audit import audited_arguments, caller_of, trace_id
 from mcp_backend.auth import TokenBinding, extract_token
@@ -27,7 +28,6 @@ from mcp_backend.clusters import ClusterRegistry
 from mcp_backend.config import Settings
 from mcp_backend.errors import AccessDenied, Busy, ToolFailure
 from mcp_backend.helm import HelmRunner
-from mcp_backend.log import request_id
 from mcp_backend.metrics import Metrics
 from mcp_backend.prompts import CLUSTER_HEALTH_CHECK, cluster_health_check
 from mcp_backend.tools.base import ToolContext, ToolRegistry, ToolSpec
@@ -126,7 +126,7 @@ class Handlers:
         self, spec: ToolSpec, params: types.CallToolRequestParams, headers: Mapping[str, str]
     ) -> types.CallToolResult:
         rid = headers.get("x-request-id") or uuid.uuid4().hex[:16]
-        request_id.set(rid)
+        request_id_var.set(rid)
         args = dict(params.arguments or {})
         arg_token = args.pop(TOKEN_ARGUMENT, None)  # stripped always; never in a schema or log
         token = extract_token(headers)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from gateway_plugins.common.settings import env_prefix, option_rows
 from gateway_plugins.policy.config import SERVICE as POLICY_SERVICE
 from gateway_plugins.policy.config import PolicySettings
 from gateway_plugins.token_exchange.config import SERVICE as EXCHANGE_SERVICE
 from gateway_plugins.token_exchange.config import Settings as ExchangeSettings
+from kmg_common.settings import env_prefix, option_rows
 from mcp_backend.config import ENV_PREFIX as BACKEND_ENV_PREFIX
 from mcp_backend.config import Settings as BackendSettings
 

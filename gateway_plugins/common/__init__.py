@@ -1,7 +1,6 @@
-"""Scaffolding shared by the gateway plugin services (token exchange, policy).
+"""Scaffolding shared by the gateway plugin services (token exchange, policy); settings, logging,
+redaction and bearer parsing shared with the backend live in :mod:`kmg_common`.
 
-- :mod:`.settings`: one typed settings object per service from YAML, env vars and CLI flags.
-- :mod:`.logging`: JSON log lines carrying the request id, with token/secret redaction.
 - :mod:`.service`: aiohttp app factory pieces (request id, errors, health, readiness, metrics).
 - :mod:`.http_client`: the one shared, TLS-aware aiohttp client session per upstream.
 - :mod:`.jwks`: per-issuer JWKS cache with OIDC discovery and rate-limited refetch.

@@ -35,7 +35,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gateway_plugins.common.settings import SettingsError, read_secret
+from kmg_common.settings import SettingsError, read_secret
 
 log = logging.getLogger(__name__)
 

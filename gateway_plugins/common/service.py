@@ -27,9 +27,9 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
-from gateway_plugins.common.host_origin import PROBE_PATHS, HostOriginRule
-from gateway_plugins.common.logging import redact, request_id_var, trace_id_var
 from kmg_common import tracing as kt
+from kmg_common.host_origin import PROBE_PATHS, HostOriginRule
+from kmg_common.logging import redact, request_id_var, trace_id_var
 
 log = logging.getLogger(__name__)
 

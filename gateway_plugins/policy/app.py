@@ -12,7 +12,7 @@ Routes (besides ``/healthz``, ``/readyz``, ``/metrics`` from the shared scaffold
 * ``GET /.well-known/jwks.json`` and ``GET /v1/wristband/public-key``: the header's public key.
 
 Every route but ``/check`` and the probes refuses a foreign ``Host`` (421) or ``Origin`` (403)
-first (``common/host_origin.py``: DNS rebinding protection).
+first (``kmg_common/host_origin.py``: DNS rebinding protection).
 
 Every answer, allow or deny, is JSON with an explicit ``allow`` and a ``reason``: Authorino does not
 look at the HTTP status of metadata calls, so a missing field must never read as "allow".
@@ -42,11 +42,9 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from gateway_plugins.common.caller_auth import CallerAuthenticator, protect
-from gateway_plugins.common.host_origin import service_rule
 from gateway_plugins.common.http_client import make_client_session
 from gateway_plugins.common.jwks import JWKSCache
 from gateway_plugins.common.jwt_validation import InvalidToken, JWTValidator, ValidationUnavailable
-from gateway_plugins.common.logging import trace_id_var
 from gateway_plugins.common.service import (
     SERVER_SSL,
     SERVICE_METRICS,
@@ -83,6 +81,9 @@ from gateway_plugins.policy.wristband import (
     load_signing_key,
 )
 from kmg_common import tracing as kt
+from kmg_common.bearer import bearer_token
+from kmg_common.host_origin import service_rule
+from kmg_common.logging import trace_id_var
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class PolicyService:
         ``auth.verified_cache_ttl_s`` (never past ``exp``) and re-checks ``exp``/``nbf`` on every
         reuse, so a token is never trusted longer than the validator would trust it.
         """
-        token = _bearer(authorization)
+        token = bearer_token(authorization)
         if token is None:
             raise Refusal(
                 401,
@@ -322,15 +323,6 @@ class PolicyService:
         )
 
 
-def _bearer(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, value = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        return None
-    return value.strip()
-
-
 def _subject(claims: Mapping[str, Any]) -> str | None:
     sub = claims.get("sub")
     return sub if isinstance(sub, str) else None
@@ -404,7 +396,7 @@ async def check(request: web.Request) -> web.Response:
         body = await _read_body(request, method)
         method, tool, prompt = _reconcile(method, tool, prompt, body)
         if method in LIST_METHODS:
-            token = _bearer(request.headers.get("Authorization"))
+            token = bearer_token(request.headers.get("Authorization"))
             return await _check_list(service, claims, token, started, server, method)
         names_tool = bool(tool) and server != policy_input.BROKER_SERVER
         if method not in NAMED_METHODS and not names_tool:
@@ -609,7 +601,7 @@ async def decide(request: web.Request) -> web.Response:
         authorization = _authorization(request, body)
         claims = await service.claims_of(authorization)
         if method in LIST_METHODS:
-            token = _bearer(authorization)
+            token = bearer_token(authorization)
             if service.signer is not None:
                 # Authorino reads metadata bodies, not response headers: the signed list travels
                 # in the body as "headers" so an AuthPolicy can copy it onto the request.
@@ -704,7 +696,7 @@ async def filter_tools(request: web.Request) -> web.Response:
         catalogue = {
             server: policy_input.catalogue_from_tools(t for t in tools if isinstance(t, dict))
         }
-        listed, _ = await service.listed_tools(claims, _bearer(authorization), catalogue)
+        listed, _ = await service.listed_tools(claims, bearer_token(authorization), catalogue)
         allowed = set(listed.get(server, []))
         kept = [t for t in tools if isinstance(t, dict) and t.get("name") in allowed]
         reason = f"{len(kept)} of {len(tools)} tool(s) of {server} allowed"

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway_plugins.common.settings import SettingsError, load_settings, read_secret
+from kmg_common.settings import SettingsError, load_settings, read_secret
 
 
 def _serve_parser(sub: Any) -> None:
@@ -153,10 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway_plugins.common.logging import configure_logging
     from gateway_plugins.common.service import run_app
     from gateway_plugins.policy.app import create_app
     from gateway_plugins.policy.config import SERVICE, PolicySettings
+    from kmg_common.logging import configure_logging
 
     flags = {
         "host": args.host,

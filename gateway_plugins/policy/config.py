@@ -12,15 +12,15 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway_plugins.common.caller_auth import CallerAuthConfig
-from gateway_plugins.common.host_origin import (
+from gateway_plugins.common.jwt_validation import DEFAULT_ALGORITHMS, IssuerConfig
+from gateway_plugins.policy.engine_guard import EmbeddedVerifySettings
+from gateway_plugins.policy.wristband import WristbandForm
+from kmg_common.host_origin import (
     ALLOWED_HOSTS_DOC,
     ALLOWED_ORIGINS_DOC,
     HostPatterns,
     OriginPatterns,
 )
-from gateway_plugins.common.jwt_validation import DEFAULT_ALGORITHMS, IssuerConfig
-from gateway_plugins.policy.engine_guard import EmbeddedVerifySettings
-from gateway_plugins.policy.wristband import WristbandForm
 from kmg_common.tracing import TracingSettings
 
 SERVICE = "policy"

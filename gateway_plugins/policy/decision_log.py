@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from gateway_plugins.common.logging import redact, request_id_var
+from kmg_common.logging import redact, request_id_var
 
 
 class DecisionLog:

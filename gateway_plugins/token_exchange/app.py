@@ -10,7 +10,7 @@
   service cannot answer or ``policy_url`` is unset (fail closed).
 - ``POST /token``: RFC 8693 token endpoint facade (form-encoded, HTTP Basic client auth), the
   request shape Keycloak takes, answered from the cache when possible. A foreign ``Host`` (421)
-  or ``Origin`` (403) is refused first (``common/host_origin.py``: DNS rebinding protection).
+  or ``Origin`` (403) is refused first (``kmg_common/host_origin.py``: DNS rebinding protection).
 - ``/healthz``, ``/readyz`` (JWKS loaded, token services reachable), ``/metrics``.
 
 ``/check`` and ``/ext-authz/*`` answer only the gateway (``caller_auth``: a shared secret header or
@@ -30,7 +30,6 @@ from typing import Any
 from aiohttp import web
 
 from gateway_plugins.common.caller_auth import CallerAuthenticator, protect
-from gateway_plugins.common.host_origin import service_rule
 from gateway_plugins.common.http_client import make_client_session
 from gateway_plugins.common.jwks import JWKSCache
 from gateway_plugins.common.jwt_validation import InvalidToken, JWTValidator, ValidationUnavailable
@@ -42,7 +41,6 @@ from gateway_plugins.common.service import (
     create_base_app,
     request_id_of,
 )
-from gateway_plugins.common.settings import SettingsError, read_secret
 from gateway_plugins.token_exchange.config import SERVICE, ClientAuth, Settings
 from gateway_plugins.token_exchange.exchanger import Exchanger, ExchangeRefused, audiences_of
 from gateway_plugins.token_exchange.facade import handle_token_request
@@ -57,6 +55,9 @@ from gateway_plugins.token_exchange.redis_cache import (
 from gateway_plugins.token_exchange.sts_client import STSClient, STSUnavailable
 from gateway_plugins.token_exchange.targets import TargetRegistry, UnknownTarget
 from kmg_common import tracing as kt
+from kmg_common.bearer import bearer_token
+from kmg_common.host_origin import service_rule
+from kmg_common.settings import SettingsError, read_secret
 
 log = logging.getLogger(__name__)
 
@@ -282,15 +283,6 @@ def _sts_check(runtime: Runtime, name: str) -> ReadyCheck:
 
 
 # -- ext_authz ----------------------------------------------------------------------------------
-def bearer_token(header: str | None) -> str | None:
-    if not header:
-        return None
-    scheme, _, value = header.strip().partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        return None
-    return value.strip()
-
-
 def _quote(text: str) -> str:
     return text.replace("\\", "").replace('"', "'")
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from gateway_plugins.common.logging import configure_logging
 from gateway_plugins.common.service import run_app
-from gateway_plugins.common.settings import SettingsError, env_prefix, load_settings
-from gateway_plugins.common.settings import describe_options as settings_options
 from gateway_plugins.token_exchange.config import SERVICE, Settings
+from kmg_common.logging import configure_logging
+from kmg_common.settings import SettingsError, env_prefix, load_settings
+from kmg_common.settings import describe_options as settings_options
 
 
 def describe_options(model: type[BaseModel] = Settings, prefix: str = "") -> list[str]:

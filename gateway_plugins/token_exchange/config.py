@@ -1,7 +1,7 @@
 """Typed settings of the token exchange service (YAML ← ``KMG_TOKEN_EXCHANGE_*`` ← CLI flags).
 
 Secrets (STS client secrets, private keys, facade client secrets) are referenced by file or env
-var name only; :mod:`gateway_plugins.common.settings` refuses them in plain text.
+var name only; :mod:`kmg_common.settings` refuses them in plain text.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway_plugins.common.caller_auth import CallerAuthConfig
-from gateway_plugins.common.host_origin import (
+from gateway_plugins.common.jwt_validation import DEFAULT_ALGORITHMS, IssuerConfig
+from kmg_common.host_origin import (
     ALLOWED_HOSTS_DOC,
     ALLOWED_ORIGINS_DOC,
     HostPatterns,
     OriginPatterns,
 )
-from gateway_plugins.common.jwt_validation import DEFAULT_ALGORITHMS, IssuerConfig
 from kmg_common.tracing import TracingSettings
 
 SERVICE = "token-exchange"

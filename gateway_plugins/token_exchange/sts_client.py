@@ -24,9 +24,9 @@ from typing import Any
 import aiohttp
 import jwt
 
-from gateway_plugins.common.logging import redact
 from gateway_plugins.token_exchange.config import BreakerConfig, ClientAuth, Grant, STSConfig
 from gateway_plugins.token_exchange.metrics import ExchangeMetrics
+from kmg_common.logging import redact
 
 GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
 GRANT_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"

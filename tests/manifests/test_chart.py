@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway_plugins.common.settings import load_settings as load_plugin_settings
 from gateway_plugins.policy.config import PolicySettings
 from gateway_plugins.token_exchange.config import Settings as TokenExchangeSettings
+from kmg_common.settings import load_settings as load_plugin_settings
 from mcp_backend import config as backend_config
 from tests.manifests import chart, chart_schema
 from tests.manifests.chart import HelmError, Obj

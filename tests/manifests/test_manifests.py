@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from gateway_plugins.common.host_origin import HostOriginRule, service_rule
-from gateway_plugins.common.settings import load_settings as load_plugin_settings
 from gateway_plugins.policy.config import PolicySettings
 from gateway_plugins.token_exchange.config import Settings as TokenExchangeSettings
+from kmg_common.host_origin import HostOriginRule, service_rule
+from kmg_common.settings import load_settings as load_plugin_settings
 from mcp_backend import config as backend_config
 from mcp_backend.host_origin_guard import host_origin_rule
 from tests.manifests import crds, render

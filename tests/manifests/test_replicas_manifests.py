@@ -19,12 +19,12 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from gateway_plugins.common.settings import load_settings
 from gateway_plugins.policy.config import PolicySettings
 from gateway_plugins.policy.engines import EmbeddedEngine
 from gateway_plugins.policy.reloader import load_file_source
 from gateway_plugins.token_exchange.config import Settings as TokenExchangeSettings
 from gateway_plugins.token_exchange.redis_cache import load_material
+from kmg_common.settings import load_settings
 from tests.manifests import kind_flow, mcp_gateway_install, render
 from tests.manifests.test_manifests import (
     SERVICE_NAMESPACE,

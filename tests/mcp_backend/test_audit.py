@@ -12,8 +12,8 @@ import logging
 
 import pytest
 
+from kmg_common.logging import JsonFormatter, request_id_var
 from mcp_backend.audit import audit_id, audited_arguments, caller_of, trace_id
-from mcp_backend.log import JsonFormatter, request_id
 
 JWT_LIKE = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4eXoifQ.c2lnbmF0dXJlLXZhbHVl"
 
@@ -62,9 +62,9 @@ def test_a_token_in_an_ordinary_argument_is_redacted_in_the_line() -> None:
     record = logging.LogRecord("calls", logging.INFO, __file__, 1, "tool call", (), None)
     record.arguments = audited_arguments({"namespace": JWT_LIKE, "grep": f"Bearer {JWT_LIKE}"})
     record.groups = ["ok", JWT_LIKE]
-    line = JsonFormatter().format(record)
+    line = JsonFormatter("mcp-backend").format(record)
     assert JWT_LIKE not in line
-    assert json.loads(line)["arguments"]["namespace"] == "<redacted-jwt>"
+    assert json.loads(line)["arguments"]["namespace"] == "[REDACTED]"
 
 
 def test_the_caller_is_what_the_token_claims() -> None:
@@ -91,11 +91,11 @@ def test_the_caller_is_what_the_token_claims() -> None:
     ],
 )
 def test_the_audit_id_carries_a_well_formed_request_id_only(rid: str, prefix: str) -> None:
-    reset = request_id.set(rid)
+    reset = request_id_var.set(rid)
     try:
         first, second = audit_id(), audit_id()
     finally:
-        request_id.reset(reset)
+        request_id_var.reset(reset)
     assert first.startswith(prefix)
     assert second.startswith(prefix)
     assert first != second  # one id per API request

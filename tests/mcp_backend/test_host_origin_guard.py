@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from mcp.server.transport_security import TransportSecurityMiddleware
 from starlette.requests import Request
 
-from gateway_plugins.common.host_origin import HostOriginRule
+from kmg_common.host_origin import HostOriginRule
 from mcp_backend.config import Settings, SettingsError, load_settings
 from mcp_backend.host_origin_guard import host_origin_rule, transport_security
 from tests.mcp_backend.conftest import NS, RunningBackend, Tokens, mcp_client, text_of

@@ -28,7 +28,7 @@ from gateway_plugins.policy.input import (
     check_tool_name,
     parse_annotation_hints,
 )
-from gateway_plugins.token_exchange.app import bearer_token
+from kmg_common.bearer import bearer_token
 from mcp_backend.auth import extract_token
 from mcp_backend.errors import ToolFailure
 from mcp_backend.objects import parse_manifests

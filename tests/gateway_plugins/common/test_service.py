@@ -9,8 +9,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway_plugins.common.host_origin import HostOriginRule
 from gateway_plugins.common.service import NotReady, create_base_app, json_error, serve
+from kmg_common.host_origin import HostOriginRule
 from tests.testbed.ports import free_port
 
 SECRET = "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVz"

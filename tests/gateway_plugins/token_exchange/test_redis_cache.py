@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway_plugins.common.settings import SettingsError, load_settings
 from gateway_plugins.token_exchange.config import SERVICE, RedisCacheConfig, Settings
 from gateway_plugins.token_exchange.exchanger import Exchanged
 from gateway_plugins.token_exchange.metrics import ExchangeMetrics
@@ -30,6 +29,7 @@ from gateway_plugins.token_exchange.redis_cache import (
     open_shared_cache,
     parse_keys,
 )
+from kmg_common.settings import SettingsError, load_settings
 from tests.testbed.redis_server import RedisServer
 
 KEY_A = "k" * 16 + "A" * 28  # 44 characters, like `openssl rand -base64 32`

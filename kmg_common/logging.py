@@ -1,5 +1,7 @@
 """JSON log lines carrying the request id, with tokens and secrets redacted before output.
 
+One module for the three services (the backend and both gateway plugins).
+
 The redaction runs on the final message *and* on formatted tracebacks, so a bearer token or a
 JWT that slips into an exception message or an argument never reaches a log sink.
 """
@@ -22,9 +24,11 @@ trace_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "kmg_trace_id", default=None
 )
 
-# "Bearer <token>" / "Basic <credentials>", also URL/form-encoded ("Bearer%20...", "Bearer+...").
-_BEARER = re.compile(r"(?i)\b(bearer|basic)(?:\s+|%20|\+)[A-Za-z0-9\-._~+/%]+=*")
-_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+# "Bearer <token>" / "Basic <credentials>", also URL/form-encoded ("Bearer%20...", "Bearer+...");
+# "=" anywhere in the credential (base64 padding, or a token that carries one).
+_BEARER = re.compile(r"(?i)(\bbasic|bearer)(?:\s+|%20|\+)[A-Za-z0-9\-._~+/=%]+")
+# Three base64url segments starting like a JSON header, wherever they start (also glued to a word).
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 # Opaque tokens with a recognisable prefix: OpenShift OAuth access tokens ("sha256~...").
 _OPAQUE = re.compile(r"\bsha256~[A-Za-z0-9_\-]+")
 # A field name that holds a credential: *token, *secret, *password, *assertion (client_secret,
@@ -33,10 +37,11 @@ _OPAQUE = re.compile(r"\bsha256~[A-Za-z0-9_\-]+")
 _SECRET_NAME = r"\w*?(?:token|secret|password|passwd|assertion)"  # noqa: S105 - a pattern
 _SECRET_KEY = re.compile(rf"(?i)^{_SECRET_NAME}$|^(?:authorization|cookie|set-cookie)$")
 # name, then its end quote (JSON ", Python repr ', or \" inside an escaped JSON string) and = or :
+# (also URL-encoded: %3D, %3A)
 # (or "," between two quoted strings: a repr'd ('client_secret', 'x') pair), then the value: a
 # whole quoted string (spaces included) or a bare run up to a delimiter.
 _SECRET_PARAM = re.compile(
-    rf"(?i)\b({_SECRET_NAME})(\\?[\"']?\s*[=:]\s*|[\"']\s*,\s*(?=[\"']))"
+    rf"(?i)\b({_SECRET_NAME})(\\?[\"']?\s*(?:[=:]|%3[ad])\s*|[\"']\s*,\s*(?=[\"']))"
     r"(\\\"(?:[^\\]|\\(?!\"))*(?:\\\"|$)"  # \"value\" (JSON inside a JSON string)
     r"|\"(?:[^\"\\]|\\.)*(?:\"|$)"  # "value" (JSON)
     r"|'(?:[^'\\]|\\.)*(?:'|$)"  # 'value' (Python repr)

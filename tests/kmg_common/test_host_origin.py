@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway_plugins.common.host_origin import (
+from kmg_common.host_origin import (
     HostOriginRule,
     PatternError,
     host_pattern,

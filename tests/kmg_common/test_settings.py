@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-from gateway_plugins.common.settings import (
+from kmg_common.settings import (
     SettingsError,
     env_prefix,
     load_settings,

@@ -9,7 +9,7 @@ import logging
 import jwt
 import pytest
 
-from gateway_plugins.common.logging import (
+from kmg_common.logging import (
     configure_logging,
     redact,
     redact_value,
@@ -125,3 +125,75 @@ def test_repr_of_form_pairs_is_redacted() -> None:
     assert "s3cr3t" not in text
     assert "('client_secret', '[REDACTED]')" in text
     assert "('grant_type', 'x')" in text
+
+
+# The backend's former redaction cases (mcp_backend/log.py before the two modules were merged),
+# and the forms only one of the two modules used to catch: the merged module catches all of them.
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("POST /token access_token=opaque-abc123&expires_in=300", "opaque-abc123"),
+        ('{"access_token": "opaque-abc123", "token_type": "Bearer"}', "opaque-abc123"),
+        ("{'client_secret': 's3cr3t-value'}", "s3cr3t-value"),
+        ('body {\\"token\\":\\"opaque-abc123\\"}', "opaque-abc123"),
+        ("token: opaque-abc123", "opaque-abc123"),
+        ("client_secret=s3cr3t-value; next", "s3cr3t-value"),
+        ("redirect?x=1&refresh_token%3Dopaque-abc123", "opaque-abc123"),  # was backend only
+        ("form subject_token%3aopaque-abc123", "opaque-abc123"),
+        ("header=Bearer%20opaque-abc123", "opaque-abc123"),
+        ("Authorization: bearer opaque-abc123", "opaque-abc123"),
+        ("Authorization: Bearer abc=def.ghi", "def.ghi"),  # "=" inside: was backend only
+        ("x-bearer opaque-abc123", "opaque-abc123"),
+        ("Authorization: Basic dXNlcjpwYXNz", "dXNlcjpwYXNz"),  # was plugins only
+        ("proxy-authorization: basic+dXNlcjpwYXNz", "dXNlcjpwYXNz"),
+        ("user token sha256~AbCdEf0123456789_xyz-987 rejected", "AbCdEf0123456789_xyz-987"),
+        ("jwt eyJhbGci.eyJzdWIi.c2ln in text", "eyJzdWIi"),  # 4-char segments: was plugins only
+        ("glued:xeyJhbGciOiJ.eyJzdWIiOiJ.sig", "eyJzdWIiOiJ"),  # no word boundary: backend only
+        ("password=hunter2", "hunter2"),
+        ("client_assertion=eyJ-not-a-jwt", "eyJ-not-a-jwt"),  # was plugins only
+    ],
+)
+def test_redact_union_of_both_former_modules(text: str, secret: str) -> None:
+    redacted = redact(text)
+    assert secret not in redacted, redacted
+    assert "[REDACTED]" in redacted
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "listed 3 pods in mcpb (tokens=2, duration_ms=12)",
+        "basically nothing",
+        "nonbasic settings",
+    ],
+)
+def test_redact_keeps_ordinary_text(text: str) -> None:
+    assert redact(text) == text
+
+
+def test_backend_log_line_carries_service_request_id_and_fields() -> None:
+    stream = io.StringIO()
+    configure_logging("mcp-backend", "INFO", stream=stream)
+    log = logging.getLogger("tests.backend")
+    token = request_id_var.set("req-42")
+    try:
+        log.info(
+            "token %s",
+            TOKEN,
+            extra={
+                "tool": {"name": "pods_list", "access_token": "opaque-abc123"},
+                "cluster": ["a", "Bearer opaque-def456"],
+                "duration_ms": 12,
+            },
+        )
+    finally:
+        request_id_var.reset(token)
+    raw = stream.getvalue()
+    (line,) = _lines(stream)
+    assert line["service"] == "mcp-backend"
+    assert line["request_id"] == "req-42"
+    assert line["tool"] == {"name": "pods_list", "access_token": "[REDACTED]"}
+    assert line["cluster"] == ["a", "Bearer [REDACTED]"]
+    assert line["duration_ms"] == 12
+    for secret in (TOKEN, "opaque-abc123", "opaque-def456"):
+        assert secret not in raw
