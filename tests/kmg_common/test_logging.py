@@ -8,6 +8,7 @@ import logging
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kmg_common.logging import (
     configure_logging,
@@ -15,9 +16,12 @@ from kmg_common.logging import (
     redact_value,
     request_id_var,
 )
-from tests.gateway_plugins.common.issuer import new_rsa
 
-TOKEN = jwt.encode({"sub": "alice", "exp": 9999999999}, new_rsa(), algorithm="RS256")
+TOKEN = jwt.encode(
+    {"sub": "alice", "exp": 9999999999},
+    rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    algorithm="RS256",
+)
 
 
 def _capture() -> tuple[io.StringIO, logging.Logger]:
