@@ -28,8 +28,6 @@ from typing import Any
 
 import aiohttp
 import yaml
-from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.load import percentiles
@@ -42,6 +40,7 @@ from tests.testbed.cluster import Cluster, start_cluster
 from tests.testbed.fixtures_kube import cluster_a_issuers
 from tests.testbed.identity_plan import REALM_MCP, new_plan
 from tests.testbed.pki import CertificateAuthority
+from tests.testbed.rbac_grants import view_only_in
 
 NAMESPACE = "rbac-list-bench"
 ROUNDS = 10
@@ -104,26 +103,7 @@ def _start(
 async def _view_only(cluster: Cluster) -> None:
     """``mcp`` may only view, in the bench's namespace."""
     async with cluster.admin_client() as api:
-        core, rbac = k8s.CoreV1Api(api), k8s.RbacAuthorizationV1Api(api)
-        binding = k8s.V1RoleBinding(
-            metadata=k8s.V1ObjectMeta(name="mcp-view"),
-            role_ref=k8s.V1RoleRef(
-                api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="view"
-            ),
-            subjects=[
-                k8s.RbacV1Subject(kind="User", name="mcp", api_group="rbac.authorization.k8s.io")
-            ],
-        )
-        namespace = k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE))
-        for create in (
-            lambda: core.create_namespace(namespace),
-            lambda: rbac.create_namespaced_role_binding(NAMESPACE, binding),
-        ):
-            try:
-                await create()
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
+        await view_only_in(api, NAMESPACE, "mcp")
 
 
 async def _reviews(http: aiohttp.ClientSession, url: str) -> float:

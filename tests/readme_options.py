@@ -6,10 +6,8 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -20,8 +18,8 @@ from gateway_plugins.token_exchange.config import Settings as ExchangeSettings
 from kmg_common.settings import env_prefix, option_rows
 from mcp_backend.config import ENV_PREFIX as BACKEND_ENV_PREFIX
 from mcp_backend.config import Settings as BackendSettings
+from tests.readme_blocks import GeneratedBlock
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN = "<!-- settings-reference:begin (generated: python -m tests.readme_options --write) -->"
 END = "<!-- settings-reference:end -->"
 
@@ -82,27 +80,12 @@ def render() -> str:
     return "\n".join(parts)
 
 
-def current_block(text: str) -> str | None:
-    if BEGIN not in text or END not in text:
-        return None
-    start = text.index(BEGIN)
-    return text[start : text.index(END, start) + len(END)]
+BLOCK = GeneratedBlock(BEGIN, END, render)
+current_block = BLOCK.current
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help="rewrite the block in README.md")
-    args = parser.parse_args(argv)
-    text = README.read_text()
-    block = current_block(text)
-    if block is None:
-        print(f"README.md lacks the markers {BEGIN!r} … {END!r}", file=sys.stderr)
-        return 1
-    if args.write:
-        README.write_text(text.replace(block, render()))
-        return 0
-    print(render())
-    return 0
+    return BLOCK.main(__doc__, argv)
 
 
 if __name__ == "__main__":

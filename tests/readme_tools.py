@@ -7,13 +7,12 @@ annotations, first sentence of each description).
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 
 from mcp_backend.tools import all_tools
 from mcp_backend.tools.base import ToolSpec
-from tests.readme_options import README
+from tests.readme_blocks import GeneratedBlock
 
 _PARENTHESES = re.compile(r"\s*\([^()]*\)")
 BEGIN = "<!-- tool-table:begin (generated: python -m tests.readme_tools --write) -->"
@@ -49,27 +48,12 @@ def render() -> str:
     return "\n".join(rows)
 
 
-def current_block(text: str) -> str | None:
-    if BEGIN not in text or END not in text:
-        return None
-    start = text.index(BEGIN)
-    return text[start : text.index(END, start) + len(END)]
+BLOCK = GeneratedBlock(BEGIN, END, render)
+current_block = BLOCK.current
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help="rewrite the block in README.md")
-    args = parser.parse_args(argv)
-    text = README.read_text()
-    block = current_block(text)
-    if block is None:
-        print(f"README.md lacks the markers {BEGIN!r} … {END!r}", file=sys.stderr)
-        return 1
-    if args.write:
-        README.write_text(text.replace(block, render()))
-        return 0
-    print(render())
-    return 0
+    return BLOCK.main(__doc__, argv)
 
 
 if __name__ == "__main__":

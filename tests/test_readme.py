@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from mcp_backend.tools import all_tools
 from tests import readme_options, readme_tools
+from tests.readme_blocks import README
 
 
 def test_settings_reference_matches_the_models() -> None:
-    text = readme_options.README.read_text()
+    text = README.read_text()
     block = readme_options.current_block(text)
     assert block is not None, "README.md lost its settings-reference markers"
     assert block == readme_options.render(), (
@@ -25,7 +26,7 @@ def test_every_setting_appears_in_the_reference() -> None:
 
 
 def test_tool_table_matches_the_registry() -> None:
-    text = readme_options.README.read_text()
+    text = README.read_text()
     block = readme_tools.current_block(text)
     assert block is not None, "README.md lost its tool-table markers"
     assert block == readme_tools.render(), (

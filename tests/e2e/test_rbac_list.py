@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.e2e.mcp_http import UserTokens, catalogues_by_prefix, tools_per_user
 from tests.testbed.cluster import Cluster
 from tests.testbed.keycloak import Keycloak
 from tests.testbed.mcp_gateway.stack import LocalGateway, _run_async, start_gateway
 from tests.testbed.pki import CertificateAuthority
+from tests.testbed.rbac_grants import view_only_in
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -36,27 +35,7 @@ READ_TOOLS = ("pods_list", "pods_get", "pods_log", "resources_get", "resources_l
 
 async def _view_only(cluster: Cluster) -> None:
     async with cluster.admin_client() as api:
-        core, rbac = k8s.CoreV1Api(api), k8s.RbacAuthorizationV1Api(api)
-        binding = k8s.V1RoleBinding(
-            metadata=k8s.V1ObjectMeta(name="mcp-view"),
-            role_ref=k8s.V1RoleRef(
-                api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="view"
-            ),
-            subjects=[
-                k8s.RbacV1Subject(kind="User", name="mcp", api_group="rbac.authorization.k8s.io")
-            ],
-        )
-        for create in (
-            lambda: core.create_namespace(
-                k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE))
-            ),
-            lambda: rbac.create_namespaced_role_binding(NAMESPACE, binding),
-        ):
-            try:
-                await create()
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
+        await view_only_in(api, NAMESPACE, "mcp")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 import pytest
 from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway_plugins.policy.config import RbacCluster, RbacListSettings, RbacTokenExchange
@@ -36,6 +35,7 @@ from tests.testbed import keycloak as kc
 from tests.testbed.cluster import Cluster
 from tests.testbed.identity_plan import REALM_MCP
 from tests.testbed.ports import free_port
+from tests.testbed.rbac_grants import view_only_in
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,27 +49,7 @@ async def view_only_namespace(
 ) -> str:
     """Namespace where the user ``mcp`` is bound to ClusterRole ``view`` (and to nothing else)."""
     await cluster_a.wait_token_accepted(mcp_token)  # the API server has loaded Keycloak's keys
-    core, rbac = k8s.CoreV1Api(admin_client), k8s.RbacAuthorizationV1Api(admin_client)
-    binding = k8s.V1RoleBinding(
-        metadata=k8s.V1ObjectMeta(name="mcp-view"),
-        role_ref=k8s.V1RoleRef(
-            api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="view"
-        ),
-        subjects=[
-            k8s.RbacV1Subject(kind="User", name="mcp", api_group="rbac.authorization.k8s.io")
-        ],
-    )
-    for create in (
-        lambda: core.create_namespace(
-            k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=VIEW_NAMESPACE))
-        ),
-        lambda: rbac.create_namespaced_role_binding(VIEW_NAMESPACE, binding),
-    ):
-        try:
-            await create()
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
+    await view_only_in(admin_client, VIEW_NAMESPACE, "mcp")
     return VIEW_NAMESPACE
 
 
