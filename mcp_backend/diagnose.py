@@ -14,6 +14,7 @@ from typing import Any
 from mcp_backend.clusters import Api
 from mcp_backend.discovery import EVENT, POD, ResourceInfo
 from mcp_backend.errors import ClusterError, InvalidArguments
+from mcp_backend.label_selector import selector_query
 from mcp_backend.objects import read_log
 from mcp_backend.output import ToolOutput, align
 
@@ -36,22 +37,6 @@ class Report:
     lines: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-
-def selector_string(selector: dict[str, Any]) -> str:
-    """A LabelSelector object as the query string form."""
-    parts = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
-        if op == "In":
-            parts.append(f"{key} in ({','.join(values)})")
-        elif op == "NotIn":
-            parts.append(f"{key} notin ({','.join(values)})")
-        elif op == "Exists":
-            parts.append(str(key))
-        elif op == "DoesNotExist":
-            parts.append(f"!{key}")
-    return ",".join(parts)
 
 
 def replica_summary(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +161,7 @@ async def diagnose(api: Api, kind: str, name: str, namespace: str, log_lines: in
     if info.kind == "Pod":
         pods = [obj]
     else:
-        selector = selector_string((obj.get("spec") or {}).get("selector") or {})
+        selector = selector_query((obj.get("spec") or {}).get("selector") or {})
         listing = (
             await _safe(
                 report,

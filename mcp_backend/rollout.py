@@ -16,6 +16,7 @@ from typing import Any
 from mcp_backend.clusters import Api
 from mcp_backend.discovery import ResourceInfo
 from mcp_backend.errors import InvalidArguments, ToolFailure
+from mcp_backend.label_selector import selector_query
 from mcp_backend.objects import FIELD_MANAGER
 
 APPS = "apps/v1"
@@ -241,22 +242,6 @@ def _daemonset_status(w: Workload) -> Status:
 # -- history --------------------------------------------------------------------------------------
 
 
-def selector_text(selector: dict[str, Any]) -> str:
-    """A LabelSelector as the ``labelSelector`` query parameter writes it."""
-    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
-        if op == "In":
-            parts.append(f"{key} in ({','.join(values)})")
-        elif op == "NotIn":
-            parts.append(f"{key} notin ({','.join(values)})")
-        elif op == "Exists":
-            parts.append(str(key))
-        elif op == "DoesNotExist":
-            parts.append(f"!{key}")
-    return ",".join(parts)
-
-
 def _owned_by(obj: dict[str, Any], uid: str) -> bool:
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
     return any(r.get("controller") and r.get("uid") == uid for r in refs)
@@ -265,7 +250,7 @@ def _owned_by(obj: dict[str, Any], uid: str) -> bool:
 async def history(api: Api, w: Workload) -> list[Revision]:
     """The workload's revisions, oldest first, the current one marked."""
     uid = w.obj["metadata"].get("uid")
-    selector = selector_text(w.spec.get("selector") or {})
+    selector = selector_query(w.spec.get("selector") or {})
     params = {"labelSelector": selector} if selector else {}
     if w.kind == "Deployment":
         rs_info = await api.resolve(APPS, "ReplicaSet")

@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-from mcp_backend.diagnose import _event_time, container_states, replica_summary, selector_string
-
-
-def test_selector_string_covers_every_operator() -> None:
-    selector = {
-        "matchLabels": {"app": "web"},
-        "matchExpressions": [
-            {"key": "tier", "operator": "In", "values": ["a", "b"]},
-            {"key": "env", "operator": "NotIn", "values": ["dev"]},
-            {"key": "canary", "operator": "Exists"},
-            {"key": "legacy", "operator": "DoesNotExist"},
-        ],
-    }
-    assert selector_string(selector) == "app=web,tier in (a,b),env notin (dev),canary,!legacy"
+from mcp_backend.diagnose import _event_time, container_states, replica_summary
 
 
 def test_replica_summary_reports_only_unhealthy_conditions() -> None:

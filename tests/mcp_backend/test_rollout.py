@@ -12,7 +12,7 @@ import pytest
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.rest import ApiException
 
-from mcp_backend.rollout import RESTARTED_AT, selector_text
+from mcp_backend.rollout import RESTARTED_AT
 from tests.mcp_backend.conftest import NS, Tokens, text_of, wait_for
 from tests.testbed.cluster import Cluster
 
@@ -250,16 +250,3 @@ async def test_rollout_status_reports_progress_until_done(
     assert data["done"] is False
     assert "0 of 2 updated replicas are available" in data["message"]
     assert data["available"] == 0
-
-
-def test_selector_text_writes_every_operator() -> None:
-    selector = {
-        "matchLabels": {"b": "2", "a": "1"},
-        "matchExpressions": [
-            {"key": "tier", "operator": "In", "values": ["web", "api"]},
-            {"key": "env", "operator": "NotIn", "values": ["dev"]},
-            {"key": "canary", "operator": "Exists"},
-            {"key": "legacy", "operator": "DoesNotExist"},
-        ],
-    }
-    assert selector_text(selector) == ("a=1,b=2,tier in (web,api),env notin (dev),canary,!legacy")
