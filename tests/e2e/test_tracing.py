@@ -132,10 +132,17 @@ async def test_one_tools_call_is_one_trace_from_envoy_to_the_api_server(
 
     services = {TRACE_SERVICE_NAME, EXCHANGE, POLICY, BACKEND}
     trace = trace_collector.wait_trace(trace_id, services=services)
-    # the backend's API server call ends before its tools/call span: wait for that one too
-    deadline = time.monotonic() + 15
-    while not any(s.kind == "client" and s.service == BACKEND for s in spans_of(trace)):
-        assert time.monotonic() < deadline, "the backend's API server call span never arrived"
+
+    # Each exporter batches: a span can arrive after its children (Envoy's request span ends
+    # last, with the response). Wait for the backend's API server call and Envoy's request span.
+    def complete(spans: list[Span]) -> bool:
+        return any(s.kind == "client" and s.service == BACKEND for s in spans) and any(
+            s.service == TRACE_SERVICE_NAME and s.parent == client_span for s in spans
+        )
+
+    deadline = time.monotonic() + 30
+    while not complete(spans_of(trace)):
+        assert time.monotonic() < deadline, "the backend's API call or Envoy's span never arrived"
         await asyncio.sleep(0.5)
         trace = trace_collector.wait_trace(trace_id, services=services)
     spans = spans_of(trace)
