@@ -32,15 +32,13 @@ from gateway_plugins.common.service import (
 from gateway_plugins.policy import input as policy_input
 from gateway_plugins.policy.config import SERVICE, PolicySettings
 from gateway_plugins.policy.decision_log import DecisionLog
+from gateway_plugins.policy.embedded_engine import EmbeddedEngine
 from gateway_plugins.policy.engine_guard import verify_embedded
-from gateway_plugins.policy.engines import (
-    DecisionEngine,
-    OpaOptions,
-    PolicySource,
-    create_engine,
-)
+from gateway_plugins.policy.engines import DecisionEngine
 from gateway_plugins.policy.input import Catalogue, InputError
 from gateway_plugins.policy.live_engine import LiveEngine
+from gateway_plugins.policy.opa_engine import OpaOptions, OpaServerEngine
+from gateway_plugins.policy.policy_source import PolicySource
 from gateway_plugins.policy.rbac_list import RbacListFilter, RbacMetrics
 from gateway_plugins.policy.reloader import (
     AwaitingPolicy,
@@ -95,6 +93,16 @@ def build_engine(settings: PolicySettings, source: PolicySource) -> DecisionEngi
         ca_file=settings.opa.ca_file,
     )
     return create_engine(settings.engine, source, options, cache_size=settings.decision_cache_size)
+
+
+def create_engine(
+    kind: str, source: PolicySource, opa: OpaOptions | None = None, *, cache_size: int = 4096
+) -> DecisionEngine:
+    if kind == "embedded":
+        return EmbeddedEngine(source, cache_size=cache_size)
+    if kind == "opa":
+        return OpaServerEngine(source, opa or OpaOptions())
+    raise ValueError(f"unknown engine {kind!r}; choose embedded or opa")
 
 
 @dataclass

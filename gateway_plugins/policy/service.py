@@ -21,13 +21,9 @@ from gateway_plugins.common.jwt_validation import InvalidToken, JWTValidator, Va
 from gateway_plugins.policy import input as policy_input
 from gateway_plugins.policy.config import PolicySettings
 from gateway_plugins.policy.decision_log import DecisionLog
-from gateway_plugins.policy.engines import (
-    DecisionEngine,
-    EngineUnavailable,
-    PolicyError,
-    PolicySource,
-)
+from gateway_plugins.policy.engines import DecisionEngine, EngineUnavailable, PolicyError
 from gateway_plugins.policy.input import Catalogue
+from gateway_plugins.policy.policy_source import PolicySource
 from gateway_plugins.policy.rbac_list import RbacListFilter, user_key
 from gateway_plugins.policy.reloader import PolicyReloader
 from gateway_plugins.policy.wristband import SignedList, WristbandSigner, compact_json

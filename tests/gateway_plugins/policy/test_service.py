@@ -23,7 +23,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway_plugins.policy.engines import EmbeddedEngine
+from gateway_plugins.policy.embedded_engine import EmbeddedEngine
 from gateway_plugins.policy.service import service_of
 from gateway_plugins.policy.wristband import LEGACY_HEADER, verify
 from tests.gateway_plugins.policy.running import (
