@@ -19,8 +19,8 @@ user's own policy gets the same proof here, at start:
    (a WARNING).
 
 A failure raises :class:`~gateway_plugins.policy.policy_source.PolicySourceError` naming the
-case, both answers and what to do. Only the modules are fingerprinted: the data files configure the policy
-(grants, deny list) but bring no Rego constructs of their own.
+case, both answers and what to do. Only the modules are fingerprinted: the data files configure
+the policy (grants, deny list) but bring no Rego constructs of their own.
 """
 
 from __future__ import annotations
