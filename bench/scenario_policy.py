@@ -34,14 +34,10 @@ import aiohttp
 import yaml
 
 from bench.load import paced_load, percentiles
-from gateway_plugins.policy.engines import (
-    EmbeddedEngine,
-    OpaOptions,
-    OpaServerEngine,
-    PolicySource,
-    load_policy_source,
-)
+from gateway_plugins.policy.embedded_engine import EmbeddedEngine
 from gateway_plugins.policy.input import call_input, list_input, load_catalogue
+from gateway_plugins.policy.opa_engine import OpaOptions, OpaServerEngine
+from gateway_plugins.policy.policy_source import PolicySource, load_policy_source
 from gateway_plugins.policy.wristband import WristbandSigner, generate_signing_key
 from tests.gateway_plugins.policy.running import (
     CHANGING_TOOLS,

@@ -31,9 +31,9 @@ import aiohttp
 import yaml
 
 from gateway_plugins.policy import input as policy_input
-from gateway_plugins.policy.engines import PolicySource, PolicySourceError
-from gateway_plugins.policy.engines import _check_strings as check_setting_strings
 from gateway_plugins.policy.input import InputError
+from gateway_plugins.policy.policy_source import PolicySource, PolicySourceError
+from gateway_plugins.policy.policy_source import check_strings as check_setting_strings
 
 log = logging.getLogger(__name__)
 

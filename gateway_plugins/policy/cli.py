@@ -226,7 +226,7 @@ async def _sync(args: argparse.Namespace) -> int:
 
 def _bundle(args: argparse.Namespace) -> int:
     from gateway_plugins.policy.app import load_catalogue_file
-    from gateway_plugins.policy.engines import load_policy_source, write_opa_bundle
+    from gateway_plugins.policy.policy_source import load_policy_source, write_opa_bundle
 
     source = load_policy_source(
         args.policies_dir, args.data_dir, load_catalogue_file(args.catalogue_file)
@@ -243,7 +243,7 @@ def _verify(args: argparse.Namespace) -> int:
         verify_embedded,
         write_record,
     )
-    from gateway_plugins.policy.engines import load_policy_source
+    from gateway_plugins.policy.policy_source import load_policy_source
 
     source = load_policy_source(args.policies_dir, args.data_dir)
     settings = EmbeddedVerifySettings(opa_binary=args.opa, generated_cases=args.generated)
@@ -257,8 +257,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gateway_plugins.policy.engines import EngineUnavailable, PolicySourceError
+    from gateway_plugins.policy.engines import EngineUnavailable
     from gateway_plugins.policy.input import InputError
+    from gateway_plugins.policy.policy_source import PolicySourceError
     from gateway_plugins.policy.sync_roles import SyncError
     from gateway_plugins.policy.wristband import WristbandKeyError
 

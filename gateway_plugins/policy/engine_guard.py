@@ -18,9 +18,9 @@ user's own policy gets the same proof here, at start:
    --record`` where OPA is available), or ``embedded_verify.allow_unverified`` says to start anyway
    (a WARNING).
 
-A failure raises :class:`~gateway_plugins.policy.engines.PolicySourceError` naming the case, both
-answers and what to do. Only the modules are fingerprinted: the data files configure the policy
-(grants, deny list) but bring no Rego constructs of their own.
+A failure raises :class:`~gateway_plugins.policy.policy_source.PolicySourceError` naming the
+case, both answers and what to do. Only the modules are fingerprinted: the data files configure
+the policy (grants, deny list) but bring no Rego constructs of their own.
 """
 
 from __future__ import annotations
@@ -41,18 +41,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway_plugins.policy.engines import (
-    ALLOWED_PROMPTS,
-    ALLOWED_TOOLS,
-    DECISION,
-    EmbeddedEngine,
-    PolicyError,
+from gateway_plugins.policy.embedded_engine import EmbeddedEngine
+from gateway_plugins.policy.engines import ALLOWED_PROMPTS, ALLOWED_TOOLS, DECISION, PolicyError
+from gateway_plugins.policy.input import normalize_allowed
+from gateway_plugins.policy.policy_source import (
     PolicySource,
     PolicySourceError,
     load_policy_source,
     snapshot_dir,
 )
-from gateway_plugins.policy.input import normalize_allowed
 
 log = logging.getLogger(__name__)
 

@@ -37,19 +37,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from gateway_plugins.policy import input as policy_input
 from gateway_plugins.policy.bundles import BundleFetchError, BundlePoller, read_bundle
 from gateway_plugins.policy.config import PolicySettings
-from gateway_plugins.policy.engines import (
-    Decision,
-    DecisionEngine,
-    EngineUnavailable,
-    OpaServerEngine,
-    PolicyError,
+from gateway_plugins.policy.engines import Decision, DecisionEngine, EngineUnavailable, PolicyError
+from gateway_plugins.policy.input import Catalogue, InputError
+from gateway_plugins.policy.live_engine import LiveEngine
+from gateway_plugins.policy.opa_engine import OpaServerEngine
+from gateway_plugins.policy.policy_source import (
     PolicySource,
     PolicySourceError,
     load_policy_source,
     snapshot_dir,
 )
-from gateway_plugins.policy.input import Catalogue, InputError
-from gateway_plugins.policy.live_engine import LiveEngine
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from gateway_plugins.policy.config import PolicySettings
-from gateway_plugins.policy.engines import EmbeddedEngine
+from gateway_plugins.policy.embedded_engine import EmbeddedEngine
 from gateway_plugins.policy.reloader import load_file_source
 from gateway_plugins.token_exchange.config import Settings as TokenExchangeSettings
 from gateway_plugins.token_exchange.redis_cache import load_material

@@ -20,7 +20,7 @@ from aiohttp import web
 from gateway_plugins.common.caller_auth import CallerAuthConfig
 from gateway_plugins.common.jwt_validation import IssuerConfig
 from gateway_plugins.common.service import serve
-from gateway_plugins.policy.app import create_app, service_of
+from gateway_plugins.policy.app import create_app
 from gateway_plugins.policy.config import (
     AuthSettings,
     OpaSettings,
@@ -29,6 +29,7 @@ from gateway_plugins.policy.config import (
 )
 from gateway_plugins.policy.decision_log import DecisionLog
 from gateway_plugins.policy.engine_guard import EmbeddedVerifySettings
+from gateway_plugins.policy.service import service_of
 from gateway_plugins.policy.wristband import generate_signing_key, private_key_pem
 from tests.testbed import build
 from tests.testbed import keycloak as kc

@@ -19,15 +19,10 @@ from typing import Any
 
 import pytest
 
-from gateway_plugins.policy.engines import (
-    EmbeddedEngine,
-    OpaOptions,
-    OpaServerEngine,
-    PolicySource,
-    PolicySourceError,
-    load_policy_source,
-)
+from gateway_plugins.policy.embedded_engine import EmbeddedEngine
 from gateway_plugins.policy.input import normalize_allowed, policy_arguments
+from gateway_plugins.policy.opa_engine import OpaOptions, OpaServerEngine
+from gateway_plugins.policy.policy_source import PolicySource, PolicySourceError, load_policy_source
 from tests.gateway_plugins.policy.running import POLICIES
 from tests.testbed.opa_server import OpaServer
 

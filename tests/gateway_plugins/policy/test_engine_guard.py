@@ -32,7 +32,7 @@ from gateway_plugins.policy.engine_guard import (
     EmbeddedVerifySettings,
     modules_fingerprint,
 )
-from gateway_plugins.policy.engines import PolicySourceError, load_policy_source
+from gateway_plugins.policy.policy_source import PolicySourceError, load_policy_source
 from tests.gateway_plugins.policy.running import (
     CALLER_HEADERS,
     POLICIES,

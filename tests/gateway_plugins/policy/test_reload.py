@@ -20,10 +20,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway_plugins.policy.app import reloader_of, service_of
 from gateway_plugins.policy.config import BundleSettings, PolicySettings, ReloadSettings
-from gateway_plugins.policy.engines import EmbeddedEngine
+from gateway_plugins.policy.embedded_engine import EmbeddedEngine
 from gateway_plugins.policy.live_engine import LiveEngine
+from gateway_plugins.policy.service import reloader_of, service_of
 from gateway_plugins.policy.wristband import LEGACY_HEADER, verify
 from tests.gateway_plugins.policy.running import (
     CALLER_HEADERS,

@@ -23,8 +23,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway_plugins.policy.app import service_of
-from gateway_plugins.policy.engines import EmbeddedEngine
+from gateway_plugins.policy.embedded_engine import EmbeddedEngine
+from gateway_plugins.policy.service import service_of
 from gateway_plugins.policy.wristband import LEGACY_HEADER, verify
 from tests.gateway_plugins.policy.running import (
     CALLER_HEADERS,

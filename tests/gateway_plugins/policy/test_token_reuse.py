@@ -18,9 +18,9 @@ import aiohttp
 import pytest
 
 from gateway_plugins.common.jwt_validation import IssuerConfig
-from gateway_plugins.policy.app import service_of
 from gateway_plugins.policy.config import PolicySettings
-from gateway_plugins.policy.engines import EmbeddedEngine
+from gateway_plugins.policy.embedded_engine import EmbeddedEngine
+from gateway_plugins.policy.service import service_of
 from tests.gateway_plugins.common.issuer import LocalIssuer, new_rsa
 from tests.gateway_plugins.policy.running import (
     CALLER_HEADERS,
