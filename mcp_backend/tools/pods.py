@@ -67,7 +67,7 @@ async def metrics_available(api: Api) -> bool:
     except NotFound:
         return False
     if isinstance(group, dict) and group.get("versions"):
-        api.cluster.discovery.invalidate()  # stale: the next discovery lists the new group
+        api.forget_discovery()  # stale: the next discovery lists the new group
         return True
     return False
 
@@ -129,8 +129,8 @@ async def pods_exec(ctx: ToolContext) -> ToolOutput:
     api = await ctx.api()
     name, namespace = ctx.req("name"), ctx.text("namespace", default=DEFAULT_NAMESPACE) or ""
     command = ctx.str_list("command", required=True)
-    result = await api.cluster.client.exec(
-        api.token, namespace, name, command, ctx.text("container"), ctx.settings.exec_timeout_s
+    result = await api.exec(
+        namespace, name, command, ctx.text("container"), ctx.settings.exec_timeout_s
     )
     if result.error:
         raise ToolFailure(f"exec in pod {namespace}/{name} failed: {result.error}")
