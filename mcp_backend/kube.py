@@ -144,10 +144,7 @@ class KubeClient:
         a raised refusal. The one place :meth:`request`, :meth:`stream_list`,
         :meth:`stream_text` and :meth:`exec` enforce the policy."""
         _check_path(path)
-        parsed = self.access.check_request(method, path)
-        if body is not None:
-            self.access.check_body(method, parsed, body, content_type)
-        return parsed
+        return self.access.admit(method, path, body, content_type)
 
     async def request(
         self,
