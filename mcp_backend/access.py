@@ -121,6 +121,21 @@ class AccessPolicy:
         if reason is not None:
             raise AccessDenied(f"{kind} ({group or 'core'}): {reason}; it is not available here")
 
+    def admit(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> ApiPath | None:
+        """The check every API call passes before it is sent, whichever transport sends it (the
+        backend's client, the helm guard): the request, then its body when it has one. Returns
+        the parsed path; raises :class:`AccessDenied`."""
+        parsed = self.check_request(method, path)
+        if body is not None:
+            self.check_body(method, parsed, body, content_type)
+        return parsed
+
     def check_request(self, method: str, path: str) -> ApiPath | None:
         """Raise :class:`AccessDenied` for a call on a denied kind; return the parsed path."""
         parsed = parse_path(path)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 ALT_HEADER = "kubernetes-authorization"
+SCOPE_TOKEN = "kmg.bearer_token"  # noqa: S105 - the ASGI scope key, not a secret
 
 
 def extract_token(headers: Mapping[str, str]) -> str | None:
@@ -48,6 +49,13 @@ def extract_token(headers: Mapping[str, str]) -> str | None:
         if header == ALT_HEADER and _bare_token(value):
             return value
     return None
+
+
+def scope_token(scope: Mapping[str, Any]) -> str | None:
+    """The header token :class:`RequireBearer` parsed for this request (None: no header token,
+    or the request did not pass through it: fail closed)."""
+    token = scope.get(SCOPE_TOKEN)
+    return token if isinstance(token, str) else None
 
 
 def _bare_token(value: str) -> bool:
@@ -168,6 +176,9 @@ class RequireBearer:
 
     ``optional`` (tokens accepted in tool arguments): a request without a header token passes
     (the tool call checks the argument's token), a header token is still checked.
+
+    The token it parsed is kept in the request's scope (:func:`scope_token`), so the handlers
+    do not parse the headers again.
     """
 
     def __init__(
@@ -191,6 +202,7 @@ class RequireBearer:
             return
         headers = {k.decode().lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         token = extract_token(headers)
+        scope[SCOPE_TOKEN] = token
         if token is None and self.optional:
             await self.app(scope, receive, send)
             return

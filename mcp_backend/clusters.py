@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from kmg_common.tracing import Tracing
 from mcp_backend.access import AccessPolicy
 from mcp_backend.config import ClusterConfig, Settings
 from mcp_backend.discovery import Discovery, DiscoveryCache, ResourceInfo
 from mcp_backend.errors import InvalidArguments
-from mcp_backend.kube import KubeClient, ListStream
+from mcp_backend.helm_api_guard import ApiGuard
+from mcp_backend.kube import ExecResult, KubeClient, ListStream
 from mcp_backend.metrics import Metrics
 from mcp_backend.token_exchange import TokenExchanger
 
@@ -70,6 +74,38 @@ class Api:
     def stream_list(self, path: str, **kwargs: Any) -> AbstractAsyncContextManager[ListStream]:
         """A list answer read piece by piece (:meth:`KubeClient.stream_list`)."""
         return self.cluster.client.stream_list(self.token, path, **kwargs)
+
+    def stream_text(
+        self, path: str, *, params: Mapping[str, str | int]
+    ) -> AbstractAsyncContextManager[aiohttp.StreamReader]:
+        """A text body read piece by piece (:meth:`KubeClient.stream_text`)."""
+        return self.cluster.client.stream_text(self.token, path, params=params)
+
+    async def exec(
+        self,
+        namespace: str,
+        pod: str,
+        command: list[str],
+        container: str | None,
+        timeout_s: float,
+    ) -> ExecResult:
+        """Run ``command`` in a pod's container (:meth:`KubeClient.exec`)."""
+        return await self.cluster.client.exec(
+            self.token, namespace, pod, command, container, timeout_s
+        )
+
+    def helm_guard(self) -> ApiGuard:
+        """The local API proxy the helm CLI talks through (this cluster's pool and policy)."""
+        client = self.cluster.client
+        return ApiGuard(client.session(), client.access)
+
+    def check_object(self, group: str, resource: str, obj: Mapping[str, Any], what: str) -> None:
+        """Refuse an object the access policy forbids even though its kind is allowed."""
+        self.cluster.client.access.check_object(group, resource, obj, what)
+
+    def forget_discovery(self) -> None:
+        """Drop this cluster's cached discovery (a new API group was seen)."""
+        self.cluster.discovery.invalidate()
 
     async def discovery(self) -> Discovery:
         async def fetch(path: str, accept: str) -> Any:

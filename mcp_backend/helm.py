@@ -89,8 +89,7 @@ class HelmRunner:
         for name, content in (files or {}).items():
             (home / name).write_text(content, encoding="utf-8")
         argv = [a.replace("{home}", str(home)) for a in args]
-        client = api.cluster.client
-        async with ApiGuard(client.session(), client.access) as guard:
+        async with api.helm_guard() as guard:
             returncode, stdout, stderr = await self._exec(
                 api, binary, argv, home, self.environment(api, home, guard)
             )

@@ -6,10 +6,10 @@ hooks to a post-renderer: a hook built with ``rand``/``now`` could still create 
 So every helm command talks to the cluster through an :class:`ApiGuard` started for that command
 alone: an HTTP server on 127.0.0.1 that forwards each request (the caller's own token included,
 unchanged) to the cluster over the backend's pooled connections, after the same
-:meth:`AccessPolicy.check_request` and :meth:`AccessPolicy.check_body` every other tool's calls
-pass. A request on a denied kind, or one creating a service-account-token Secret while
-ServiceAccount is denied, gets the API server's kind of 403 ``Status`` and never leaves the
-backend, whichever part of helm sent it (templates, hooks, ``crds/``, lookups, ``--wait``).
+:meth:`AccessPolicy.admit` (request, then body) every other tool's calls pass. A request on a
+denied kind, or one creating a service-account-token Secret while ServiceAccount is denied,
+gets the API server's kind of 403 ``Status`` and never leaves the backend, whichever part of
+helm sent it (templates, hooks, ``crds/``, lookups, ``--wait``).
 
 The guard speaks TLS (client-go sends no bearer token over plain HTTP) with a self-signed
 certificate for 127.0.0.1 made once per process (:func:`loopback_certificate`); helm gets it as
@@ -129,9 +129,7 @@ class ApiGuard:
             return self._refuse(400, "BadRequest", f"path {path!r} is not a plain API path")
         body = await request.read() if request.can_read_body else None
         try:
-            parsed = self.access.check_request(request.method, path)
-            if body:
-                self.access.check_body(request.method, parsed, body, request.content_type)
+            self.access.admit(request.method, path, body or None, request.content_type)
         except AccessDenied as exc:
             self.refused.append(exc.message)
             return self._refuse(403, "Forbidden", exc.message)

@@ -132,6 +132,20 @@ class KubeClient:
 
     # -- requests ------------------------------------------------------------------------------
 
+    def _admit(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> ApiPath | None:
+        """The access check every call of this client passes before it is sent (the path's
+        shape, the :class:`AccessPolicy` on the request and on its body): the parsed path, or
+        a raised refusal. The one place :meth:`request`, :meth:`stream_list`,
+        :meth:`stream_text` and :meth:`exec` enforce the policy."""
+        _check_path(path)
+        return self.access.admit(method, path, body, content_type)
+
     async def request(
         self,
         token: str,
@@ -148,14 +162,13 @@ class KubeClient:
     ) -> Any:
         """One API call. Returns parsed JSON (or text when ``text``, or a :class:`TextTail` of a
         body of any size read in bounded memory when ``tail_bytes``); raises ClusterError."""
-        _check_path(path)
-        parsed = self.access.check_request(method, path)
-        headers = caller_headers(token, Accept=accept)
         data: bytes | None = None
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        parsed = self._admit(method, path, data, content_type)
+        headers = caller_headers(token, Accept=accept)
+        if data is not None:
             headers["Content-Type"] = content_type
-            self.access.check_body(method, parsed, data, content_type)
         session = self.session()
         timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else session.timeout
         try:
@@ -247,8 +260,7 @@ class KubeClient:
         whose :meth:`~ListStream.read` hands out the decoded, redacted elements of the array
         member named in ``array_keys`` (``items``, ``rows``) as they arrive. Leaving the block
         drops the rest of the body unread (the connection is closed, not reused)."""
-        _check_path(path)
-        parsed = self.access.check_request("GET", path)
+        parsed = self._admit("GET", path)
         headers = caller_headers(token, Accept=accept)
         try:
             async with self.session().get(path.lstrip("/"), params=params, headers=headers) as resp:
@@ -338,8 +350,7 @@ class KubeClient:
         """A GET whose text body is read piece by piece: ``async with`` gives the body's stream
         (after the access check and the status: a refusal raises as :meth:`request` does).
         Leaving the block drops the rest unread; the connection is closed, not reused."""
-        _check_path(path)
-        parsed = self.access.check_request("GET", path)
+        parsed = self._admit("GET", path)
         headers = caller_headers(token, Accept="text/plain,application/json")
         try:
             async with self.session().get(path.lstrip("/"), params=params, headers=headers) as resp:
@@ -376,8 +387,7 @@ class KubeClient:
         path = (
             f"/api/v1/namespaces/{segment(namespace, 'namespace')}/pods/{segment(pod, 'name')}/exec"
         )
-        _check_path(path)
-        self.access.check_request("POST", path)
+        parsed = self._admit("POST", path)
         params: list[tuple[str, str]] = [("command", c) for c in command]
         params += [("stdout", "true"), ("stderr", "true")]
         if container:
@@ -423,12 +433,7 @@ class KubeClient:
             ) from None
         except aiohttp.WSServerHandshakeError as exc:
             raise await self._error(
-                token,
-                "POST",
-                path,
-                self.access.check_request("POST", path),
-                exc.status,
-                exc.message.encode(),
+                token, "POST", path, parsed, exc.status, exc.message.encode()
             ) from None
         except aiohttp.ClientError as exc:
             raise Unreachable(

@@ -323,9 +323,7 @@ async def plan_apply(
                 info.path(namespace, meta["name"])  # checks both as path segments
             else:
                 info.path(None, meta["name"])
-            api.cluster.client.access.check_object(
-                info.group, info.resource, obj, f"{info.kind} {meta['name']!r}"
-            )
+            api.check_object(info.group, info.resource, obj, f"{info.kind} {meta['name']!r}")
         except ToolFailure as exc:
             raise _prefixed(exc, f"nothing was applied: {what}: ") from None
         plans.append(PlannedApply(index, obj, info, namespace))

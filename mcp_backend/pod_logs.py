@@ -214,7 +214,7 @@ async def grep_log(
     """The log's last ``max_lines`` lines (at most ``max_bytes``), filtered as they stream in."""
     params = {**query.params(), "tailLines": max_lines, "limitBytes": max_bytes}
     path = POD.path(query.namespace, query.name) + "/log"
-    async with api.cluster.client.stream_text(api.token, path, params=params) as stream:
+    async with api.stream_text(path, params=params) as stream:
         result = await grep_stream(stream, flt, keep=keep, budget=budget)
     if result.scanned_lines >= max_lines:
         result.notes.append(

@@ -22,7 +22,7 @@ from kmg_common import tracing as kt
 from kmg_common.logging import request_id_var
 from mcp_backend import __version__
 from mcp_backend.audit import audited_arguments, caller_of, trace_id
-from mcp_backend.auth import TokenBinding, extract_token
+from mcp_backend.auth import TokenBinding, scope_token
 from mcp_backend.caller_limits import CallLimiter
 from mcp_backend.clusters import ClusterRegistry
 from mcp_backend.config import Settings
@@ -62,6 +62,12 @@ def _headers(ctx: ServerRequestContext[Any, Any]) -> Mapping[str, str]:
     request = ctx.request
     headers = getattr(request, "headers", None)
     return headers if headers is not None else {}
+
+
+def _header_token(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    """The bearer token the auth middleware parsed from this request's headers."""
+    scope = getattr(ctx.request, "scope", None)
+    return scope_token(scope) if isinstance(scope, Mapping) else None
 
 
 class Handlers:
@@ -109,8 +115,9 @@ class Handlers:
                 message=f"Unknown tool: {params.name!r}; tools/list shows the tools available",
             )
         headers = _headers(ctx)
+        header_token = _header_token(ctx)
         if self.tracing is None:
-            return await self._call_tool(spec, params, headers)
+            return await self._call_tool(spec, params, headers, header_token)
         with self.tracing.server_span(
             f"tools/call {spec.name}",
             headers,
@@ -120,16 +127,20 @@ class Handlers:
                 kt.MCP_SERVER: headers.get("x-mcp-servername"),
             },
         ):
-            return await self._call_tool(spec, params, headers)
+            return await self._call_tool(spec, params, headers, header_token)
 
     async def _call_tool(
-        self, spec: ToolSpec, params: types.CallToolRequestParams, headers: Mapping[str, str]
+        self,
+        spec: ToolSpec,
+        params: types.CallToolRequestParams,
+        headers: Mapping[str, str],
+        header_token: str | None,
     ) -> types.CallToolResult:
         rid = headers.get("x-request-id") or uuid.uuid4().hex[:16]
         request_id_var.set(rid)
         args = dict(params.arguments or {})
         arg_token = args.pop(TOKEN_ARGUMENT, None)  # stripped always; never in a schema or log
-        token = extract_token(headers)
+        token = header_token
         if token is None and self.settings.accept_token_in_arguments and isinstance(arg_token, str):
             token = arg_token.strip() or None
         cluster = self._cluster_label(args.get("context"))

@@ -88,11 +88,12 @@ async def can_i(ctx: ToolContext) -> ToolOutput:
             "give verb and resource together to check one action (e.g. verb='delete', "
             "resource='pods'), or neither to list what you may do in a namespace"
         )
-    api = await ctx.api()
     verb = _verb(ctx)
-    target = await resolve_target(api, ctx.req("resource"))
+    resource = ctx.req("resource")
     namespace = ctx.text("namespace")
     name = ctx.text("name")
+    api = await ctx.api()
+    target = await resolve_target(api, resource)
     review = await api.call(
         "POST", f"{AUTHZ}/selfsubjectaccessreviews", body=_ssar(verb, target, namespace, name)
     )
@@ -166,8 +167,8 @@ def _backend_denial(access: AccessPolicy, target: Target) -> str | None:
 
 
 async def _rules(ctx: ToolContext) -> ToolOutput:
-    api = await ctx.api()
     namespace = ctx.text("namespace", default=DEFAULT_NAMESPACE) or DEFAULT_NAMESPACE
+    api = await ctx.api()
     body = {
         "apiVersion": REVIEW_API_VERSION,
         "kind": "SelfSubjectRulesReview",

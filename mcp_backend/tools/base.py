@@ -45,7 +45,8 @@ class ToolContext:
     args: dict[str, Any]
 
     async def api(self) -> Api:
-        """The cluster picked by the ``context`` argument, bound to the caller's token."""
+        """The cluster picked by the ``context`` argument, bound to the caller's token (which
+        may exchange it: handlers read and check their other arguments first)."""
         return await self.clusters.bind(self.text("context"), self.token)
 
     def text(self, name: str, *, required: bool = False, default: str | None = None) -> str | None:
@@ -217,11 +218,17 @@ def list_query(ctx: ToolContext, namespace: str | None) -> ListQuery:
 
 
 async def list_resource(
-    ctx: ToolContext, api: Api, resource: ResourceInfo, namespace: str | None
+    ctx: ToolContext, api: Api, resource: ResourceInfo, query: ListQuery
 ) -> ToolOutput:
     """One page of ``resource`` with the configured default page size and output cap."""
     settings = ctx.settings
     bounds = ListBounds(
         settings.default_list_limit, settings.max_list_limit, settings.output_max_chars
     )
-    return await list_objects(api, resource, list_query(ctx, namespace), bounds)
+    return await list_objects(api, resource, query, bounds)
+
+
+async def list_tool(ctx: ToolContext, resource: ResourceInfo, namespace: str | None) -> ToolOutput:
+    """A list tool of a fixed kind: the arguments are checked before the cluster is bound."""
+    query = list_query(ctx, namespace)
+    return await list_resource(ctx, await ctx.api(), resource, query)

@@ -9,14 +9,10 @@ from mcp_backend.tools.pods import DEFAULT_NAMESPACE
 
 
 async def workload_diagnose(ctx: ToolContext) -> ToolOutput:
-    api = await ctx.api()
-    out = await diagnose(
-        api,
-        ctx.req("kind"),
-        ctx.req("name"),
-        ctx.text("namespace", default=DEFAULT_NAMESPACE) or DEFAULT_NAMESPACE,
-        ctx.integer("log_lines", default=20, minimum=1) or 20,
-    )
+    kind, name = ctx.req("kind"), ctx.req("name")
+    namespace = ctx.text("namespace", default=DEFAULT_NAMESPACE) or DEFAULT_NAMESPACE
+    log_lines = ctx.integer("log_lines", default=20, minimum=1) or 20
+    out = await diagnose(await ctx.api(), kind, name, namespace, log_lines)
     out.text, _ = truncate(
         out.text, ctx.settings.output_max_chars, "Lower log_lines or diagnose a single Pod"
     )

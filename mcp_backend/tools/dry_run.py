@@ -24,8 +24,9 @@ _VERBS = {"create": "would be created", "update": "would change", "unchanged": "
 
 
 async def dry_run_output(ctx: ToolContext) -> ToolOutput:
+    objects = parse_manifests(ctx.req("resource"))
     api = await ctx.api()
-    runs = await dry_run_all(api, parse_manifests(ctx.req("resource")), DEFAULT_NAMESPACE)
+    runs = await dry_run_all(api, objects, DEFAULT_NAMESPACE)
     parts = [
         f"# dry run on cluster {api.name!r} (server-side apply, dryRun=All): nothing was "
         f"changed. {len(runs)} object(s):\n"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from mcp_backend.discovery import EVENT
 from mcp_backend.output import ToolOutput
-from mcp_backend.tools.base import LIST_PROPS, R, ToolContext, ToolSpec, list_resource, prop
+from mcp_backend.tools.base import LIST_PROPS, R, ToolContext, ToolSpec, list_tool, prop
 
 
 async def events_list(ctx: ToolContext) -> ToolOutput:
-    return await list_resource(ctx, await ctx.api(), EVENT, ctx.text("namespace"))
+    return await list_tool(ctx, EVENT, ctx.text("namespace"))
 
 
 def tools() -> list[ToolSpec]:

@@ -44,8 +44,8 @@ async def helm_install(ctx: ToolContext) -> ToolOutput:
     name = ctx.text("name")
     if name is not None:
         checked(name, "release name", 53)
-    api = await ctx.api()
     values = ctx.obj("values")
+    api = await ctx.api()
     files = {}
     if values:
         files["values.yaml"] = yaml.safe_dump(values)

@@ -59,8 +59,16 @@ def window_text(query: LogQuery) -> str:
     return ""
 
 
-async def grep_pod_log(ctx: ToolContext, api: Api, query: LogQuery, tail: int | None) -> ToolOutput:
-    flt = LineFilter(ctx.req("grep"), regex=ctx.flag("grepRegex", default=False))
+def line_filter(ctx: ToolContext) -> LineFilter | None:
+    """The ``grep`` / ``grepRegex`` arguments as a filter (None: no grep)."""
+    if ctx.text("grep") is None:
+        return None
+    return LineFilter(ctx.req("grep"), regex=ctx.flag("grepRegex", default=False))
+
+
+async def grep_pod_log(
+    ctx: ToolContext, api: Api, query: LogQuery, flt: LineFilter, tail: int | None
+) -> ToolOutput:
     settings = ctx.settings
     result = await grep_log(
         api,

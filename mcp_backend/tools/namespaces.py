@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from mcp_backend.discovery import NAMESPACE
 from mcp_backend.output import ToolOutput
-from mcp_backend.tools.base import LIST_PROPS, R, ToolContext, ToolSpec, list_resource, prop
+from mcp_backend.tools.base import LIST_PROPS, R, ToolContext, ToolSpec, list_tool, prop
 
 
 async def namespaces_list(ctx: ToolContext) -> ToolOutput:
-    return await list_resource(ctx, await ctx.api(), NAMESPACE, None)
+    return await list_tool(ctx, NAMESPACE, None)
 
 
 def tools() -> list[ToolSpec]:

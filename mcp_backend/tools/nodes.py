@@ -56,7 +56,6 @@ _MIN_TAIL_WINDOW = 256 * 1024
 
 
 async def nodes_log(ctx: ToolContext) -> ToolOutput:
-    api = await ctx.api()
     name, query = ctx.req("name"), ctx.req("query")
     if ".." in query.split("/"):
         raise InvalidArguments(
@@ -64,6 +63,7 @@ async def nodes_log(ctx: ToolContext) -> ToolOutput:
             "(e.g. '/kubelet.log'), without '..'"
         )
     tail = ctx.integer("tailLines", default=100, minimum=0) or 0
+    api = await ctx.api()
     # Files are relative to /var/log: kubelet v1.36 refuses an absolute one ("path escapes from
     # parent"), and a name without '/' is looked up there as <name>, <name>.log, <name>/<name>.log.
     query = query.lstrip("/") or query
@@ -89,8 +89,8 @@ async def nodes_log(ctx: ToolContext) -> ToolOutput:
 
 
 async def nodes_stats_summary(ctx: ToolContext) -> ToolOutput:
-    api = await ctx.api()
     name = ctx.req("name")
+    api = await ctx.api()
     raw = await _node_proxy(api, name, "stats/summary")
     try:
         summary = json.loads(raw)

@@ -19,12 +19,13 @@ from mcp_backend.tools.base import (
     R,
     ToolContext,
     ToolSpec,
-    list_resource,
+    list_tool,
     prop,
 )
 from mcp_backend.tools.log_filters import (
     LOG_FILTER_PROPS,
     grep_pod_log,
+    line_filter,
     log_query,
     window_text,
 )
@@ -34,24 +35,26 @@ METRICS_GROUP = "metrics.k8s.io"
 
 
 async def pods_list(ctx: ToolContext) -> ToolOutput:
-    return await list_resource(ctx, await ctx.api(), POD, None)
+    return await list_tool(ctx, POD, None)
 
 
 async def pods_list_in_namespace(ctx: ToolContext) -> ToolOutput:
-    return await list_resource(ctx, await ctx.api(), POD, ctx.req("namespace"))
+    return await list_tool(ctx, POD, ctx.req("namespace"))
 
 
 async def pods_get(ctx: ToolContext) -> ToolOutput:
-    api = await ctx.api()
     namespace = ctx.text("namespace", default=DEFAULT_NAMESPACE)
-    obj = await get_object(api, POD, ctx.req("name"), namespace)
+    name = ctx.req("name")
+    api = await ctx.api()
+    obj = await get_object(api, POD, name, namespace)
     return object_yaml(obj, ctx.settings.output_max_chars)
 
 
 async def pods_delete(ctx: ToolContext) -> ToolOutput:
-    api = await ctx.api()
     name, namespace = ctx.req("name"), ctx.text("namespace", default=DEFAULT_NAMESPACE)
-    await api.call("DELETE", POD.path(namespace, name))
+    path = POD.path(namespace, name)
+    api = await ctx.api()
+    await api.call("DELETE", path)
     return ToolOutput(text=f"Pod {namespace}/{name} deleted on cluster {api.name!r}.\n")
 
 
@@ -67,7 +70,7 @@ async def metrics_available(api: Api) -> bool:
     except NotFound:
         return False
     if isinstance(group, dict) and group.get("versions"):
-        api.cluster.discovery.invalidate()  # stale: the next discovery lists the new group
+        api.forget_discovery()  # stale: the next discovery lists the new group
         return True
     return False
 
@@ -126,12 +129,11 @@ async def pods_top(ctx: ToolContext) -> ToolOutput:
 
 
 async def pods_exec(ctx: ToolContext) -> ToolOutput:
-    api = await ctx.api()
     name, namespace = ctx.req("name"), ctx.text("namespace", default=DEFAULT_NAMESPACE) or ""
     command = ctx.str_list("command", required=True)
-    result = await api.cluster.client.exec(
-        api.token, namespace, name, command, ctx.text("container"), ctx.settings.exec_timeout_s
-    )
+    container = ctx.text("container")
+    api = await ctx.api()
+    result = await api.exec(namespace, name, command, container, ctx.settings.exec_timeout_s)
     if result.error:
         raise ToolFailure(f"exec in pod {namespace}/{name} failed: {result.error}")
     cap = ctx.settings.output_max_chars
@@ -193,12 +195,13 @@ def tail_cap(text: str, max_chars: int) -> str:
 
 
 async def pods_log(ctx: ToolContext) -> ToolOutput:
-    api = await ctx.api()
     name, namespace = ctx.req("name"), ctx.text("namespace", default=DEFAULT_NAMESPACE) or ""
     tail = ctx.integer("tail", default=ctx.settings.log_tail_lines, minimum=0)
     query = log_query(ctx, namespace, name)
-    if ctx.text("grep") is not None:
-        return await grep_pod_log(ctx, api, query, tail)
+    flt = line_filter(ctx)
+    api = await ctx.api()
+    if flt is not None:
+        return await grep_pod_log(ctx, api, query, flt, tail)
     text = await read_log(
         api,
         namespace,
@@ -216,11 +219,11 @@ async def pods_log(ctx: ToolContext) -> ToolOutput:
 
 
 async def pods_run(ctx: ToolContext) -> ToolOutput:
-    api = await ctx.api()
     image = ctx.req("image")
     namespace = ctx.text("namespace", default=DEFAULT_NAMESPACE) or DEFAULT_NAMESPACE
     name = ctx.text("name") or f"mcp-run-{secrets.token_hex(3)}"
     port = ctx.integer("port", minimum=1)
+    api = await ctx.api()
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "mcp-backend"}
     container: dict[str, Any] = {"name": name, "image": image}
     if port:

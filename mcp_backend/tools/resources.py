@@ -18,6 +18,7 @@ from mcp_backend.tools.base import (
     R,
     ToolContext,
     ToolSpec,
+    list_query,
     list_resource,
     prop,
 )
@@ -38,25 +39,27 @@ _KIND = {
 
 
 async def resources_list(ctx: ToolContext) -> ToolOutput:
+    api_version, kind = ctx.req("apiVersion"), ctx.req("kind")
+    query = list_query(ctx, ctx.text("namespace"))
     api = await ctx.api()
-    info = await api.resolve(ctx.req("apiVersion"), ctx.req("kind"))
-    return await list_resource(ctx, api, info, ctx.text("namespace"))
+    info = await api.resolve(api_version, kind)
+    return await list_resource(ctx, api, info, query)
 
 
 async def resources_get(ctx: ToolContext) -> ToolOutput:
+    api_version, kind = ctx.req("apiVersion"), ctx.req("kind")
+    name, namespace = ctx.req("name"), ctx.text("namespace", default=DEFAULT_NAMESPACE)
     api = await ctx.api()
-    info = await api.resolve(ctx.req("apiVersion"), ctx.req("kind"))
-    obj = await get_object(
-        api, info, ctx.req("name"), ctx.text("namespace", default=DEFAULT_NAMESPACE)
-    )
+    info = await api.resolve(api_version, kind)
+    obj = await get_object(api, info, name, namespace)
     return object_yaml(obj, ctx.settings.output_max_chars)
 
 
 async def resources_create_or_update(ctx: ToolContext) -> ToolOutput:
     if ctx.flag("dryRun", default=False):
         return await dry_run_output(ctx)
-    api = await ctx.api()
     objects = parse_manifests(ctx.req("resource"))
+    api = await ctx.api()
     # Every object is checked before the first is applied: a refusal applies nothing.
     results = await apply_all(api, await plan_apply(api, objects, DEFAULT_NAMESPACE))
     text = (
@@ -77,28 +80,22 @@ async def resources_create_or_update(ctx: ToolContext) -> ToolOutput:
 
 
 async def resources_delete(ctx: ToolContext) -> ToolOutput:
+    api_version, kind = ctx.req("apiVersion"), ctx.req("kind")
+    name, namespace = ctx.req("name"), ctx.text("namespace", default=DEFAULT_NAMESPACE)
+    grace = ctx.integer("gracePeriodSeconds", minimum=0)
     api = await ctx.api()
-    info = await api.resolve(ctx.req("apiVersion"), ctx.req("kind"))
-    text = await delete_object(
-        api,
-        info,
-        ctx.req("name"),
-        ctx.text("namespace", default=DEFAULT_NAMESPACE),
-        ctx.integer("gracePeriodSeconds", minimum=0),
-    )
+    info = await api.resolve(api_version, kind)
+    text = await delete_object(api, info, name, namespace, grace)
     return ToolOutput(text=text)
 
 
 async def resources_scale(ctx: ToolContext) -> ToolOutput:
+    api_version, kind = ctx.req("apiVersion"), ctx.req("kind")
+    name, namespace = ctx.req("name"), ctx.text("namespace", default=DEFAULT_NAMESPACE)
+    scale = ctx.integer("scale", minimum=0)
     api = await ctx.api()
-    info = await api.resolve(ctx.req("apiVersion"), ctx.req("kind"))
-    return await scale_object(
-        api,
-        info,
-        ctx.req("name"),
-        ctx.text("namespace", default=DEFAULT_NAMESPACE),
-        ctx.integer("scale", minimum=0),
-    )
+    info = await api.resolve(api_version, kind)
+    return await scale_object(api, info, name, namespace, scale)
 
 
 def tools() -> list[ToolSpec]:

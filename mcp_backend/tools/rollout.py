@@ -13,9 +13,10 @@ from mcp_backend.tools.pods import DEFAULT_NAMESPACE
 
 
 async def _workload(ctx: ToolContext) -> tuple[Any, rollout.Workload]:
-    api = await ctx.api()
     namespace = ctx.text("namespace", default=DEFAULT_NAMESPACE) or DEFAULT_NAMESPACE
-    w = await rollout.read_workload(api, ctx.req("kind"), ctx.req("name"), namespace)
+    kind, name = ctx.req("kind"), ctx.req("name")
+    api = await ctx.api()
+    w = await rollout.read_workload(api, kind, name, namespace)
     return api, w
 
 
@@ -98,9 +99,9 @@ async def rollout_restart(ctx: ToolContext) -> ToolOutput:
 
 
 async def rollout_undo(ctx: ToolContext) -> ToolOutput:
+    wanted = ctx.integer("revision", minimum=0)
     api, w = await _workload(ctx)
     revisions = await rollout.history(api, w)
-    wanted = ctx.integer("revision", minimum=0)
     target = rollout.pick_revision(revisions, wanted or None, w)
     changed, _ = await rollout.undo(api, w, target)
     if not changed:

@@ -215,3 +215,17 @@ def test_list_elements_are_redacted_one_by_one() -> None:
     assert policy.filter_element(parse_path("/api/v1/configmaps"), mixed)["data"] == {"k": "***"}
     kept = {"data": {"k": "v"}}
     assert policy.filter_element(parse_path("/api/v1/configmaps"), kept)["data"] == {"k": "v"}
+
+
+def test_admit_checks_the_request_then_its_body_for_every_transport() -> None:
+    """``admit`` is the one check the backend's client and the helm guard both call."""
+    policy = AccessPolicy(DEFAULT_DENIED)
+    token_secret = json.dumps({"kind": "Secret", "type": TOKEN_TYPE}).encode()
+    assert policy.admit("POST", "/api/v1/namespaces/n/secrets") == SECRETS
+    assert policy.admit("POST", "/version", b"{}") is None
+    with pytest.raises(AccessDenied, match="ServiceAccount"):
+        policy.admit("GET", "/api/v1/namespaces/n/serviceaccounts")
+    with pytest.raises(AccessDenied, match="makes the cluster issue a token of a ServiceAccount"):
+        policy.admit("POST", "/api/v1/namespaces/n/secrets", token_secret)
+    with pytest.raises(AccessDenied, match="makes the cluster issue a token of a ServiceAccount"):
+        policy.admit("PUT", "/api/v1/namespaces/n/secrets/s", token_secret)
