@@ -181,19 +181,8 @@ class KubeClient:
                     self.metrics.upstream_bytes.labels(self.name).inc(len(raw) + skipped)
                 else:
                     raw, skipped = await self._read_body(resp, method, path, parsed), 0
-        except TimeoutError:
-            self.metrics.upstream_requests.labels(self.name, "timeout").inc()
-            limit = timeout_s or self.settings.request_timeout_s
-            raise Unreachable(
-                f"cluster {self.name!r} at {self.cluster.server} did not answer {method} "
-                f"{_short(path)} within {limit:g}s; it may be overloaded or unreachable",
-            ) from None
-        except aiohttp.ClientError as exc:
-            self.metrics.upstream_requests.labels(self.name, "unreachable").inc()
-            raise Unreachable(
-                f"cluster {self.name!r} at {self.cluster.server} is unreachable: "
-                f"{_client_error_text(exc)}; check the cluster address and that it is up",
-            ) from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._unreachable(exc, f"answer {method}", path, timeout_s) from None
         self.metrics.upstream_requests.labels(self.name, f"{status // 100}xx").inc()
         if status >= 400:
             raise await self._error(token, method, path, parsed, status, raw)
@@ -270,19 +259,30 @@ class KubeClient:
                     raw = await self._read_body(resp, "GET", path, parsed)
                     raise await self._error(token, "GET", path, parsed, status, raw)
                 yield ListStream(self, resp, parsed, array_keys, decode)
-        except TimeoutError:
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._unreachable(exc, "answer GET", path) from None
+
+    def _unreachable(
+        self,
+        exc: TimeoutError | aiohttp.ClientError,
+        what: str,
+        path: str,
+        timeout_s: float | None = None,
+    ) -> Unreachable:
+        """The error (and metric) of a request that timed out or could not reach the cluster:
+        ``what`` is what the cluster did not do in time (``answer GET``, ``send GET``)."""
+        if isinstance(exc, TimeoutError):
             self.metrics.upstream_requests.labels(self.name, "timeout").inc()
-            raise Unreachable(
-                f"cluster {self.name!r} at {self.cluster.server} did not answer GET "
-                f"{_short(path)} within {self.settings.request_timeout_s:g}s; it may be "
-                "overloaded or unreachable",
-            ) from None
-        except aiohttp.ClientError as exc:
-            self.metrics.upstream_requests.labels(self.name, "unreachable").inc()
-            raise Unreachable(
-                f"cluster {self.name!r} at {self.cluster.server} is unreachable: "
-                f"{_client_error_text(exc)}; check the cluster address and that it is up",
-            ) from None
+            limit = timeout_s or self.settings.request_timeout_s
+            return Unreachable(
+                f"cluster {self.name!r} at {self.cluster.server} did not {what} {_short(path)} "
+                f"within {limit:g}s; it may be overloaded or unreachable"
+            )
+        self.metrics.upstream_requests.labels(self.name, "unreachable").inc()
+        return Unreachable(
+            f"cluster {self.name!r} at {self.cluster.server} is unreachable: "
+            f"{_client_error_text(exc)}; check the cluster address and that it is up"
+        )
 
     async def _error(
         self, token: str, method: str, path: str, parsed: ApiPath | None, status: int, raw: bytes
@@ -359,18 +359,8 @@ class KubeClient:
                     raw = await resp.content.read(64 * 1024)
                     raise await self._error(token, "GET", path, parsed, resp.status, raw)
                 yield resp.content
-        except TimeoutError:
-            self.metrics.upstream_requests.labels(self.name, "timeout").inc()
-            raise Unreachable(
-                f"cluster {self.name!r} at {self.cluster.server} did not send GET {_short(path)} "
-                f"within {self.settings.request_timeout_s:g}s; it may be overloaded or unreachable"
-            ) from None
-        except aiohttp.ClientError as exc:
-            self.metrics.upstream_requests.labels(self.name, "unreachable").inc()
-            raise Unreachable(
-                f"cluster {self.name!r} at {self.cluster.server} is unreachable: "
-                f"{_client_error_text(exc)}; check the cluster address and that it is up",
-            ) from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._unreachable(exc, "send GET", path) from None
 
     # -- exec ----------------------------------------------------------------------------------
 
