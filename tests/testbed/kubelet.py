@@ -77,7 +77,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.testbed import build, egress_proxy, process
-from tests.testbed.cluster import HOST, Cluster, https_request
+from tests.testbed.cluster import HOST, Cluster
+from tests.testbed.local_https import https_request
 from tests.testbed.pki import CertificateAuthority, CertPair
 from tests.testbed.ports import free_port
 

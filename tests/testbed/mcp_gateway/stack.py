@@ -35,7 +35,8 @@ import yaml
 
 from tests.testbed import build, envoy_proxy, leak_scan, paths, process
 from tests.testbed import keycloak as kc
-from tests.testbed.cluster import Cluster, JWTIssuer, start_clusters_parallel
+from tests.testbed.cluster import Cluster, JWTIssuer
+from tests.testbed.control_plane.start import start_clusters_parallel
 from tests.testbed.identity_plan import (
     BACKEND_AUDIENCE,
     CLUSTER_A_AUDIENCES,
