@@ -36,13 +36,8 @@ from tests.testbed.cluster import Cluster
 from tests.testbed.identity_plan import REALM_MCP
 from tests.testbed.kuadrant_authconfig import Environment, OverlayMismatch, overlay_authconfigs
 from tests.testbed.mcp_gateway.envoy_config import AuthLayer, authorino_auth
-from tests.testbed.mcp_gateway.stack import (
-    LocalGateway,
-    Progress,
-    _quiet,
-    _run_async,
-    start_gateway,
-)
+from tests.testbed.mcp_gateway.stack import LocalGateway, Progress, _quiet, _run_async
+from tests.testbed.mcp_gateway.start import start_gateway
 from tests.testbed.ports import free_port
 
 SUBDIR = "authorino-gateway"
