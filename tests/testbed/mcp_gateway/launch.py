@@ -19,7 +19,8 @@ from tests.testbed.identity_plan import REALM_MCP
 from tests.testbed.jaeger import Jaeger
 from tests.testbed.mcp_gateway import broker_router, envoy_config
 from tests.testbed.mcp_gateway import service_configs as files
-from tests.testbed.mcp_gateway.envoy_config import AuthLayer, GatewayServer
+from tests.testbed.mcp_gateway.envoy_auth import AuthLayer
+from tests.testbed.mcp_gateway.envoy_config import GatewayServer
 from tests.testbed.mcp_gateway.stack import (
     BROKER_ROUTER,
     CALLER_HEADER,

@@ -24,9 +24,9 @@ from tests.testbed.identity_plan import (
     new_plan,
 )
 from tests.testbed.jaeger import Jaeger
-from tests.testbed.mcp_gateway import broker_router, envoy_config
+from tests.testbed.mcp_gateway import broker_router, envoy_auth
 from tests.testbed.mcp_gateway import launch as launch_stages
-from tests.testbed.mcp_gateway.envoy_config import AuthLayer
+from tests.testbed.mcp_gateway.envoy_auth import AuthLayer
 from tests.testbed.mcp_gateway.launch import AuthFactory
 from tests.testbed.mcp_gateway.seed import seed_clusters, wait_users_accepted
 from tests.testbed.mcp_gateway.stack import (
@@ -45,7 +45,7 @@ from tests.testbed.pki import CertificateAuthority
 def plugin_auth_layer(ports: Mapping[str, int], caller_secret: str) -> AuthLayer:
     """The default auth layer: our token exchange, then our policy, as HTTP ext_authz filters;
     Envoy adds the gateway's caller credential to every check request."""
-    return envoy_config.plugin_auth(
+    return envoy_auth.plugin_auth(
         ports["token-exchange"],
         ports["policy"],
         check_headers=[{"key": CALLER_HEADER, "value": caller_secret}],
