@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from tests.testbed import placeholders
 from tests.testbed.cluster import (
     FAKE_LOG_LINES,
     NODE_BASE_CPU_CORES,
@@ -178,9 +179,4 @@ _KWOK_VALUES = {
 
 def kwok_file(name: str) -> str:
     """A kwok configuration file of ``kwok/`` (next to this module), ``@NAME@`` values filled."""
-    text = (KWOK_DIR / name).read_text()
-    for key, value in _KWOK_VALUES.items():
-        text = text.replace(f"@{key}@", value)
-    if "@" in "".join(line for line in text.splitlines() if not line.lstrip().startswith("#")):
-        raise ValueError(f"{name}: a @NAME@ placeholder has no value in _KWOK_VALUES")
-    return text
+    return placeholders.fill(KWOK_DIR / name, _KWOK_VALUES)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tests.testbed import placeholders
 from tests.testbed.cluster import HOST
 from tests.testbed.pki import CertPair
 
@@ -81,9 +82,5 @@ def containerd_config(*, root: Path, state: Path, socket: Path, node_dir: Path) 
         "CNI_BIN_DIR": node_dir / "cni-bin",
         "CNI_CONF_DIR": node_dir / "cni-net.d",
     }
-    text = CONTAINERD_TEMPLATE.read_text()
-    for key, value in values.items():
-        text = text.replace(f"@{key}@", json.dumps(str(value)))  # a TOML basic string
-    if "@" in "".join(line for line in text.splitlines() if not line.lstrip().startswith("#")):
-        raise ValueError("containerd.toml: a @NAME@ placeholder has no value")
-    return text
+    toml_strings = {key: json.dumps(str(value)) for key, value in values.items()}
+    return placeholders.fill(CONTAINERD_TEMPLATE, toml_strings)
