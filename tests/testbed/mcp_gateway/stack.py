@@ -1,4 +1,4 @@
-"""Start and stop the whole local gateway stack; used by ``make demo`` and the e2e fixtures.
+"""The running local gateway stack (``make demo``, the e2e fixtures) and the names its parts share.
 
 Components, all real processes on 127.0.0.1 with free ports, logs under the run folder:
 
