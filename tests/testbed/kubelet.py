@@ -287,7 +287,7 @@ def _start_kubelet_process(
     log.touch()
     with contextlib.suppress(FileExistsError):
         kubelet.log_file.hardlink_to(log)
-    argv = [
+    argv: list[str | os.PathLike[str]] = [
         build.binary("kubelet"),
         f"--config={config}",
         f"--kubeconfig={kubeconfig}",
