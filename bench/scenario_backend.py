@@ -69,7 +69,8 @@ from mcp.client.streamable_http import streamable_http_client
 
 from bench.load import cpu_seconds, paced_load, percentiles
 from tests.testbed import paths, process
-from tests.testbed.cluster import Cluster, start_cluster
+from tests.testbed.cluster import Cluster
+from tests.testbed.control_plane.start import start_cluster
 from tests.testbed.pki import CertificateAuthority
 from tests.testbed.ports import free_port
 

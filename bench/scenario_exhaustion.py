@@ -45,7 +45,8 @@ from kubernetes_asyncio import client as k8s
 
 from bench.load import cpu_seconds, paced_load, percentiles
 from tests.testbed import paths, process
-from tests.testbed.cluster import Cluster, start_cluster
+from tests.testbed.cluster import Cluster
+from tests.testbed.control_plane.start import start_cluster
 from tests.testbed.pki import CertificateAuthority
 from tests.testbed.ports import free_port
 

@@ -36,7 +36,8 @@ from gateway_plugins.policy.rbac_list import RbacListFilter, RbacMetrics, user_k
 from tests.gateway_plugins.policy.running import CALLER_HEADERS, SERVER, policy_settings
 from tests.testbed import keycloak as kc
 from tests.testbed import paths, process
-from tests.testbed.cluster import Cluster, start_cluster
+from tests.testbed.cluster import Cluster
+from tests.testbed.control_plane.start import start_cluster
 from tests.testbed.fixtures_kube import cluster_a_issuers
 from tests.testbed.identity_plan import REALM_MCP, new_plan
 from tests.testbed.pki import CertificateAuthority

@@ -1,6 +1,6 @@
 """Soak: mixed traffic at a fixed rate through the whole local gateway (``make soak``).
 
-Starts the full stack (``tests.testbed.mcp_gateway.stack.start_stack``: Keycloak, clusters A and
+Starts the full stack (``tests.testbed.mcp_gateway.start.start_stack``: Keycloak, clusters A and
 B, OPA, our services, the real MCP Gateway broker/router, Envoy) and sends, for
 ``KMG_SOAK_SECONDS`` (default 600; ``--soak`` or not, the scenario is the same), requests at a
 fixed rate (``KMG_SOAK_RATE`` per second, default 8) from two real users (``mcp``: every tool,
@@ -44,7 +44,8 @@ import httpx2
 
 from tests.e2e.mcp_http import PROTOCOL, open_session, result_of
 from tests.testbed import paths, process
-from tests.testbed.mcp_gateway.stack import DEMO_NAMESPACE, LocalGateway, start_stack
+from tests.testbed.mcp_gateway.stack import DEMO_NAMESPACE, LocalGateway
+from tests.testbed.mcp_gateway.start import start_stack
 
 DEFAULT_SECONDS = 600
 WARMUP_SECONDS = 20

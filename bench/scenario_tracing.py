@@ -51,7 +51,8 @@ from tests.gateway_plugins.policy.running import CALLER_HEADERS, SERVER, policy_
 from tests.gateway_plugins.token_exchange import running as te_running
 from tests.testbed import keycloak as kc
 from tests.testbed import paths, process
-from tests.testbed.cluster import Cluster, start_cluster
+from tests.testbed.cluster import Cluster
+from tests.testbed.control_plane.start import start_cluster
 from tests.testbed.identity_plan import new_plan
 from tests.testbed.jaeger import Jaeger
 from tests.testbed.pki import CertificateAuthority

@@ -19,7 +19,8 @@ import pytest
 from tests.e2e.mcp_http import UserTokens, catalogues_by_prefix, tools_per_user
 from tests.testbed.cluster import Cluster
 from tests.testbed.keycloak import Keycloak
-from tests.testbed.mcp_gateway.stack import LocalGateway, _run_async, start_gateway
+from tests.testbed.mcp_gateway.stack import LocalGateway, _run_async
+from tests.testbed.mcp_gateway.start import start_gateway
 from tests.testbed.pki import CertificateAuthority
 from tests.testbed.rbac_grants import view_only_in
 

@@ -2,7 +2,7 @@
 
 Starts Keycloak, clusters A and B, OPA, our services (two MCP backends: server A for cluster A,
 server B for cluster B), the real MCP Gateway broker/router v0.9.0 and Envoy (see
-``tests/testbed/mcp_gateway/stack.py``); prints the MCP URL, how to get a token for the demo
+``tests/testbed/mcp_gateway/start.py``); prints the MCP URL, how to get a token for the demo
 users and a client config; then runs a scripted session with the real ``mcp`` Python client
 through Envoy:
 
@@ -38,7 +38,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from tests.testbed import process
-from tests.testbed.mcp_gateway.stack import DEMO_NAMESPACE, LocalGateway, start_stack
+from tests.testbed.mcp_gateway.stack import DEMO_NAMESPACE, LocalGateway
+from tests.testbed.mcp_gateway.start import start_stack
 
 _T0 = time.monotonic()
 

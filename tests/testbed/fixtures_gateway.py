@@ -7,7 +7,7 @@ policy), next to the session's Keycloak and clusters A and B.
   replicas behind Envoy's round robin, sharing their sessions through the session's Redis
   (database :data:`BROKER_SESSION_DB`); started only when a test asks for it.
 
-Started once per session (see ``tests/testbed/mcp_gateway/stack.py``); tests that stop a service
+Started once per session (see ``tests/testbed/mcp_gateway/start.py``); tests that stop a service
 (fault injection) must start it again before they end: ``local_gateway.services[name].start()``;
 tests that switch the replicas' session store (``set_session_store``) must switch it back.
 """
@@ -22,7 +22,8 @@ import pytest
 from tests.testbed.cluster import Cluster
 from tests.testbed.jaeger import Jaeger
 from tests.testbed.keycloak import Keycloak
-from tests.testbed.mcp_gateway.stack import LocalGateway, start_gateway
+from tests.testbed.mcp_gateway.stack import LocalGateway
+from tests.testbed.mcp_gateway.start import start_gateway
 from tests.testbed.pki import CertificateAuthority
 from tests.testbed.redis_server import RedisServer
 

@@ -3,7 +3,7 @@
 * ``cluster_a``: trusts Keycloak realm ``mcp`` (audiences ``CLUSTER_A_AUDIENCES``).
 * ``cluster_b``: trusts only realm ``cluster-b`` (``CLUSTER_B_AUDIENCES``); started only by tests
   that ask for it. Both API servers export their spans to the session's ``trace_collector``
-  (Jaeger, ``TracingConfiguration``: see ``tests/testbed/cluster.py``).
+  (Jaeger, ``TracingConfiguration``: see ``tests/testbed/control_plane/config_files.py``).
 * ``admin_client``: a kubernetes_asyncio ``ApiClient`` for cluster A as ``admin`` (system:masters).
 * ``service_account_token``: ``await service_account_token(cluster, name=..., rules=...)`` returns a
   real TokenRequest token of a ServiceAccount with exactly the permissions asked for.
@@ -29,7 +29,8 @@ from typing import Any, Protocol
 import pytest
 from kubernetes_asyncio import client as k8s
 
-from tests.testbed.cluster import Cluster, JWTIssuer, start_cluster
+from tests.testbed.cluster import Cluster, JWTIssuer
+from tests.testbed.control_plane.start import start_cluster
 from tests.testbed.identity_plan import (
     CLUSTER_A_AUDIENCES,
     CLUSTER_B_AUDIENCES,

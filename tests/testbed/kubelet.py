@@ -56,28 +56,24 @@ How it fits together:
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import os
-import shlex
 import shutil
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.testbed import build, egress_proxy, process
-from tests.testbed.cluster import HOST, Cluster, https_request
+from tests.testbed.cluster import HOST, Cluster
+from tests.testbed.kubelet_node import config as node_config
+from tests.testbed.kubelet_node.credentials import issue_client_cert, write_kubeconfig
+from tests.testbed.kubelet_node.mount_namespace import mount_namespace_script
+from tests.testbed.local_https import https_request
 from tests.testbed.pki import CertificateAuthority, CertPair
 from tests.testbed.ports import free_port
 
@@ -85,18 +81,9 @@ NODE_NAME = "kubelet-node-0"
 NODE_LABEL = ("type", "kubelet")
 TAINT = {"key": "kmg.testbed/real-kubelet", "value": "true", "effect": "NoSchedule"}
 UNINITIALIZED_TAINT = "node.cloudprovider.kubernetes.io/uninitialized"
-# The API server's client certificate for kubelets (cluster.py issues it from the client CA).
+# The API server's client certificate for kubelets (control_plane/plan.py issues it).
 APISERVER_KUBELET_CLIENT = "kube-apiserver-kubelet-client"
 READY_TIMEOUT = 120.0
-# /proc/sys entries the kubelet writes when they differ from what it wants (setupKernelTunables).
-KERNEL_TUNABLES = (
-    "vm/overcommit_memory",
-    "vm/panic_on_oom",
-    "kernel/panic",
-    "kernel/panic_on_oops",
-    "kernel/keys/root_maxkeys",
-    "kernel/keys/root_maxbytes",
-)
 
 
 @dataclass
@@ -147,7 +134,11 @@ def start_kubelet(
     timeout: float = READY_TIMEOUT,
 ) -> Kubelet:
     """Start containerd and a kubelet registering node ``node_name`` with ``cluster``; return once
-    the API server's node proxy reaches the kubelet and its Summary API has node figures."""
+    the API server's node proxy reaches the kubelet and its Summary API has node figures.
+
+    Stages: the node's folders and identity, the API server's kubelet-client binding,
+    containerd (until listening), the kubelet (until registered), the node's initialization,
+    then until the node proxy reaches it and it serves node figures."""
     if os.geteuid() != 0:
         raise process.ComponentError(
             "the testbed's real kubelet runs as root (its own mount namespace, cAdvisor, "
@@ -159,121 +150,20 @@ def start_kubelet(
     for d in (var_log, var_lib / "kubelet", node_dir / "sysctl"):
         d.mkdir(parents=True, exist_ok=True)
     sockets = Path(tempfile.mkdtemp(prefix="kmg-node-"))
-    containerd_sock = sockets / "containerd.sock"
-    port = free_port()
-    pki_dir = node_dir / "pki"
-    pki_dir.mkdir(exist_ok=True)
-    serving = ca.issue(
-        f"{node_name}-kubelet", hosts=(HOST, "localhost", egress_proxy.NODE_IP, node_name)
-    )
-    client_ca = cluster.log_dir / "pki"  # the cluster's client CA (see start_cluster)
-    node_client = _issue_client_cert(
-        client_ca, pki_dir, f"system:node:{node_name}", organizations=("system:nodes",)
-    )
-    kubeconfig = _write_kubeconfig(node_dir / "kubelet.kubeconfig", cluster, node_client)
     kubelet = Kubelet(
         cluster=cluster,
         node_name=node_name,
-        port=port,
+        port=free_port(),
         var_log=var_log,
         node_dir=node_dir,
         client_cert=cluster.admin_cert,
         socket_dir=sockets,
     )
     try:
-        # The kubelet authorizes the API server's requests by SubjectAccessReview (kubeadm's
-        # binding: nodes/proxy, nodes/log, nodes/stats, ... for the API server's client identity).
-        _admin_apply(
-            cluster,
-            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRoleBinding",
-                "metadata": {"name": "kmg:kube-apiserver-kubelet-client"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": "system:kubelet-api-admin",
-                },
-                "subjects": [
-                    {
-                        "apiGroup": "rbac.authorization.k8s.io",
-                        "kind": "User",
-                        "name": APISERVER_KUBELET_CLIENT,
-                    }
-                ],
-            },
-        )
-        containerd_config = node_dir / "containerd.toml"
-        containerd_config.write_text(
-            _containerd_config(
-                root=var_lib / "containerd",
-                state=sockets / "state",
-                socket=containerd_sock,
-                node_dir=node_dir,
-            )
-        )
-        containerd = process.ManagedProcess(
-            f"{cluster.name}-containerd",
-            [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                build.binary("containerd"),
-                f"--config={containerd_config}",
-            ],
-            node_dir / "containerd.log",
-        )
-        kubelet.processes["containerd"] = containerd
-        containerd.start()
-        containerd.wait_until(containerd_sock.exists, timeout=timeout, what="listening")
+        _bind_apiserver_kubelet_client(cluster)
+        containerd_sock = _start_containerd(kubelet, var_lib, timeout)
         kubelet.startup_seconds["containerd"] = time.monotonic() - t0
-
-        config = node_dir / "kubelet-config.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                _kubelet_configuration(
-                    port=port,
-                    healthz_port=free_port(),
-                    serving=serving,
-                    client_ca_file=client_ca / "ca.crt",
-                    runtime_endpoint=f"unix://{containerd_sock}",
-                )
-            )
-        )
-        script = _mount_namespace_script(kubelet, var_lib)
-        # One log file, two names: the run folder's and the node's /var/log/kubelet.log.
-        log = node_dir / "kubelet.log"
-        log.touch()
-        with contextlib.suppress(FileExistsError):
-            kubelet.log_file.hardlink_to(log)
-        argv = [
-            build.binary("kubelet"),
-            f"--config={config}",
-            f"--kubeconfig={kubeconfig}",
-            f"--hostname-override={node_name}",
-            "--cloud-provider=external",
-            f"--node-labels={'='.join(NODE_LABEL)}",
-            "--v=2",
-        ]
-        proc = process.ManagedProcess(
-            f"{cluster.name}-kubelet",
-            [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                script,
-                "kubelet",
-                *argv,
-            ],
-            log,
-        )
-        kubelet.processes["kubelet"] = proc
-        proc.start()
+        proc = _start_kubelet_process(kubelet, ca, var_lib, containerd_sock)
         proc.wait_until(
             lambda: _node(cluster, node_name) is not None, timeout=timeout, what="registered"
         )
@@ -299,28 +189,121 @@ def start_kubelet(
     return kubelet
 
 
-def _mount_namespace_script(kubelet: Kubelet, var_lib: Path) -> str:
-    """The shell script that prepares the kubelet's private mount namespace, then execs it."""
-    binds: list[tuple[Path, str]] = []
-    if Path("/var/lib/dbus").is_dir():  # machine id (/etc/machine-id is used first)
-        (var_lib / "dbus").mkdir(exist_ok=True)
-        binds.append((Path("/var/lib/dbus"), str(var_lib / "dbus")))
-    for tunable in KERNEL_TUNABLES:
-        host = Path("/proc/sys", tunable)
-        if not host.exists():
-            continue
-        copy = kubelet.node_dir / "sysctl" / tunable.replace("/", ".")
-        kubelet.host_tunables[tunable] = host.read_text().strip()
-        copy.write_text(kubelet.host_tunables[tunable] + "\n")
-        binds.append((copy, str(host)))
-    lines = ["set -e"]
-    lines += [f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}" for src, dst in binds]
-    lines += [
-        f"mount --rbind {shlex.quote(str(var_lib))} /var/lib",  # with the dbus bind inside
-        f"mount --bind {shlex.quote(str(kubelet.var_log))} /var/log",
-        'exec "$@"',
+def _bind_apiserver_kubelet_client(cluster: Cluster) -> None:
+    """The kubelet authorizes the API server's requests by SubjectAccessReview (kubeadm's
+    binding: nodes/proxy, nodes/log, nodes/stats, ... for the API server's client identity)."""
+    _admin_apply(
+        cluster,
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "kmg:kube-apiserver-kubelet-client"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:kubelet-api-admin",
+            },
+            "subjects": [
+                {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "User",
+                    "name": APISERVER_KUBELET_CLIENT,
+                }
+            ],
+        },
+    )
+
+
+def _start_containerd(kubelet: Kubelet, var_lib: Path, timeout: float) -> Path:
+    """containerd in its own mount namespace, until its socket (returned) listens."""
+    assert kubelet.socket_dir is not None
+    node_dir, sockets = kubelet.node_dir, kubelet.socket_dir
+    containerd_sock = sockets / "containerd.sock"
+    containerd_config = node_dir / "containerd.toml"
+    containerd_config.write_text(
+        node_config.containerd_config(
+            root=var_lib / "containerd",
+            state=sockets / "state",
+            socket=containerd_sock,
+            node_dir=node_dir,
+        )
+    )
+    containerd = process.ManagedProcess(
+        f"{kubelet.cluster.name}-containerd",
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            build.binary("containerd"),
+            f"--config={containerd_config}",
+        ],
+        node_dir / "containerd.log",
+    )
+    kubelet.processes["containerd"] = containerd
+    containerd.start()
+    containerd.wait_until(containerd_sock.exists, timeout=timeout, what="listening")
+    return containerd_sock
+
+
+def _start_kubelet_process(
+    kubelet: Kubelet, ca: CertificateAuthority, var_lib: Path, containerd_sock: Path
+) -> process.ManagedProcess:
+    """The kubelet in its private mount namespace (not waited for): serving certificate from the
+    run's CA, client identity ``system:node:<name>`` from the cluster's client CA."""
+    cluster, node_dir, node_name = kubelet.cluster, kubelet.node_dir, kubelet.node_name
+    pki_dir = node_dir / "pki"
+    pki_dir.mkdir(exist_ok=True)
+    serving = ca.issue(
+        f"{node_name}-kubelet", hosts=(HOST, "localhost", egress_proxy.NODE_IP, node_name)
+    )
+    client_ca = cluster.log_dir / "pki"  # the cluster's client CA (see control_plane/plan.py)
+    node_client = issue_client_cert(
+        client_ca, pki_dir, f"system:node:{node_name}", organizations=("system:nodes",)
+    )
+    kubeconfig = write_kubeconfig(node_dir / "kubelet.kubeconfig", cluster, node_client)
+    config = node_dir / "kubelet-config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            node_config.kubelet_configuration(
+                port=kubelet.port,
+                healthz_port=free_port(),
+                serving=serving,
+                client_ca_file=client_ca / "ca.crt",
+                runtime_endpoint=f"unix://{containerd_sock}",
+                taint=TAINT,
+            )
+        )
+    )
+    script = mount_namespace_script(
+        node_dir=node_dir,
+        var_lib=var_lib,
+        var_log=kubelet.var_log,
+        host_tunables=kubelet.host_tunables,
+    )
+    # One log file, two names: the run folder's and the node's /var/log/kubelet.log.
+    log = node_dir / "kubelet.log"
+    log.touch()
+    with contextlib.suppress(FileExistsError):
+        kubelet.log_file.hardlink_to(log)
+    argv: list[str | os.PathLike[str]] = [
+        build.binary("kubelet"),
+        f"--config={config}",
+        f"--kubeconfig={kubeconfig}",
+        f"--hostname-override={node_name}",
+        "--cloud-provider=external",
+        f"--node-labels={'='.join(NODE_LABEL)}",
+        "--v=2",
     ]
-    return "\n".join(lines) + "\n"
+    proc = process.ManagedProcess(
+        f"{cluster.name}-kubelet",
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "kubelet", *argv],
+        log,
+    )
+    kubelet.processes["kubelet"] = proc
+    proc.start()
+    return proc
 
 
 # -- node object -----------------------------------------------------------------------------------
@@ -352,179 +335,6 @@ def _has_node_stats(answer: tuple[int, str]) -> bool:
         return False
     node = json.loads(body).get("node") or {}
     return bool((node.get("cpu") or {}).get("usageNanoCores") is not None and node.get("memory"))
-
-
-# -- configuration ---------------------------------------------------------------------------------
-def _kubelet_configuration(
-    *,
-    port: int,
-    healthz_port: int,
-    serving: CertPair,
-    client_ca_file: Path,
-    runtime_endpoint: str,
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubelet.config.k8s.io/v1beta1",
-        "kind": "KubeletConfiguration",
-        "address": HOST,
-        "port": port,
-        "readOnlyPort": 0,
-        "healthzBindAddress": HOST,
-        "healthzPort": healthz_port,
-        "tlsCertFile": str(serving.cert),
-        "tlsPrivateKeyFile": str(serving.key),
-        "authentication": {
-            "anonymous": {"enabled": False},
-            "webhook": {"enabled": True},
-            "x509": {"clientCAFile": str(client_ca_file)},
-        },
-        "authorization": {"mode": "Webhook"},
-        "containerRuntimeEndpoint": runtime_endpoint,
-        "imageServiceEndpoint": runtime_endpoint,
-        "registerWithTaints": [TAINT],
-        # /logs/: the node log query (feature NodeLogQuery, GA and locked on in v1.36).
-        "enableSystemLogHandler": True,
-        "enableSystemLogQuery": True,
-        # This machine: cgroup v1 (hybrid), maybe swap, no systemd.
-        "failCgroupV1": False,
-        "failSwapOn": False,
-        "cgroupDriver": "cgroupfs",
-        "cgroupsPerQOS": False,
-        "enforceNodeAllocatable": [],
-        "resolvConf": "",
-        "staticPodPath": "",
-        "serializeImagePulls": True,
-        "imageGCHighThresholdPercent": 100,
-        "imageGCLowThresholdPercent": 99,
-        # No pods run here; eviction would only ever remove images.
-        "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%"},
-        "shutdownGracePeriod": "0s",
-        # Otherwise it adds KUBE-IPTABLES-HINT / KUBE-KUBELET-CANARY chains to the machine's
-        # iptables (when iptables is installed), for kube-proxy's benefit.
-        "makeIPTablesUtilChains": False,
-    }
-
-
-_DISABLED_PLUGINS = (
-    "io.containerd.nri.v1.nri",
-    "io.containerd.snapshotter.v1.overlayfs",
-    "io.containerd.snapshotter.v1.btrfs",
-    "io.containerd.snapshotter.v1.zfs",
-    "io.containerd.snapshotter.v1.devmapper",
-    "io.containerd.snapshotter.v1.blockfile",
-    "io.containerd.snapshotter.v1.erofs",
-    "io.containerd.differ.v1.erofs",
-    "io.containerd.mount-handler.v1.erofs",
-    "io.containerd.tracing.processor.v1.otlp",
-    "io.containerd.internal.v1.tracing",
-)
-
-
-def _containerd_config(*, root: Path, state: Path, socket: Path, node_dir: Path) -> str:
-    def q(value: str | Path) -> str:
-        return json.dumps(str(value))  # a TOML basic string
-
-    disabled = ", ".join(q(p) for p in _DISABLED_PLUGINS)
-    return f"""\
-version = 4
-root = {q(root)}
-state = {q(state)}
-imports = []
-disabled_plugins = [{disabled}]
-
-[plugins.'io.containerd.server.v1.grpc']
-  address = {q(socket)}
-
-[plugins.'io.containerd.server.v1.ttrpc']
-  address = {q(f"{socket}.ttrpc")}
-
-[plugins.'io.containerd.internal.v1.opt']
-  path = {q(node_dir / "opt-containerd")}
-
-[plugins.'io.containerd.transfer.v1.local']
-  [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
-    platform = 'linux/amd64'
-    snapshotter = 'native'
-
-[plugins.'io.containerd.cri.v1.images']
-  snapshotter = 'native'
-
-[plugins.'io.containerd.cri.v1.runtime']
-  cdi_spec_dirs = [{q(node_dir / "cdi")}]
-
-[plugins.'io.containerd.cri.v1.runtime'.cni]
-  bin_dirs = [{q(node_dir / "cni-bin")}]
-  conf_dir = {q(node_dir / "cni-net.d")}
-
-[plugins.'io.containerd.grpc.v1.cri']
-  stream_server_address = '127.0.0.1'
-  stream_server_port = '0'
-"""
-
-
-# -- certificates ----------------------------------------------------------------------------------
-def _issue_client_cert(
-    ca_dir: Path, out_dir: Path, name: str, *, organizations: tuple[str, ...]
-) -> CertPair:
-    """A client certificate signed by the CA whose ``ca.crt``/``ca.key`` are in ``ca_dir``."""
-    ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
-    ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, name)]
-    attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name(attrs))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(ca_cert.not_valid_after_utc)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    stem = name.replace(":", "-")
-    pair = CertPair(out_dir / f"{stem}.crt", out_dir / f"{stem}.key")
-    pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pair.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    pair.key.chmod(0o600)
-    return pair
-
-
-def _write_kubeconfig(path: Path, cluster: Cluster, pair: CertPair) -> Path:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": cluster.name,
-                "cluster": {
-                    "server": cluster.server,
-                    "certificate-authority": str(cluster.ca_file),
-                },
-            }
-        ],
-        "users": [
-            {
-                "name": "kubelet",
-                "user": {"client-certificate": str(pair.cert), "client-key": str(pair.key)},
-            }
-        ],
-        "contexts": [{"name": "kubelet", "context": {"cluster": cluster.name, "user": "kubelet"}}],
-        "current-context": "kubelet",
-    }
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
 
 
 # -- HTTP helpers ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.testbed import debian_packages, process
+from tests.testbed import debian_packages, placeholders, process
 from tests.testbed.ports import free_port
 
 PROGRAM = debian_packages.DebianProgram(
@@ -27,7 +27,8 @@ PROGRAM = debian_packages.DebianProgram(
     version_args=("-v",),
 )
 
-ACCESS_FORMAT = '$status "$request" inm="$http_if_none_match" etag="$sent_http_etag"'
+# nginx.conf with @NAME@ placeholders (the access log's format is in it)
+CONFIG_TEMPLATE = Path(__file__).with_name("nginx_static.conf")
 
 
 def provision(force: bool = False) -> debian_packages.Located:
@@ -59,31 +60,14 @@ class NginxStaticServer(process.Supervised):
         temp = self.home / "temp"
         for part in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (temp / part).mkdir(parents=True, exist_ok=True)
-        return f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {self.home}/nginx.pid;
-error_log {self.home}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    log_format kmg '{ACCESS_FORMAT}';
-    access_log {self.access_log} kmg;
-    client_body_temp_path {temp}/body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-    types {{ application/gzip gz; }}
-    default_type application/octet-stream;
-    server {{
-        listen 127.0.0.1:{self.port};
-        root {self.root};
-        etag on;
-        location / {{ }}
-    }}
-}}
-"""
+        values = {
+            "HOME": self.home,
+            "ACCESS_LOG": self.access_log,
+            "TEMP": temp,
+            "PORT": self.port,
+            "ROOT": self.root,
+        }
+        return placeholders.fill(CONFIG_TEMPLATE, values)
 
     def start(self, timeout: float = 20.0) -> NginxStaticServer:
         if self._proc is not None and self._proc.running:

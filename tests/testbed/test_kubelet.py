@@ -19,7 +19,8 @@ from tests.testbed import versions
 from tests.testbed.cluster import Cluster
 from tests.testbed.egress_proxy import NODE_IP
 from tests.testbed.fixtures_kube import ServiceAccountTokenFactory
-from tests.testbed.kubelet import KERNEL_TUNABLES, NODE_LABEL, TAINT, UNINITIALIZED_TAINT, Kubelet
+from tests.testbed.kubelet import NODE_LABEL, TAINT, UNINITIALIZED_TAINT, Kubelet
+from tests.testbed.kubelet_node.mount_namespace import KERNEL_TUNABLES
 
 
 async def test_kubelet_is_a_node_of_cluster_b(real_kubelet: Kubelet, cluster_b: Cluster) -> None:

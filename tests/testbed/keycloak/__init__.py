@@ -27,7 +27,8 @@ The package, one module per stage:
 * ``java``: the Java runtime;
 * ``distribution``: the distribution, the optimized server, a run's home, the base database;
 * ``realms``: the realm templates;
-* ``server``: the running server (:class:`Keycloak`) and its token and admin helpers.
+* ``server``: the running server (:class:`Keycloak`) and its admin API;
+* ``grants``: the token grants tests ask Keycloak for (password, token exchange, JWT grant).
 """
 
 from __future__ import annotations
@@ -38,22 +39,20 @@ from tests.testbed.keycloak.distribution import (
     BUILD_OPTIONS,
     provision,
 )
+from tests.testbed.keycloak.grants import (
+    CLUSTER_B_CLIENT_ID,
+    CLUSTER_B_CLIENT_SECRET,
+    GATEWAY_CLIENT_ID,
+    GATEWAY_CLIENT_SECRET,
+    TEST_CLIENT_ID,
+    TokenError,
+    decode_jwt,
+)
 from tests.testbed.keycloak.realms import (
     REALM_TEMPLATES,
     render_realms,
 )
-from tests.testbed.keycloak.server import (
-    CLUSTER_B_CLIENT_ID,
-    CLUSTER_B_CLIENT_SECRET,
-    CLUSTER_B_IDP_ALIAS,
-    GATEWAY_CLIENT_ID,
-    GATEWAY_CLIENT_SECRET,
-    TEST_CLIENT_ID,
-    Keycloak,
-    StartStats,
-    TokenError,
-    decode_jwt,
-)
+from tests.testbed.keycloak.server import CLUSTER_B_IDP_ALIAS, Keycloak, StartStats
 
 __all__ = [
     "ADMIN_PASSWORD",

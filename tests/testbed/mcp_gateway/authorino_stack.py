@@ -7,7 +7,7 @@ What starts, next to a running testbed (Keycloak, clusters A and B):
    watching that namespace (``tests/testbed/authorino.py``);
 2. our services, the real MCP Gateway broker/router and Envoy through :func:`start_gateway`, with
    Authorino as the auth layer (one gRPC ext_authz filter instead of our two HTTP ext_authz
-   filters, :func:`.envoy_config.authorino_auth`), the ``/token`` facade client ``authorino`` the
+   filters, :func:`.envoy_auth.authorino_auth`), the ``/token`` facade client ``authorino`` the
    overlay authenticates as, and the policy service signing both tool-list header forms (as
    ``manifests/base`` configures it);
 3. the overlay's two AuthPolicies translated into AuthConfigs as Kuadrant does
@@ -35,14 +35,9 @@ from tests.testbed.authorino import Authorino
 from tests.testbed.cluster import Cluster
 from tests.testbed.identity_plan import REALM_MCP
 from tests.testbed.kuadrant_authconfig import Environment, OverlayMismatch, overlay_authconfigs
-from tests.testbed.mcp_gateway.envoy_config import AuthLayer, authorino_auth
-from tests.testbed.mcp_gateway.stack import (
-    LocalGateway,
-    Progress,
-    _quiet,
-    _run_async,
-    start_gateway,
-)
+from tests.testbed.mcp_gateway.envoy_auth import AuthLayer, authorino_auth
+from tests.testbed.mcp_gateway.stack import LocalGateway, Progress, _quiet, _run_async
+from tests.testbed.mcp_gateway.start import start_gateway
 from tests.testbed.ports import free_port
 
 SUBDIR = "authorino-gateway"

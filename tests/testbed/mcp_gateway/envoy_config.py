@@ -37,25 +37,24 @@ makes Envoy answer 502 with a JSON reason (``status_on_error`` + the local reply
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
+from tests.testbed.mcp_gateway import envoy_filters as filters
+from tests.testbed.mcp_gateway.envoy_auth import AUTHZ_ERROR_STATUS, AuthLayer
+from tests.testbed.mcp_gateway.envoy_clusters import static_cluster
 
 METADATA_PATHS = (
     "/.well-known/oauth-protected-resource",
     "/.well-known/oauth-protected-resource/mcp",
 )
 MCP_PATH = "/mcp"
-ROUTER_FILTER = "kmg.mcp_router"
-STRIP_FILTER = "kmg.strip_client_headers"
-SERVER_NAME_FILTER = "kmg.server_name"
-ROUTER_CLUSTER = "mcp_router"  # the broker/router replicas' ext_proc (gRPC) ports
 BROKER_CLUSTER = "mcp_broker"  # the broker/router replicas' HTTP ports (/mcp, metadata)
 # With several broker replicas: the answer of the broker's /mcp route names the replica that
 # served it (its loopback address), so tests can tell replicas apart request by request.
 BROKER_REPLICA_HEADER = "x-kmg-broker-replica"
-AUTHZ_ERROR_STATUS = 502  # an auth service that cannot be reached (never one of their answers)
 UNAVAILABLE_BODY = (
     '{"allow":false,"error":"authorization_unavailable","reason":"an authorization service of '
     'the gateway (%s) cannot be reached; the gateway fails closed. Retry shortly."}'
@@ -65,36 +64,10 @@ ROUTE_TIMEOUT = "310s"  # helm install/upgrade may take helm_timeout_s (300 s)
 # A path with an escaped slash or backslash anywhere (routes match the path without the query).
 ESCAPED_SLASH = ".*%(?i:2f|5c).*"
 
-_EXT_AUTHZ = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
-_EXT_AUTHZ_PER_ROUTE = (
-    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
-)
-_EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
-_EXT_PROC_PER_ROUTE = (
-    "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
-)
-_LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
-_LUA_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
 _HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
     "HttpConnectionManager"
 )
-_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-
-_STRIP_LUA = """\
-function envoy_on_request(handle)
-  local forged = {}
-  for key, _ in pairs(handle:headers()) do
-    local k = string.lower(key)
-    if string.sub(k, 1, 6) == "x-mcp-" or k == "x-authorized-tools" then
-      table.insert(forged, key)
-    end
-  end
-  for _, key in ipairs(forged) do
-    handle:headers():remove(key)
-  end
-end
-"""
 
 
 @dataclass(frozen=True)
@@ -114,103 +87,6 @@ class GatewayServer:
     def tool(self, name: str) -> str:
         """The name a client sees for this server's tool (or prompt) ``name``."""
         return self.prefix + name
-
-
-@dataclass
-class AuthLayer:
-    """The auth step of the gateway: its HTTP filters, clusters and per-route settings."""
-
-    filters: list[dict[str, Any]]
-    clusters: list[dict[str, Any]]
-    names: str  # for the 502 reason ("token exchange or policy")
-    server_route: dict[str, Any] = field(default_factory=dict)  # per-filter config, server routes
-    broker_route: dict[str, Any] = field(default_factory=dict)  # per-filter config, /mcp
-
-    def disabled(self) -> dict[str, Any]:
-        """Per-route config that turns every filter of this layer off."""
-        return {f["name"]: {"@type": _EXT_AUTHZ_PER_ROUTE, "disabled": True} for f in self.filters}
-
-
-def static_cluster(name: str, port: int | Sequence[int], *, http2: bool = False) -> dict[str, Any]:
-    """A cluster of loopback endpoints; several ports are balanced round robin (each request, or
-    each ext_proc/gRPC stream, goes to the next endpoint)."""
-    ports = [port] if isinstance(port, int) else list(port)
-    if not ports:
-        raise ValueError(f"cluster {name} needs at least one port")
-    cluster: dict[str, Any] = {
-        "name": name,
-        "connect_timeout": "2s",
-        "type": "STATIC",
-        "lb_policy": "ROUND_ROBIN",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {"address": "127.0.0.1", "port_value": p}
-                                }
-                            }
-                        }
-                        for p in ports
-                    ]
-                }
-            ],
-        },
-    }
-    if http2:
-        cluster["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": _HTTP_OPTIONS,
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        }
-    return cluster
-
-
-def http_ext_authz(
-    name: str,
-    *,
-    port: int,
-    cluster: str,
-    allowed_headers: Sequence[Mapping[str, str]],
-    upstream_headers: Sequence[Mapping[str, str]],
-    with_body: bool,
-    headers_to_add: Sequence[Mapping[str, str]] = (),
-) -> dict[str, Any]:
-    """An HTTP ext_authz filter asking ``http://127.0.0.1:<port>/check<path>``; fails closed.
-
-    ``headers_to_add`` are sent on every check request (e.g. a caller credential the check
-    service requires).
-    """
-    service: dict[str, Any] = {
-        "server_uri": {"uri": f"http://127.0.0.1:{port}", "cluster": cluster, "timeout": "10s"},
-        "path_prefix": "/check",
-        "authorization_response": {
-            "allowed_upstream_headers": {"patterns": list(upstream_headers)},
-            "allowed_client_headers": {
-                "patterns": [{"exact": "www-authenticate"}, {"exact": "content-type"}]
-            },
-        },
-    }
-    if headers_to_add:
-        service["authorization_request"] = {
-            "headers_to_add": [{"key": h["key"], "value": h["value"]} for h in headers_to_add]
-        }
-    config: dict[str, Any] = {
-        "@type": _EXT_AUTHZ,
-        "transport_api_version": "V3",
-        "stat_prefix": name.replace(".", "_"),
-        "failure_mode_allow": False,
-        "status_on_error": {"code": AUTHZ_ERROR_STATUS},
-        "allowed_headers": {"patterns": list(allowed_headers)},
-        "http_service": service,
-    }
-    if with_body:
-        config["with_request_body"] = {"max_request_bytes": 1048576, "allow_partial_message": False}
-    return {"name": name, "typed_config": config}
 
 
 TRACE_CLUSTER = "otel_collector"  # the OTLP/gRPC collector Envoy's spans go to
@@ -236,122 +112,6 @@ def tracing(collector_port: int) -> tuple[dict[str, Any], dict[str, Any]]:
         },
     }
     return block, static_cluster(TRACE_CLUSTER, collector_port, http2=True)
-
-
-def plugin_auth(
-    token_exchange_port: int,
-    policy_port: int,
-    *,
-    check_headers: Sequence[Mapping[str, str]] = (),
-) -> AuthLayer:
-    """Our two services as HTTP ext_authz filters: token exchange, then policy."""
-    mcp_headers = [{"prefix": "x-mcp-"}, {"exact": "mcp-session-id"}, {"exact": "x-request-id"}]
-    return AuthLayer(
-        filters=[
-            http_ext_authz(
-                "kmg.token_exchange",
-                port=token_exchange_port,
-                cluster="token_exchange",
-                allowed_headers=[*mcp_headers, {"exact": "user-agent"}],
-                upstream_headers=[{"exact": "authorization"}],
-                with_body=False,
-                headers_to_add=check_headers,
-            ),
-            http_ext_authz(
-                "kmg.policy",
-                port=policy_port,
-                cluster="policy",
-                allowed_headers=[*mcp_headers, {"exact": "content-type"}],
-                upstream_headers=[{"exact": "x-mcp-authorized"}, {"exact": "x-authorized-tools"}],
-                with_body=True,
-                headers_to_add=check_headers,
-            ),
-        ],
-        clusters=[
-            static_cluster("token_exchange", token_exchange_port),
-            static_cluster("policy", policy_port),
-        ],
-        names="router, token exchange or policy",
-    )
-
-
-def authorino_auth(grpc_port: int, *, server_authconfig: str, broker_authconfig: str) -> AuthLayer:
-    """One gRPC ext_authz filter to Authorino; the AuthConfig is chosen per route by the check's
-    context extension ``host``, as Kuadrant does (AuthConfig ``hosts`` = [its name])."""
-    name = "kmg.authorino"
-
-    def pick(host: str) -> dict[str, Any]:
-        return {
-            name: {
-                "@type": _EXT_AUTHZ_PER_ROUTE,
-                "check_settings": {"context_extensions": {"host": host}},
-            }
-        }
-
-    return AuthLayer(
-        filters=[
-            {
-                "name": name,
-                "typed_config": {
-                    "@type": _EXT_AUTHZ,
-                    "transport_api_version": "V3",
-                    "stat_prefix": "authorino",
-                    "failure_mode_allow": False,
-                    "status_on_error": {"code": AUTHZ_ERROR_STATUS},
-                    "grpc_service": {"envoy_grpc": {"cluster_name": "authorino"}, "timeout": "10s"},
-                },
-            }
-        ],
-        clusters=[static_cluster("authorino", grpc_port, http2=True)],
-        names="router or Authorino",
-        server_route=pick(server_authconfig),
-        broker_route=pick(broker_authconfig),
-    )
-
-
-def _server_name_lua(servers: Sequence[GatewayServer]) -> str:
-    """Lua: x-mcp-servername from the :authority the router set (server hostnames only)."""
-    entries = ", ".join(f'["{s.hostname}"] = "{s.name}"' for s in servers)
-    return (
-        f"local servers = {{{entries}}}\n"
-        "function envoy_on_request(handle)\n"
-        '  local name = servers[handle:headers():get(":authority")]\n'
-        "  if name ~= nil then\n"
-        '    handle:headers():replace("x-mcp-servername", name)\n'
-        "  end\n"
-        "end\n"
-    )
-
-
-def _lua(name: str, code: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "typed_config": {"@type": _LUA, "default_source_code": {"inline_string": code}},
-    }
-
-
-def _router_filter() -> dict[str, Any]:
-    """The MCP router as the upstream EnvoyFilter inserts it (processing modes as upstream)."""
-    return {
-        "name": ROUTER_FILTER,
-        "typed_config": {
-            "@type": _EXT_PROC,
-            "failure_mode_allow": False,
-            "allow_mode_override": True,
-            "mutation_rules": {"allow_all_routing": True},
-            "message_timeout": "10s",
-            "status_on_error": {"code": AUTHZ_ERROR_STATUS},
-            "processing_mode": {
-                "request_header_mode": "SEND",
-                "response_header_mode": "SEND",
-                "request_body_mode": "BUFFERED",
-                "response_body_mode": "NONE",
-                "request_trailer_mode": "SKIP",
-                "response_trailer_mode": "SKIP",
-            },
-            "grpc_service": {"envoy_grpc": {"cluster_name": ROUTER_CLUSTER}},
-        },
-    }
 
 
 def _replica_header(broker_ports: Sequence[int]) -> dict[str, Any]:
@@ -381,12 +141,7 @@ def bootstrap(
     entry per broker/router replica (the ext_proc cluster and the broker's cluster balance round
     robin over them). ``trace_collector_port``: an OTLP/gRPC collector for Envoy's spans
     (:func:`tracing`); None: no tracing."""
-    no_filters: dict[str, Any] = {
-        STRIP_FILTER: {"@type": _LUA_PER_ROUTE, "disabled": True},
-        ROUTER_FILTER: {"@type": _EXT_PROC_PER_ROUTE, "disabled": True},
-        SERVER_NAME_FILTER: {"@type": _LUA_PER_ROUTE, "disabled": True},
-        **auth.disabled(),
-    }
+    no_filters = filters.all_disabled(auth)
     escaped_slash = {
         "match": {"safe_regex": {"regex": ESCAPED_SLASH}},
         "direct_response": {
@@ -486,9 +241,7 @@ def bootstrap(
         },
         "route_config": {"name": "mcp", "virtual_hosts": [*server_hosts, gateway_host]},
         "http_filters": [
-            _lua(STRIP_FILTER, _STRIP_LUA),
-            _router_filter(),
-            _lua(SERVER_NAME_FILTER, _server_name_lua(servers)),
+            *filters.request_filters({s.hostname: s.name for s in servers}),
             *auth.filters,
             {
                 "name": "envoy.filters.http.router",
@@ -526,7 +279,7 @@ def bootstrap(
                 }
             ],
             "clusters": [
-                static_cluster(ROUTER_CLUSTER, router_ports, http2=True),
+                static_cluster(filters.ROUTER_CLUSTER, router_ports, http2=True),
                 static_cluster(BROKER_CLUSTER, broker_ports),
                 *(static_cluster(s.cluster, s.backend_port) for s in servers),
                 *auth.clusters,

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.testbed.envoy_proxy import envoy_binary
-from tests.testbed.mcp_gateway import envoy_config
+from tests.testbed.mcp_gateway import envoy_auth, envoy_config, envoy_filters
 from tests.testbed.mcp_gateway.envoy_config import GatewayServer
 
 SERVERS = [
@@ -20,10 +20,10 @@ SERVERS = [
     GatewayServer("mcp-test/kubernetes-mcp-b", "b_", "kubernetes-mcp-b.mcp.local", 10002),
 ]
 LAYERS = {
-    "plugins": lambda: envoy_config.plugin_auth(
+    "plugins": lambda: envoy_auth.plugin_auth(
         10010, 10011, check_headers=[{"key": "x-kmg-caller", "value": "envoy-gateway"}]
     ),
-    "authorino": lambda: envoy_config.authorino_auth(
+    "authorino": lambda: envoy_auth.authorino_auth(
         10012, server_authconfig="backend-route", broker_authconfig="broker-route"
     ),
 }
@@ -68,9 +68,9 @@ def test_filter_order_and_routes(layer: str) -> None:
     names = [f["name"] for f in hcm["http_filters"]]
     # Client headers dropped first, then the router, then the server name, then auth, then route.
     assert names[:3] == [
-        envoy_config.STRIP_FILTER,
-        envoy_config.ROUTER_FILTER,
-        envoy_config.SERVER_NAME_FILTER,
+        envoy_filters.STRIP_FILTER,
+        envoy_filters.ROUTER_FILTER,
+        envoy_filters.SERVER_NAME_FILTER,
     ]
     assert names[-1] == "envoy.filters.http.router"
     assert all(
@@ -101,7 +101,7 @@ def test_filter_order_and_routes(layer: str) -> None:
 
 def test_the_server_name_comes_from_the_authority_the_router_set() -> None:
     hcm = _hcm(_bootstrap("plugins"))
-    (lua,) = [f for f in hcm["http_filters"] if f["name"] == envoy_config.SERVER_NAME_FILTER]
+    (lua,) = [f for f in hcm["http_filters"] if f["name"] == envoy_filters.SERVER_NAME_FILTER]
     code = lua["typed_config"]["default_source_code"]["inline_string"]
     for server in SERVERS:
         assert f'["{server.hostname}"] = "{server.name}"' in code
@@ -142,7 +142,7 @@ def test_broker_replicas_are_balanced_round_robin_for_ext_proc_and_the_broker() 
     two, one = _bootstrap("plugins", 2), _bootstrap("plugins", 1)
     for config, count in ((two, 2), (one, 1)):
         clusters = _clusters(config)
-        router = clusters[envoy_config.ROUTER_CLUSTER]
+        router = clusters[envoy_filters.ROUTER_CLUSTER]
         broker = clusters[envoy_config.BROKER_CLUSTER]
         assert _ports(router) == [10004 + 10 * i for i in range(count)]
         assert _ports(broker) == [10005 + 10 * i for i in range(count)]
