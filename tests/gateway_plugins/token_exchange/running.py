@@ -18,7 +18,7 @@ from aiohttp import web
 from gateway_plugins.common.caller_auth import CallerAuthConfig
 from gateway_plugins.common.jwt_validation import IssuerConfig
 from gateway_plugins.common.service import serve
-from gateway_plugins.token_exchange.app import RUNTIME, Runtime, create_app
+from gateway_plugins.token_exchange.app import create_app
 from gateway_plugins.token_exchange.config import (
     BreakerConfig,
     ExtAuthzConfig,
@@ -30,6 +30,7 @@ from gateway_plugins.token_exchange.config import (
     TargetConfig,
     ValidationConfig,
 )
+from gateway_plugins.token_exchange.service import RUNTIME, Runtime
 from tests.testbed import keycloak as kc
 from tests.testbed.identity_plan import BACKEND_AUDIENCE, REALM_CLUSTER_B, REALM_MCP
 from tests.testbed.ports import free_port
