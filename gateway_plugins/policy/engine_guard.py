@@ -330,7 +330,7 @@ def embedded_answers(source: PolicySource, cases: Sequence[Case]) -> list[Any]:
 def _embedded_answer(engine: EmbeddedEngine, case: Case) -> Any:
     try:
         if case.entrypoint == DECISION:
-            return engine.decide_sync(case.input).as_json()
+            return engine.evaluate_sync(case.input).as_json()
         if case.entrypoint == ALLOWED_PROMPTS:
             return engine.allowed_prompts_sync(case.input)
         return engine.allowed_tools_sync(case.input)

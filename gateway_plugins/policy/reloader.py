@@ -166,7 +166,7 @@ class AwaitingPolicy:
     async def start(self) -> None:
         return None
 
-    async def decide(self, doc: Mapping[str, Any]) -> Decision:
+    async def evaluate(self, doc: Mapping[str, Any]) -> Decision:
         raise EngineUnavailable(self._why)
 
     async def allowed_tools(self, doc: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -369,7 +369,7 @@ class PolicyReloader:
 async def _probe(engine: DecisionEngine) -> None:
     """The policy answers a decision and a tool list (it may compile and still be unusable)."""
     await engine.check_ready()
-    await engine.decide(
+    await engine.evaluate(
         policy_input.call_input(
             method="tools/call",
             server="probe",
