@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gateway_plugins.policy.sync_roles import MANAGED
+from gateway_plugins.policy.role_plan import MANAGED
 from tests.gateway_plugins.policy.running import READ_ONLY_TOOLS, running_backend
 from tests.testbed import keycloak as kc
 from tests.testbed.identity_plan import REALM_MCP
