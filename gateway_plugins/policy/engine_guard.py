@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from gateway_plugins.policy.engine_answers import (
     OpaRun,
@@ -53,16 +53,15 @@ from gateway_plugins.policy.engine_corpus import (
     variants,
 )
 from gateway_plugins.policy.policy_source import PolicySource, PolicySourceError, snapshot_dir
+from kmg_common.settings import StrictModel
 
 log = logging.getLogger(__name__)
 
 RECORD_NAME = "embedded-verified.json"
 
 
-class EmbeddedVerifySettings(BaseModel):
+class EmbeddedVerifySettings(StrictModel):
     """How the embedded engine is checked against OPA before it serves (engine: embedded)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     opa_binary: Path | None = Field(
         default=None,

@@ -16,9 +16,10 @@ from typing import Any, Literal, Protocol
 import jwt
 
 from gateway_plugins.common.jwt_validation import InvalidToken, JWTValidator, looks_like_jwt
-from gateway_plugins.token_exchange.config import CacheConfig, Grant
+from gateway_plugins.token_exchange.cache_config import CacheConfig
 from gateway_plugins.token_exchange.metrics import ExchangeMetrics
 from gateway_plugins.token_exchange.sts_client import STSClient, STSRefused
+from gateway_plugins.token_exchange.sts_config import Grant
 from gateway_plugins.token_exchange.targets import Target, TargetRegistry
 from gateway_plugins.token_exchange.token_cache import TokenCache
 

@@ -18,7 +18,7 @@ from aiohttp import web
 from gateway_plugins.common.caller_auth import CallerAuthenticator
 from gateway_plugins.common.jwks import JWKSCache
 from gateway_plugins.common.jwt_validation import JWTValidator
-from gateway_plugins.token_exchange.config import ClientAuth, Settings
+from gateway_plugins.token_exchange.config import Settings
 from gateway_plugins.token_exchange.exchanger import Exchanger
 from gateway_plugins.token_exchange.metrics import ExchangeMetrics
 from gateway_plugins.token_exchange.policy_client import PolicyClient
@@ -28,6 +28,7 @@ from gateway_plugins.token_exchange.redis_cache import (
     open_shared_cache,
 )
 from gateway_plugins.token_exchange.sts_client import STSClient
+from gateway_plugins.token_exchange.sts_config import ClientAuth
 from gateway_plugins.token_exchange.targets import TargetRegistry
 from kmg_common.settings import SettingsError, read_secret
 

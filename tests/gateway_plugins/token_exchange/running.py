@@ -25,12 +25,10 @@ from gateway_plugins.token_exchange.config import (
     FacadeClient,
     FacadeConfig,
     Settings,
-    StepConfig,
-    STSConfig,
-    TargetConfig,
     ValidationConfig,
 )
 from gateway_plugins.token_exchange.service import RUNTIME, Runtime
+from gateway_plugins.token_exchange.sts_config import StepConfig, STSConfig, TargetConfig
 from tests.testbed import keycloak as kc
 from tests.testbed.identity_plan import BACKEND_AUDIENCE, REALM_CLUSTER_B, REALM_MCP
 from tests.testbed.ports import free_port
