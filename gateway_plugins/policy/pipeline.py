@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from gateway_plugins.policy.config import PolicySettings
-from gateway_plugins.policy.input import HeaderMismatch, InputError
+from gateway_plugins.policy.input import InputError
+from gateway_plugins.policy.request_body import HeaderMismatch
 from gateway_plugins.policy.service import PolicyService, Refusal, service_of
 from kmg_common.bearer import bearer_token
 

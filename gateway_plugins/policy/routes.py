@@ -37,8 +37,10 @@ from aiohttp import web
 
 from gateway_plugins.common.caller_auth import CallerAuthenticator, protect
 from gateway_plugins.policy import input as policy_input
-from gateway_plugins.policy.input import HeaderMismatch, InputError
+from gateway_plugins.policy import request_body
+from gateway_plugins.policy.input import InputError
 from gateway_plugins.policy.pipeline import Asked, Decision, answer, answer_json, run_decision
+from gateway_plugins.policy.request_body import HeaderMismatch
 from gateway_plugins.policy.service import PolicyService, service_of
 
 H_METHOD = "x-mcp-method"
@@ -176,7 +178,7 @@ def _jsonrpc_denial(reason: str, request_id: str | int, headers: Mapping[str, st
     return web.json_response(payload, status=403, headers=dict(headers))
 
 
-async def _read_body(request: web.Request, method: str) -> policy_input.RequestBody | None:
+async def _read_body(request: web.Request, method: str) -> request_body.RequestBody | None:
     """The JSON-RPC body Envoy forwarded (``with_request_body``), parsed; None when absent.
 
     A body Envoy cut at ``max_request_bytes`` cannot be read: for ``tools/call`` its arguments
@@ -194,11 +196,11 @@ async def _read_body(request: web.Request, method: str) -> policy_input.RequestB
             "was cut short by the proxy (x-envoy-auth-partial-body), so it cannot be checked; "
             "raise the proxy's max_request_bytes or send a smaller request"
         )
-    return policy_input.parse_request_body(raw)
+    return request_body.parse_request_body(raw)
 
 
 def _reconcile(
-    method: str, tool: str, prompt: str, body: policy_input.RequestBody | None
+    method: str, tool: str, prompt: str, body: request_body.RequestBody | None
 ) -> tuple[str, str, str]:
     """The method, tool and prompt to decide on: the headers, which must describe the body.
 
@@ -208,8 +210,8 @@ def _reconcile(
     """
     if body is None:
         return method, tool, prompt
-    method, tool = policy_input.reconcile(method, tool, body)
-    return method, tool, policy_input.reconcile_prompt(prompt, body)
+    method, tool = request_body.reconcile(method, tool, body)
+    return method, tool, request_body.reconcile_prompt(prompt, body)
 
 
 async def _judge_check_list(service: PolicyService, asked: Asked) -> Decision:
