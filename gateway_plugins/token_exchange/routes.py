@@ -25,7 +25,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway_plugins.common.caller_auth import CallerAuthenticator, protect
-from gateway_plugins.common.service import request_id_of
+from gateway_plugins.common.middlewares import request_id_of
 from gateway_plugins.token_exchange.facade import handle_token_request
 from gateway_plugins.token_exchange.pipeline import allow, deny, run_check
 from gateway_plugins.token_exchange.service import RUNTIME
