@@ -13,7 +13,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ from gateway_plugins.policy.live_engine import LiveEngine
 from gateway_plugins.policy.service import reloader_of, service_of
 from gateway_plugins.policy.wristband import LEGACY_HEADER, verify
 from tests.gateway_plugins.policy.running import (
-    CALLER_HEADERS,
     POLICIES,
     SERVER,
     RunningPolicy,
@@ -43,20 +42,6 @@ pytestmark = pytest.mark.timeout(300)
 
 DENY_FILE = "data/deny_list.json"
 FAST = ReloadSettings(watch_files=True, interval_s=0.2)
-
-
-@pytest.fixture(scope="module")
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(
-        headers=CALLER_HEADERS, timeout=aiohttp.ClientTimeout(total=30)
-    ) as session:
-        yield session
-
-
-@pytest.fixture(scope="module")
-async def mcp_token(keycloak: Any) -> str:
-    token: str = await keycloak.auser_token("mcp", "mcp")
-    return token
 
 
 def _deny(*entries: dict[str, Any]) -> str:
