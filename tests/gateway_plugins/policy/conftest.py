@@ -46,18 +46,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture(scope="module")
-async def mcp_token(keycloak: Any) -> str:
-    token: str = await keycloak.auser_token("mcp", "mcp")
-    return token
-
-
-@pytest.fixture(scope="module")
-async def viewer_token(keycloak: Any) -> str:
-    token: str = await keycloak.auser_token("viewer", "viewer")
-    return token
-
-
-@pytest.fixture(scope="module")
 async def service(keycloak: Any, policy_work: Path) -> AsyncIterator[RunningPolicy]:
     """The default deployment: embedded engine, the repo's policies and default data."""
     async with running_policy(policy_settings(keycloak, policy_work / "embedded")) as running:

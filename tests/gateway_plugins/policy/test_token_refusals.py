@@ -7,7 +7,6 @@ import asyncio
 import base64
 import json
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,18 +71,8 @@ async def test_forged_tokens_are_refused(
 
 
 def _admin(keycloak: Any, method: str, path: str, body: Any = None) -> Any:
-    req = urllib.request.Request(  # noqa: S310 - testbed URL
-        f"{keycloak.url}/admin/realms/{REALM_MCP}/{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={
-            "Authorization": f"Bearer {keycloak.admin_token()}",
-            "Content-Type": "application/json",
-        },
-        method=method,
-    )
-    with urllib.request.urlopen(req, timeout=30, context=keycloak.ssl_context()) as resp:  # noqa: S310
-        raw = resp.read()
-        return json.loads(raw) if raw else None
+    """``method /admin/realms/mcp/<path>`` as the testbed's Keycloak admin."""
+    return keycloak.admin_request(method, f"realms/{REALM_MCP}/{path}", body)
 
 
 @pytest.fixture

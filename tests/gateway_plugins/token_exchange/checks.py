@@ -4,8 +4,6 @@ facade call, the token a check issued, a user's token, and Keycloak's admin REST
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.request
 from typing import Any
 
 import aiohttp
@@ -60,15 +58,5 @@ async def fetch_user_token(keycloak: kc.Keycloak, username: str, password: str, 
 
 
 def keycloak_admin(keycloak: kc.Keycloak, method: str, path: str, body: Any = None) -> Any:
-    req = urllib.request.Request(  # noqa: S310 - testbed URL
-        f"{keycloak.url}/admin/realms/{path}",
-        data=None if body is None else json.dumps(body).encode(),
-        headers={
-            "Authorization": f"Bearer {keycloak.admin_token()}",
-            "Content-Type": "application/json",
-        },
-        method=method,
-    )
-    with urllib.request.urlopen(req, timeout=30, context=keycloak.ssl_context()) as resp:  # noqa: S310
-        raw = resp.read()
-    return json.loads(raw) if raw else None
+    """``method /admin/realms/<path>`` as the testbed's Keycloak admin."""
+    return keycloak.admin_request(method, f"realms/{path}", body)

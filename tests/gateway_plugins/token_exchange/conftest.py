@@ -37,18 +37,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture(scope="module")
-async def mcp_token(keycloak: SessionKeycloak) -> str:
-    token: str = await keycloak.auser_token("mcp", "mcp")
-    return token
-
-
-@pytest.fixture(scope="module")
-async def viewer_token(keycloak: SessionKeycloak) -> str:
-    token: str = await keycloak.auser_token("viewer", "viewer")
-    return token
-
-
-@pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("combined")
 
