@@ -1,7 +1,7 @@
 """The token exchange service's check against the testbed's real Keycloak (realms ``mcp``,
 ``cluster-b``): exchanges and their cache, counted by Keycloak's own admin events; the targets
 the check issues. Refused tokens are in ``test_token_refusals.py``, the ``/token`` facade and
-cross-domain tokens in ``test_facade.py``, readiness and Keycloak outages in
+cross-domain tokens in ``test_facade.py``, Keycloak outages in
 ``test_keycloak_outage.py``.
 """
 
@@ -230,6 +230,20 @@ async def test_broker_requests_pass_the_validated_token_unchanged(
     assert status == 200
     assert body == {"allow": True, "exchanged": False}
     assert "Authorization" not in headers
+
+
+# After the exchanges above: the metrics show their cache hits.
+async def test_readyz_reports_keycloak_and_jwks(
+    service: RunningService, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(f"{service.url}/readyz") as resp:
+        body = await resp.json()
+    assert resp.status == 200, body
+    assert body["checks"] == {"jwks": "ok", "sts:mcp": "ok", "sts:cluster-b": "ok"}
+    async with http.get(f"{service.url}/metrics") as resp:
+        text = await resp.text()
+    assert "token_exchange_sts_calls_total" in text
+    assert 'token_exchange_requests_total{outcome="hit"' in text
 
 
 def test_secrets_are_files_not_config(tmp_path: Path, keycloak: kc.Keycloak) -> None:
