@@ -2,7 +2,8 @@
 carries the target audience, else run the target's hops at the STS, cached and coalesced.
 
 ``Exchanger.token_for(subject_token, target)`` is the entry point for other code (e.g. a combined
-exchange-then-policy check endpoint); the HTTP shells in :mod:`.app` use :meth:`Exchanger.exchange`.
+exchange-then-policy check endpoint); the HTTP routes (the check pipeline of :mod:`.pipeline`, the
+``/token`` facade of :mod:`.facade`) use :meth:`Exchanger.exchange`.
 """
 
 from __future__ import annotations
