@@ -104,14 +104,14 @@ async def _engines(opa: OpaServer, http: aiohttp.ClientSession) -> dict[str, Any
             return (await resp.json())["result"]
 
     calls: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
-        "embedded": embedded.decide,
-        "embedded_with_cache": cached.decide,
-        "opa_engine": server.decide,
+        "embedded": embedded.evaluate,
+        "embedded_with_cache": cached.evaluate,
+        "opa_engine": server.evaluate,
         "opa_direct": direct,
     }
     # Same answers from all three before timing anything.
     for doc in inputs:
-        a, b, c = await embedded.decide(doc), await server.decide(doc), await direct(doc)
+        a, b, c = await embedded.evaluate(doc), await server.evaluate(doc), await direct(doc)
         assert a == b, f"engines disagree on {doc['tool']}"
         assert a.as_json() == c, f"OPA's own answer differs on {doc['tool']}"
     samples: dict[str, list[float]] = {name: [] for name in calls}
@@ -128,7 +128,7 @@ async def _engines(opa: OpaServer, http: aiohttp.ClientSession) -> dict[str, Any
     # CPU time per decision: independent of how busy the shared machine is.
     cpu_started = time.process_time()
     for i in range(2000):
-        embedded.decide_sync(inputs[i % len(inputs)])
+        embedded.evaluate_sync(inputs[i % len(inputs)])
     cpu_per_decision = (time.process_time() - cpu_started) / 2000
     await embedded.close()
     await cached.close()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -33,6 +33,12 @@ _SECRET_KEY = re.compile(
 
 class SettingsError(Exception):
     """Configuration is unusable; the message says where and what to fix (never a secret)."""
+
+
+class StrictModel(BaseModel):
+    """A settings section: an unknown key is an error (a typo never passes silently)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def env_prefix(service: str) -> str:

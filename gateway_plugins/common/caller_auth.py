@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from kmg_common.settings import SettingsError, read_secret
+from kmg_common.settings import SettingsError, StrictModel, read_secret
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,8 @@ _RESERVED = ("authorization", "proxy-authorization", "cookie", "host", "content-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class CallerAuthConfig(BaseModel):
+class CallerAuthConfig(StrictModel):
     """How the service's check endpoints authenticate their caller (the gateway)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     mode: Literal["secret", "mtls", "off"] = Field(
         default="secret",

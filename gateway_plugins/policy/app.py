@@ -38,13 +38,13 @@ from gateway_plugins.policy.engines import DecisionEngine
 from gateway_plugins.policy.input import Catalogue, InputError
 from gateway_plugins.policy.live_engine import LiveEngine
 from gateway_plugins.policy.opa_engine import OpaOptions, OpaServerEngine
+from gateway_plugins.policy.policy_files import load_file_source
 from gateway_plugins.policy.policy_source import PolicySource
 from gateway_plugins.policy.rbac_list import RbacListFilter, RbacMetrics
 from gateway_plugins.policy.reloader import (
     AwaitingPolicy,
     PolicyReloader,
     ReloadMetrics,
-    load_file_source,
     make_poller,
     reloading_enabled,
 )

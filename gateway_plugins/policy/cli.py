@@ -180,6 +180,8 @@ def _serve(args: argparse.Namespace) -> int:
 async def _sync(args: argparse.Namespace) -> int:
     from gateway_plugins.common.http_client import make_client_session
     from gateway_plugins.policy import sync_roles as sr
+    from gateway_plugins.policy.keycloak_admin import AdminCredentials, KeycloakAdmin
+    from gateway_plugins.policy.role_plan import tools_from_list
 
     token = None
     if args.backend_token_env:
@@ -195,7 +197,7 @@ async def _sync(args: argparse.Namespace) -> int:
         password = read_secret(
             "admin password", file=args.admin_password_file, env=args.admin_password_env
         )
-    creds = sr.AdminCredentials(
+    creds = AdminCredentials(
         realm=args.admin_realm,
         client_id=args.admin_client_id,
         username=args.admin_user,
@@ -203,11 +205,11 @@ async def _sync(args: argparse.Namespace) -> int:
         client_secret=secret,
     )
     async with make_client_session(ca_file=args.ca_file, timeout_s=30.0) as session:
-        admin = sr.KeycloakAdmin(session, args.keycloak_url, args.realm, creds)
+        admin = KeycloakAdmin(session, args.keycloak_url, args.realm, creds)
         plan = await sr.sync_roles(
             admin,
             args.client,
-            sr.tools_from_list(raw_tools),
+            tools_from_list(raw_tools),
             prefix=args.role_prefix,
             read_only_role=args.read_only_role,
             all_role=args.all_role,
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     from gateway_plugins.policy.engines import EngineUnavailable
     from gateway_plugins.policy.input import InputError
     from gateway_plugins.policy.policy_source import PolicySourceError
-    from gateway_plugins.policy.sync_roles import SyncError
+    from gateway_plugins.policy.role_plan import SyncError
     from gateway_plugins.policy.wristband import WristbandKeyError
 
     args = build_parser().parse_args(argv)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from gateway_plugins.common.caller_auth import CallerAuthConfig
 from gateway_plugins.common.jwt_validation import DEFAULT_ALGORITHMS, IssuerConfig
@@ -21,16 +21,13 @@ from kmg_common.host_origin import (
     HostPatterns,
     OriginPatterns,
 )
+from kmg_common.settings import StrictModel
 from kmg_common.tracing import TracingSettings
 
 SERVICE = "policy"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class OpaSettings(_Strict):
+class OpaSettings(StrictModel):
     """The OPA server used when ``engine: opa``."""
 
     url: str = Field(default="http://127.0.0.1:8181", description="OPA base URL.")
@@ -44,7 +41,7 @@ class OpaSettings(_Strict):
     ca_file: Path | None = Field(default=None, description="CA bundle for an https OPA.")
 
 
-class WristbandSettings(_Strict):
+class WristbandSettings(StrictModel):
     """The signed tool-list header for the broker (tools/list)."""
 
     signing_key_file: Path | None = Field(
@@ -67,7 +64,7 @@ class WristbandSettings(_Strict):
     )
 
 
-class AuthSettings(_Strict):
+class AuthSettings(StrictModel):
     """Bearer tokens: verified against the issuers' JWKS, never trusted unverified."""
 
     issuers: list[IssuerConfig] = Field(default_factory=list, description="Trusted issuers.")
@@ -92,7 +89,7 @@ class AuthSettings(_Strict):
     )
 
 
-class ReloadSettings(_Strict):
+class ReloadSettings(StrictModel):
     """Policy changes at run time, from files (e.g. mounted ConfigMaps)."""
 
     watch_files: bool = Field(
@@ -106,7 +103,7 @@ class ReloadSettings(_Strict):
     )
 
 
-class BundleSettings(_Strict):
+class BundleSettings(StrictModel):
     """An OPA bundle service as the policy's source (instead of policies_dir / data_dirs)."""
 
     url: str | None = Field(
@@ -148,7 +145,7 @@ class BundleSettings(_Strict):
         return value.strip()
 
 
-class RbacTokenExchange(_Strict):
+class RbacTokenExchange(StrictModel):
     """RFC 8693 exchange of the user's token for one the cluster accepts (before its review)."""
 
     url: str = Field(
@@ -174,7 +171,7 @@ class RbacTokenExchange(_Strict):
         return self.client_secret_file.read_text(encoding="utf-8").strip()
 
 
-class RbacCluster(_Strict):
+class RbacCluster(StrictModel):
     """The cluster behind one MCP server, asked what the user's own token may do."""
 
     server: str = Field(description="MCP server name (x-mcp-servername, catalogue key).")
@@ -202,7 +199,7 @@ class RbacCluster(_Strict):
         return url
 
 
-class RbacListSettings(_Strict):
+class RbacListSettings(StrictModel):
     """tools/list that knows the cluster's RBAC (off by default)."""
 
     enabled: bool = Field(
@@ -264,7 +261,7 @@ def _plain_http_url(value: str, name: str) -> str:
     return value.strip().rstrip("/")
 
 
-class PolicySettings(_Strict):
+class PolicySettings(StrictModel):
     """The policy service."""
 
     host: str = Field(default="127.0.0.1", description="Listen address.")

@@ -158,10 +158,10 @@ class EmbeddedEngine:
     async def start(self) -> None:
         self._inline.query(DECISION, PROBE_INPUT)
 
-    async def decide(self, doc: Mapping[str, Any]) -> Decision:
-        return self.decide_sync(doc)
+    async def evaluate(self, doc: Mapping[str, Any]) -> Decision:
+        return self.evaluate_sync(doc)
 
-    def decide_sync(self, doc: Mapping[str, Any]) -> Decision:
+    def evaluate_sync(self, doc: Mapping[str, Any]) -> Decision:
         """One decision. The policy and its data never change during the engine's life, so a
         decision is a pure function of the input: repeated inputs are answered from an LRU cache
         (``cache_size`` 0 turns it off)."""

@@ -85,9 +85,9 @@ class LiveEngine:
     async def start(self) -> None:
         await self._engine.start()
 
-    async def decide(self, doc: Mapping[str, Any]) -> Decision:
+    async def evaluate(self, doc: Mapping[str, Any]) -> Decision:
         async with self._gate.request():
-            return await self._engine.decide(doc)
+            return await self._engine.evaluate(doc)
 
     async def allowed_tools(self, doc: Mapping[str, Any]) -> dict[str, list[str]]:
         async with self._gate.request():

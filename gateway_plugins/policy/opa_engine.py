@@ -164,7 +164,7 @@ class OpaServerEngine:
             )
         return answer["result"]
 
-    async def decide(self, doc: Mapping[str, Any]) -> Decision:
+    async def evaluate(self, doc: Mapping[str, Any]) -> Decision:
         return decision_from(await self._query(DECISION, doc))
 
     async def allowed_tools(self, doc: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -176,7 +176,7 @@ class OpaServerEngine:
         return allowed_from(value, doc.get("catalogue") or self._source.catalogue, ALLOWED_PROMPTS)
 
     async def check_ready(self) -> None:
-        await self.decide(PROBE_INPUT)
+        await self.evaluate(PROBE_INPUT)
 
     async def close(self) -> None:
         await self._client.close_connection()

@@ -1,7 +1,7 @@
-"""The one decision pipeline every decision route runs: parse → claims → decide → record → answer.
+"""The one decision pipeline every decision route runs: parse → claims → judge → record → answer.
 
 A route supplies three steps: ``parse`` reads the request into :class:`Asked` and returns the
-``Authorization`` value to verify; ``decide`` turns the verified request into a :class:`Decision`;
+``Authorization`` value to verify; ``judge`` turns the verified request into a :class:`Decision`;
 ``answer`` renders it. The pipeline verifies the token, turns every refusal (no or bad token,
 bad input, engine down) into a ``allow: false`` decision with its status, and records each
 decision exactly once (:meth:`PolicyService.record`).
@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from gateway_plugins.policy.config import PolicySettings
-from gateway_plugins.policy.input import HeaderMismatch, InputError
+from gateway_plugins.policy.input import InputError
+from gateway_plugins.policy.request_body import HeaderMismatch
 from gateway_plugins.policy.service import PolicyService, Refusal, service_of
 from kmg_common.bearer import bearer_token
 
@@ -57,7 +58,7 @@ class Decision:
 
 
 Parse = Callable[[web.Request, Asked], Awaitable[tuple[str | None, _P]]]
-Decide = Callable[[PolicyService, Asked, _P], Awaitable[Decision]]
+Judge = Callable[[PolicyService, Asked, _P], Awaitable[Decision]]
 Answer = Callable[[Asked, Decision], web.Response]
 
 
@@ -84,17 +85,17 @@ async def run_decision(
     request: web.Request,
     endpoint: str,
     parse: Parse[_P],
-    decide: Decide[_P],
+    judge: Judge[_P],
     render: Answer = answer_json,
 ) -> web.Response:
-    """Parse, verify the token, decide, record once, answer."""
+    """Parse, verify the token, judge, record once, answer."""
     service = service_of(request.app)
     asked = Asked(endpoint=endpoint, started=time.perf_counter())
     try:
         authorization, parsed = await parse(request, asked)
         asked.claims = await service.claims_of(authorization)
         asked.token = bearer_token(authorization)
-        decision = await decide(service, asked, parsed)
+        decision = await judge(service, asked, parsed)
     except (Refusal, HeaderMismatch, InputError) as exc:
         decision = refused(exc, service.settings)
     service.record(

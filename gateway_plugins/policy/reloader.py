@@ -21,7 +21,6 @@ the next check reads the same problem again).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -41,67 +40,16 @@ from gateway_plugins.policy.engines import Decision, DecisionEngine, EngineUnava
 from gateway_plugins.policy.input import Catalogue, InputError
 from gateway_plugins.policy.live_engine import LiveEngine
 from gateway_plugins.policy.opa_engine import OpaServerEngine
+from gateway_plugins.policy.policy_files import file_stamp, load_file_source
 from gateway_plugins.policy.policy_source import (
     PolicySource,
     PolicySourceError,
-    load_policy_source,
-    snapshot_dir,
 )
 
 log = logging.getLogger(__name__)
 
 Outcome = Literal["ok", "refused", "unavailable"]
 Origin = Literal["files", "bundle"]
-
-
-# ------------------------------------------------------------------------------------------
-# reading the files
-# ------------------------------------------------------------------------------------------
-def load_file_source(
-    settings: PolicySettings, read_catalogue: Callable[[Path | None], Catalogue | None]
-) -> PolicySource:
-    """The policy as the files are now, each mounted volume read at one version."""
-    seen: dict[Path, Path] = {}  # version folder read -> the path as configured
-
-    def snap(path: Path) -> Path:
-        resolved = snapshot_dir(path)
-        if resolved != path:
-            seen[resolved] = path
-        return resolved
-
-    policies = snap(settings.policies_dir)
-    if settings.data_dirs is None:
-        data_dirs = [policies / "data"]
-    else:
-        data_dirs = [snap(d) for d in settings.data_dirs]
-    catalogue_file = settings.catalogue_file
-    if catalogue_file is not None:
-        catalogue_file = snap(catalogue_file.parent) / catalogue_file.name
-    try:
-        return load_policy_source(policies, data_dirs, read_catalogue(catalogue_file))
-    except (PolicySourceError, InputError) as exc:
-        message = str(exc)
-        for resolved, configured in seen.items():  # name files as the operator knows them
-            message = message.replace(str(resolved), str(configured))
-        raise PolicySourceError(message) from None
-
-
-def _stamp(settings: PolicySettings) -> tuple[Any, ...]:
-    """What changes when any watched file changes: the resolved folders and every file's size and
-    modification time (cheap; the content comparison decides, this only spots torn reads)."""
-    roots = [settings.policies_dir, *(settings.data_dirs or [])]
-    if settings.catalogue_file is not None:
-        roots.append(settings.catalogue_file.parent)
-    out: list[Any] = []
-    for root in roots:
-        snap = snapshot_dir(root)
-        out.append(str(snap))
-        with contextlib.suppress(OSError):
-            for path in sorted(snap.rglob("*")):
-                if path.suffix in (".rego", ".json"):
-                    stat = path.stat()
-                    out.append((str(path), stat.st_size, stat.st_mtime_ns))
-    return tuple(out)
 
 
 def revision_of(source: PolicySource) -> str:
@@ -166,7 +114,7 @@ class AwaitingPolicy:
     async def start(self) -> None:
         return None
 
-    async def decide(self, doc: Mapping[str, Any]) -> Decision:
+    async def evaluate(self, doc: Mapping[str, Any]) -> Decision:
         raise EngineUnavailable(self._why)
 
     async def allowed_tools(self, doc: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -239,14 +187,14 @@ class PolicyReloader:
 
     # -- files ----------------------------------------------------------------------------
     async def _check_files(self) -> Outcome | None:
-        before = await asyncio.to_thread(_stamp, self._settings)
+        before = await asyncio.to_thread(file_stamp, self._settings)
         try:
             source = await asyncio.to_thread(load_file_source, self._settings, self._read_catalogue)
         except PolicySourceError as exc:
-            if before != await asyncio.to_thread(_stamp, self._settings):
+            if before != await asyncio.to_thread(file_stamp, self._settings):
                 return None  # changed while read: read again next time
             return self._refuse("files", str(exc), debounce=True)
-        if before != await asyncio.to_thread(_stamp, self._settings):
+        if before != await asyncio.to_thread(file_stamp, self._settings):
             return None
         self._pending_error = None
         if source == self.active or source == self._refused:
@@ -369,7 +317,7 @@ class PolicyReloader:
 async def _probe(engine: DecisionEngine) -> None:
     """The policy answers a decision and a tool list (it may compile and still be unusable)."""
     await engine.check_ready()
-    await engine.decide(
+    await engine.evaluate(
         policy_input.call_input(
             method="tools/call",
             server="probe",

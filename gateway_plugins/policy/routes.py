@@ -22,7 +22,7 @@ secret header or an mTLS client certificate; 403 ``caller_unauthenticated`` othe
 annotations come from the catalogue when it knows the tool; the gateway's
 ``x-mcp-annotation-hints`` (or the request's ``annotations``) only for tools it does not know.
 
-Each decision route is three small steps (parse, decide, answer) run by
+Each decision route is three small steps (parse, judge, answer) run by
 :func:`.pipeline.run_decision`, which verifies the token and records the decision once.
 """
 
@@ -37,8 +37,10 @@ from aiohttp import web
 
 from gateway_plugins.common.caller_auth import CallerAuthenticator, protect
 from gateway_plugins.policy import input as policy_input
-from gateway_plugins.policy.input import HeaderMismatch, InputError
+from gateway_plugins.policy import request_body
+from gateway_plugins.policy.input import InputError
 from gateway_plugins.policy.pipeline import Asked, Decision, answer, answer_json, run_decision
+from gateway_plugins.policy.request_body import HeaderMismatch
 from gateway_plugins.policy.service import PolicyService, service_of
 
 H_METHOD = "x-mcp-method"
@@ -78,8 +80,8 @@ def _check_names(asked: Asked) -> None:
         policy_input.check_tool_name(asked.tool)
 
 
-async def _decide_prompt(service: PolicyService, asked: Asked) -> tuple[bool, str]:
-    return await service.decide(
+async def _authorize_prompt(service: PolicyService, asked: Asked) -> tuple[bool, str]:
+    return await service.authorize_call(
         method=asked.method,
         server=asked.server,
         tool="",
@@ -90,13 +92,13 @@ async def _decide_prompt(service: PolicyService, asked: Asked) -> tuple[bool, st
     )
 
 
-async def _decide_tool(
+async def _authorize_tool(
     service: PolicyService,
     asked: Asked,
     annotations: policy_input.Annotations,
     arguments: Mapping[str, Any] | None,
 ) -> tuple[bool, str]:
-    return await service.decide(
+    return await service.authorize_call(
         method=asked.method or "tools/call",
         server=asked.server,
         tool=asked.tool,
@@ -110,11 +112,11 @@ async def _decide_tool(
 # ext_authz check
 # ----------------------------------------------------------------------------------------------
 async def handle_check(request: web.Request) -> web.Response:
-    return await run_decision(request, "check", _parse_check, _decide_check, _answer_check)
+    return await run_decision(request, "check", _parse_check, _judge_check, _answer_check)
 
 
 async def _parse_check(request: web.Request, asked: Asked) -> tuple[str | None, web.Request]:
-    """The headers; the body is read only after the token passed (:func:`_decide_check`)."""
+    """The headers; the body is read only after the token passed (:func:`_judge_check`)."""
     asked.method = request.headers.get(H_METHOD, "").strip()
     asked.server = request.headers.get(H_SERVER, "").strip()
     asked.tool = request.headers.get(H_TOOL, "").strip()
@@ -122,7 +124,7 @@ async def _parse_check(request: web.Request, asked: Asked) -> tuple[str | None, 
     return request.headers.get("Authorization"), request
 
 
-async def _decide_check(service: PolicyService, asked: Asked, request: web.Request) -> Decision:
+async def _judge_check(service: PolicyService, asked: Asked, request: web.Request) -> Decision:
     body = await _read_body(request, asked.method)
     if body is not None:
         asked.request_id = body.request_id
@@ -130,7 +132,7 @@ async def _decide_check(service: PolicyService, asked: Asked, request: web.Reque
         asked.method, asked.tool, asked.prompt, body
     )
     if asked.method in LIST_METHODS:
-        return await _check_list(service, asked)
+        return await _judge_check_list(service, asked)
     names_tool = bool(asked.tool) and asked.server != policy_input.BROKER_SERVER
     if asked.method not in NAMED_METHODS and not names_tool:
         asked.tool = asked.prompt = ""  # recorded as naming neither
@@ -139,10 +141,10 @@ async def _decide_check(service: PolicyService, asked: Asked, request: web.Reque
         )
     _check_names(asked)
     if asked.method == "prompts/get":
-        allow, reason = await _decide_prompt(service, asked)
+        allow, reason = await _authorize_prompt(service, asked)
     else:
         hints = policy_input.parse_annotation_hints(request.headers.get(H_HINTS))
-        allow, reason = await _decide_tool(
+        allow, reason = await _authorize_tool(
             service, asked, hints, body.arguments if body is not None else None
         )
     return Decision(allow, reason, 200 if allow else 403)
@@ -176,7 +178,7 @@ def _jsonrpc_denial(reason: str, request_id: str | int, headers: Mapping[str, st
     return web.json_response(payload, status=403, headers=dict(headers))
 
 
-async def _read_body(request: web.Request, method: str) -> policy_input.RequestBody | None:
+async def _read_body(request: web.Request, method: str) -> request_body.RequestBody | None:
     """The JSON-RPC body Envoy forwarded (``with_request_body``), parsed; None when absent.
 
     A body Envoy cut at ``max_request_bytes`` cannot be read: for ``tools/call`` its arguments
@@ -194,11 +196,11 @@ async def _read_body(request: web.Request, method: str) -> policy_input.RequestB
             "was cut short by the proxy (x-envoy-auth-partial-body), so it cannot be checked; "
             "raise the proxy's max_request_bytes or send a smaller request"
         )
-    return policy_input.parse_request_body(raw)
+    return request_body.parse_request_body(raw)
 
 
 def _reconcile(
-    method: str, tool: str, prompt: str, body: policy_input.RequestBody | None
+    method: str, tool: str, prompt: str, body: request_body.RequestBody | None
 ) -> tuple[str, str, str]:
     """The method, tool and prompt to decide on: the headers, which must describe the body.
 
@@ -208,11 +210,11 @@ def _reconcile(
     """
     if body is None:
         return method, tool, prompt
-    method, tool = policy_input.reconcile(method, tool, body)
-    return method, tool, policy_input.reconcile_prompt(prompt, body)
+    method, tool = request_body.reconcile(method, tool, body)
+    return method, tool, request_body.reconcile_prompt(prompt, body)
 
 
-async def _check_list(service: PolicyService, asked: Asked) -> Decision:
+async def _judge_check_list(service: PolicyService, asked: Asked) -> Decision:
     if service.signer is None:
         decision = Decision(
             True, f"{asked.method} allowed; no signed list (wristband.signing_key_file is not set)"
@@ -265,7 +267,7 @@ def _str_field(body: Mapping[str, Any], name: str) -> str:
 async def handle_decide(request: web.Request) -> web.Response:
     """``POST /v1/decide`` {method, server, tool or prompt, annotations or hints, arguments,
     token?}."""
-    return await run_decision(request, "decide", _parse_decide, _decide_decide)
+    return await run_decision(request, "decide", _parse_decide, _judge_decide)
 
 
 async def _parse_decide(request: web.Request, asked: Asked) -> tuple[str | None, dict[str, Any]]:
@@ -277,12 +279,12 @@ async def _parse_decide(request: web.Request, asked: Asked) -> tuple[str | None,
     return _authorization(request, body), body
 
 
-async def _decide_decide(service: PolicyService, asked: Asked, body: dict[str, Any]) -> Decision:
+async def _judge_decide(service: PolicyService, asked: Asked, body: dict[str, Any]) -> Decision:
     if asked.method in LIST_METHODS:
-        return await _decide_list(service, asked)
+        return await _judge_list(service, asked)
     _check_names(asked)
     if asked.method == "prompts/get":
-        allow, reason = await _decide_prompt(service, asked)
+        allow, reason = await _authorize_prompt(service, asked)
         return Decision(allow, reason)
     annotations = (
         policy_input.normalize_annotations(body.get("annotations"))
@@ -292,11 +294,11 @@ async def _decide_decide(service: PolicyService, asked: Asked, body: dict[str, A
         )
     )
     arguments = policy_input.check_arguments(body["arguments"]) if "arguments" in body else None
-    allow, reason = await _decide_tool(service, asked, annotations, arguments)
+    allow, reason = await _authorize_tool(service, asked, annotations, arguments)
     return Decision(allow, reason)
 
 
-async def _decide_list(service: PolicyService, asked: Asked) -> Decision:
+async def _judge_list(service: PolicyService, asked: Asked) -> Decision:
     claims = asked.verified_claims
     extra: dict[str, Any] = {}
     if service.signer is not None:
@@ -319,7 +321,7 @@ async def _decide_list(service: PolicyService, asked: Asked) -> Decision:
 
 async def handle_filter(request: web.Request) -> web.Response:
     """``POST /v1/filter`` {server, result: {tools: [...]}} (or a JSON-RPC response) + token."""
-    return await run_decision(request, "filter", _parse_filter, _decide_filter, _answer_filter)
+    return await run_decision(request, "filter", _parse_filter, _judge_filter, _answer_filter)
 
 
 @dataclass
@@ -343,7 +345,7 @@ async def _parse_filter(request: web.Request, asked: Asked) -> tuple[str | None,
     return _authorization(request, body), _ListResult(body, result, tools)
 
 
-async def _decide_filter(service: PolicyService, asked: Asked, listed: _ListResult) -> Decision:
+async def _judge_filter(service: PolicyService, asked: Asked, listed: _ListResult) -> Decision:
     server, tools = asked.server, listed.tools
     catalogue = {server: policy_input.catalogue_from_tools(t for t in tools if isinstance(t, dict))}
     tools_of, _ = await service.listed_tools(asked.verified_claims, asked.token, catalogue)

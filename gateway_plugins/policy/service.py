@@ -133,7 +133,7 @@ class PolicyService:
         finally:
             self.metrics.engine_seconds.labels(entrypoint).observe(time.perf_counter() - started)
 
-    async def decide(
+    async def authorize_call(
         self,
         *,
         method: str,
@@ -158,7 +158,7 @@ class PolicyService:
             arguments=arguments,
             prompt=prompt,
         )
-        decision = await self._ask_engine("decision", self.engine.decide(doc))
+        decision = await self._ask_engine("decision", self.engine.evaluate(doc))
         return decision.allow, decision.reason
 
     async def allowed_tools(

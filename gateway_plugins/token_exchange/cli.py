@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load(args)
         configure_logging(SERVICE, settings.log_level)
-        from gateway_plugins.token_exchange.app import create_app, load_credentials
+        from gateway_plugins.token_exchange.app import create_app
+        from gateway_plugins.token_exchange.service import load_credentials
 
         if args.command == "check-config":
             from gateway_plugins.common.caller_auth import CallerAuthenticator

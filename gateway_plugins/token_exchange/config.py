@@ -6,21 +6,23 @@ var name only; :mod:`kmg_common.settings` refuses them in plain text.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from gateway_plugins.common.caller_auth import CallerAuthConfig
 from gateway_plugins.common.jwt_validation import DEFAULT_ALGORITHMS, IssuerConfig
+from gateway_plugins.token_exchange.cache_config import CacheConfig
+from gateway_plugins.token_exchange.sts_config import STSConfig, TargetConfig
 from kmg_common.host_origin import (
     ALLOWED_HOSTS_DOC,
     ALLOWED_ORIGINS_DOC,
     HostPatterns,
     OriginPatterns,
 )
+from kmg_common.settings import StrictModel
 from kmg_common.tracing import TracingSettings
 
 SERVICE = "token-exchange"
@@ -32,229 +34,7 @@ POLICY_UPSTREAM_HEADERS = ("x-authorized-tools", "x-mcp-authorized")
 POLICY_JSON_APIS = ("/v1/decide", "/v1/filter")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ClientAuth(StrEnum):
-    CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105 - a method name, not a secret
-    CLIENT_SECRET_POST = "client_secret_post"  # noqa: S105 - a method name, not a secret
-    PRIVATE_KEY_JWT = "private_key_jwt"
-
-
-class STSConfig(_Strict):
-    """One token endpoint (a Keycloak realm) and the client this service authenticates as."""
-
-    token_url: str = Field(description="Token endpoint, e.g. https://kc/realms/mcp/protocol/...")
-    issuer: str | None = Field(
-        default=None,
-        description="Realm issuer URL for the readiness probe; derived from token_url if unset.",
-    )
-    client_id: str = Field(description="This service's client at that realm.")
-    client_auth: ClientAuth = Field(
-        default=ClientAuth.CLIENT_SECRET_BASIC,
-        description="client_secret_basic, client_secret_post or private_key_jwt.",
-    )
-    client_secret_file: Path | None = Field(default=None, description="File holding the secret.")
-    client_secret_env: str | None = Field(default=None, description="Env var holding the secret.")
-    private_key_file: Path | None = Field(
-        default=None, description="PEM private key for private_key_jwt client authentication."
-    )
-    private_key_alg: Literal["RS256", "PS256", "ES256"] = Field(
-        default="RS256", description="Signing algorithm of the client assertion."
-    )
-    private_key_kid: str | None = Field(
-        default=None, description="'kid' header of the client assertion (key registered there)."
-    )
-    timeout_s: float = Field(
-        default=3.0, gt=0, le=60, description="Per-call timeout; a slower STS answers 503."
-    )
-
-    @model_validator(mode="after")
-    def _auth_material(self) -> STSConfig:
-        if self.client_auth is ClientAuth.PRIVATE_KEY_JWT:
-            if self.private_key_file is None:
-                raise ValueError("client_auth private_key_jwt needs private_key_file")
-        elif self.client_secret_file is None and self.client_secret_env is None:
-            raise ValueError(
-                f"client_auth {self.client_auth.value} needs client_secret_file "
-                "or client_secret_env"
-            )
-        return self
-
-    @property
-    def issuer_url(self) -> str:
-        if self.issuer:
-            return self.issuer
-        suffix = "/protocol/openid-connect/token"
-        return self.token_url.removesuffix(suffix)
-
-
-class Grant(StrEnum):
-    TOKEN_EXCHANGE = "token_exchange"  # noqa: S105 - RFC 8693 (Keycloak standard token exchange V2)
-    JWT_BEARER = "jwt_bearer"  # RFC 7523 JWT authorization grant (Keycloak 26.5+)
-
-
-class StepConfig(_Strict):
-    """One hop: present the current token at ``sts`` and take the token it issues."""
-
-    sts: str = Field(description="Name of an entry under 'sts'.")
-    grant: Grant = Field(
-        default=Grant.TOKEN_EXCHANGE,
-        description="token_exchange (RFC 8693) or jwt_bearer (RFC 7523, cross-realm hop).",
-    )
-    audience: list[str] = Field(
-        default_factory=list,
-        description="token_exchange only: 'audience' values (default: the target's audience).",
-    )
-    scope: str | None = Field(default=None, description="Space-separated scopes to request.")
-
-
-class TargetConfig(_Strict):
-    """A token audience callers can ask for, and how to obtain a token for it."""
-
-    audience: str = Field(description="What callers ask for (x-mcp-servername / 'audience').")
-    steps: list[StepConfig] = Field(
-        default_factory=list, description="Hops in order; empty = pass the caller's token as is."
-    )
-    expect_audience: str | None = Field(
-        default=None,
-        description="'aud' the final token must carry (default: audience), checked at the end.",
-    )
-    skip_when: Literal["aud_contains", "aud_exact", "never"] = Field(
-        default="aud_exact",
-        description="Forward the caller's token unchanged when its 'aud' is exactly the target "
-        "(aud_exact), already contains it among others (aud_contains: the token then reaches "
-        "the target with every other audience it carries), or always exchange (never).",
-    )
-    subject_audiences: list[str] = Field(
-        default_factory=list,
-        description="The caller's token must carry one of these in 'aud' to get a token for this "
-        "target (e.g. the gateway's client id for an MCP server, the backend's for a "
-        "cross-domain cluster); empty: any token the validation accepts.",
-    )
-    allowed_scopes: list[str] = Field(
-        default_factory=list,
-        description="Scopes a facade caller may request; they replace the last hop's scope.",
-    )
-
-    @property
-    def final_audience(self) -> str:
-        return self.expect_audience or self.audience
-
-
-class RedisCacheConfig(_Strict):
-    """The shared cache of ``cache.backend: redis`` (several replicas, one Keycloak exchange)."""
-
-    url: str = Field(
-        default="redis://127.0.0.1:6379/0",
-        description="Redis URL, redis:// or rediss:// (TLS), host, port and database; no "
-        "credentials in it (password_file / password_env).",
-    )
-    username: str | None = Field(
-        default=None, description="ACL user name (Redis 6+); unset: the default user."
-    )
-    password_file: Path | None = Field(default=None, description="File holding the password.")
-    password_env: str | None = Field(default=None, description="Env var holding the password.")
-    ca_file: Path | None = Field(default=None, description="CA bundle for a rediss:// server.")
-    encryption_keys_file: Path | None = Field(
-        default=None,
-        description="File holding the key(s) cached tokens are encrypted with (AES-256-GCM), "
-        "one per line, newest first, each >= 32 characters (e.g. openssl rand -base64 32); the "
-        "first encrypts, every one decrypts (rotation).",
-    )
-    encryption_keys_env: str | None = Field(
-        default=None, description="Env var holding the key(s), separated by whitespace or ','."
-    )
-    key_prefix: str = Field(
-        default="kmg:token-exchange:",
-        min_length=1,
-        max_length=64,
-        description="Prefix of every Redis key; one per deployment sharing a Redis.",
-    )
-    connect_timeout_s: float = Field(
-        default=0.25, gt=0, le=10, description="Bound on opening a connection."
-    )
-    timeout_s: float = Field(
-        default=0.1,
-        gt=0,
-        le=10,
-        description="Bound on one Redis command; slower counts as Redis down (this replica "
-        "uses its own cache meanwhile).",
-    )
-    pool_size: int = Field(default=32, ge=1, le=1024, description="Max connections to Redis.")
-    lock_ttl_s: float = Field(
-        default=10.0,
-        gt=0,
-        le=120,
-        description="Life of the lock one replica holds while it exchanges (a crashed "
-        "holder's lock expires after this).",
-    )
-    lock_wait_s: float = Field(
-        default=3.0,
-        ge=0,
-        le=60,
-        description="How long other replicas wait for the holder's token before exchanging "
-        "themselves.",
-    )
-    retry_after_s: float = Field(
-        default=1.0,
-        gt=0,
-        le=300,
-        description="After a Redis failure, use only this replica's cache this long, then try "
-        "Redis again.",
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _plain_url(cls, value: str) -> str:
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise ValueError(
-                f"cache.redis.url {value!r} is not a redis:// or rediss:// URL with a host, "
-                "e.g. redis://redis.kmg-system.svc.cluster.local:6379/0"
-            )
-        if parts.username or parts.password:
-            raise ValueError(
-                "cache.redis.url carries credentials; remove them and set cache.redis.username "
-                "and cache.redis.password_file (or password_env) instead"
-            )
-        return value.strip()
-
-
-class CacheConfig(_Strict):
-    backend: Literal["memory", "redis"] = Field(
-        default="memory",
-        description="memory: each replica caches alone; redis: replicas share exchanged tokens "
-        "(encrypted) through cache.redis, with this replica's memory cache in front and as "
-        "fallback while Redis is down.",
-    )
-    redis: RedisCacheConfig = Field(default_factory=RedisCacheConfig)
-    max_entries: int = Field(default=10_000, ge=1, description="LRU bound of cached tokens.")
-    expiry_margin_s: float = Field(
-        default=30.0, ge=0, description="Drop a cached token this long before its 'exp'."
-    )
-    min_ttl_s: float = Field(
-        default=5.0, ge=0, description="Do not cache tokens that would live shorter than this."
-    )
-    negative_ttl_s: float = Field(
-        default=5.0, ge=0, description="Remember an STS refusal this long (0 = never)."
-    )
-
-    @model_validator(mode="after")
-    def _redis_needs_a_key(self) -> CacheConfig:
-        redis = self.redis
-        if self.backend == "redis" and not (
-            redis.encryption_keys_file or redis.encryption_keys_env
-        ):
-            raise ValueError(
-                "cache.backend redis needs cache.redis.encryption_keys_file (or "
-                "encryption_keys_env): cached tokens are credentials and are stored encrypted"
-            )
-        return self
-
-
-class ValidationConfig(_Strict):
+class ValidationConfig(StrictModel):
     issuers: list[IssuerConfig] = Field(min_length=1, description="Trusted token issuers.")
     algorithms: list[str] = Field(
         default_factory=lambda: list(DEFAULT_ALGORITHMS),
@@ -279,7 +59,7 @@ class ValidationConfig(_Strict):
     )
 
 
-class ExtAuthzConfig(_Strict):
+class ExtAuthzConfig(StrictModel):
     target_header: str = Field(
         default="x-mcp-servername", description="Request header naming the target audience."
     )
@@ -363,25 +143,25 @@ class ExtAuthzConfig(_Strict):
         return [h.strip().lower() for h in value if h.strip()]
 
 
-class FacadeClient(_Strict):
+class FacadeClient(StrictModel):
     client_id: str = Field(description="Client id presented with HTTP Basic.")
     client_secret_file: Path | None = Field(default=None, description="File holding its secret.")
     client_secret_env: str | None = Field(default=None, description="Env var holding its secret.")
 
 
-class FacadeConfig(_Strict):
+class FacadeConfig(StrictModel):
     enabled: bool = Field(default=True, description="Serve POST /token.")
     clients: list[FacadeClient] = Field(
         default_factory=list, description="Clients allowed to call POST /token (HTTP Basic)."
     )
 
 
-class BreakerConfig(_Strict):
+class BreakerConfig(StrictModel):
     failures: int = Field(default=5, ge=1, description="Consecutive STS failures that open it.")
     cooldown_s: float = Field(default=2.0, ge=0, description="Fail fast this long once open.")
 
 
-class Settings(_Strict):
+class Settings(StrictModel):
     host: str = Field(default="127.0.0.1", description="Listen address.")
     port: int = Field(default=8081, ge=0, le=65535, description="Listen port.")
     allowed_hosts: HostPatterns = Field(default_factory=list, description=ALLOWED_HOSTS_DOC)

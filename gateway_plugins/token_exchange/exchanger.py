@@ -2,7 +2,8 @@
 carries the target audience, else run the target's hops at the STS, cached and coalesced.
 
 ``Exchanger.token_for(subject_token, target)`` is the entry point for other code (e.g. a combined
-exchange-then-policy check endpoint); the HTTP shells in :mod:`.app` use :meth:`Exchanger.exchange`.
+exchange-then-policy check endpoint); the HTTP routes (the check pipeline of :mod:`.pipeline`, the
+``/token`` facade of :mod:`.facade`) use :meth:`Exchanger.exchange`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any, Literal, Protocol
 import jwt
 
 from gateway_plugins.common.jwt_validation import InvalidToken, JWTValidator, looks_like_jwt
-from gateway_plugins.token_exchange.config import CacheConfig, Grant
+from gateway_plugins.token_exchange.cache_config import CacheConfig
 from gateway_plugins.token_exchange.metrics import ExchangeMetrics
 from gateway_plugins.token_exchange.sts_client import STSClient, STSRefused
+from gateway_plugins.token_exchange.sts_config import Grant
 from gateway_plugins.token_exchange.targets import Target, TargetRegistry
 from gateway_plugins.token_exchange.token_cache import TokenCache
 

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from gateway_plugins.common.service import REQUEST_ID_HEADER
+from gateway_plugins.common.middlewares import REQUEST_ID_HEADER
 from gateway_plugins.token_exchange.metrics import ExchangeMetrics
 
 log = logging.getLogger(__name__)

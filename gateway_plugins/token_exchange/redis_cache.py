@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway_plugins.token_exchange.config import RedisCacheConfig
+from gateway_plugins.token_exchange.cache_config import RedisCacheConfig
 from gateway_plugins.token_exchange.exchanger import Exchanged
 from gateway_plugins.token_exchange.metrics import ExchangeMetrics
 from kmg_common.settings import SettingsError, read_secret

@@ -24,8 +24,9 @@ from typing import Any
 import aiohttp
 import jwt
 
-from gateway_plugins.token_exchange.config import BreakerConfig, ClientAuth, Grant, STSConfig
+from gateway_plugins.token_exchange.config import BreakerConfig
 from gateway_plugins.token_exchange.metrics import ExchangeMetrics
+from gateway_plugins.token_exchange.sts_config import ClientAuth, Grant, STSConfig
 from kmg_common.logging import redact
 
 GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway_plugins.token_exchange.config import Grant, StepConfig, TargetConfig
+from gateway_plugins.token_exchange.sts_config import Grant, StepConfig, TargetConfig
 
 
 class UnknownTarget(Exception):

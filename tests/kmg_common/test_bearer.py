@@ -7,7 +7,7 @@ import pytest
 from gateway_plugins.policy import app as policy_app
 from gateway_plugins.policy import pipeline as policy_pipeline
 from gateway_plugins.policy import service as policy_service
-from gateway_plugins.token_exchange import app as exchange_app
+from gateway_plugins.token_exchange import pipeline as exchange_pipeline
 from kmg_common.bearer import bearer_token
 from mcp_backend.auth import extract_token
 
@@ -53,7 +53,7 @@ def test_refuses_missing_blank_foreign_and_multiple(header: str | None) -> None:
 
 def test_services_use_the_one_parser() -> None:
     """The plugins' handlers call this function, not a copy (a second parser would drift)."""
-    assert exchange_app.bearer_token is bearer_token
+    assert exchange_pipeline.bearer_token is bearer_token
     assert policy_pipeline.bearer_token is bearer_token
     assert policy_service.bearer_token is bearer_token
     assert not hasattr(policy_app, "_bearer")

@@ -21,7 +21,7 @@ import yaml
 
 from gateway_plugins.policy.config import PolicySettings
 from gateway_plugins.policy.embedded_engine import EmbeddedEngine
-from gateway_plugins.policy.reloader import load_file_source
+from gateway_plugins.policy.policy_files import load_file_source
 from gateway_plugins.token_exchange.config import Settings as TokenExchangeSettings
 from gateway_plugins.token_exchange.redis_cache import load_material
 from kmg_common.settings import load_settings

@@ -22,12 +22,12 @@ from hypothesis import strategies as st
 from gateway_plugins.common.jwt_validation import looks_like_jwt
 from gateway_plugins.policy.input import (
     InputError,
-    arguments_from_body,
     check_arguments,
     check_server_name,
     check_tool_name,
     parse_annotation_hints,
 )
+from gateway_plugins.policy.request_body import arguments_from_body
 from kmg_common.bearer import bearer_token
 from mcp_backend.auth import extract_token
 from mcp_backend.errors import ToolFailure

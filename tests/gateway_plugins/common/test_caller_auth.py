@@ -26,8 +26,8 @@ from aiohttp import web
 from gateway_plugins.common.caller_auth import CallerAuthConfig
 from gateway_plugins.common.service import serve
 from gateway_plugins.policy.app import create_app as create_policy_app
-from gateway_plugins.token_exchange.app import RUNTIME
 from gateway_plugins.token_exchange.app import create_app as create_token_exchange_app
+from gateway_plugins.token_exchange.service import RUNTIME
 from tests.gateway_plugins.policy.running import SERVER, policy_settings
 from tests.gateway_plugins.token_exchange.running import service_settings
 from tests.testbed.identity_plan import BACKEND_AUDIENCE

@@ -9,7 +9,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway_plugins.common.service import NotReady, create_base_app, json_error, serve
+from gateway_plugins.common.middlewares import json_error
+from gateway_plugins.common.service import NotReady, create_base_app, serve
 from kmg_common.host_origin import HostOriginRule
 from tests.testbed.ports import free_port
 

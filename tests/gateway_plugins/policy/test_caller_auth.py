@@ -46,12 +46,6 @@ async def service(keycloak: Any, policy_work: Path) -> AsyncIterator[RunningPoli
         yield running
 
 
-@pytest.fixture(scope="module")
-async def viewer_token(keycloak: Any) -> str:
-    token: str = await keycloak.auser_token("viewer", "viewer")
-    return token
-
-
 def _route(method: str, server: str) -> dict[str, str]:
     return {"x-mcp-method": method, "x-mcp-servername": server}
 

@@ -55,7 +55,7 @@ async def _both(
 ) -> tuple[Any, Any]:
     embedded, server = engines
     if case["entrypoint"] == "decision":
-        return await embedded.decide(case["input"]), await server.decide(case["input"])
+        return await embedded.evaluate(case["input"]), await server.evaluate(case["input"])
     return await embedded.allowed_tools(case["input"]), await server.allowed_tools(case["input"])
 
 
@@ -163,7 +163,7 @@ async def test_generated_requests_same_in_both_engines(
                 prompts = await server.allowed_prompts(doc)
                 assert await embedded.allowed_prompts(doc) == prompts, doc
             else:
-                got_embedded, got_opa = await embedded.decide(doc), await server.decide(doc)
+                got_embedded, got_opa = await embedded.evaluate(doc), await server.evaluate(doc)
                 assert got_embedded == got_opa, doc
                 outcomes.add(got_opa.allow)
     finally:
@@ -190,10 +190,10 @@ async def test_projected_arguments_decide_like_the_full_arguments_in_both_engine
         embedded, server = await _engines(policy_opa, _source(json.loads(config_key)))
         try:
             for case in calls:
-                full = await server.decide(case["input"])
+                full = await server.evaluate(case["input"])
                 projected = _projected(case["input"])
-                assert await server.decide(projected) == full, case["name"]
-                assert await embedded.decide(projected) == full, case["name"]
+                assert await server.evaluate(projected) == full, case["name"]
+                assert await embedded.evaluate(projected) == full, case["name"]
                 checked += 1
         finally:
             await embedded.close()
@@ -211,9 +211,9 @@ async def test_projected_arguments_decide_like_the_full_arguments_in_both_engine
             doc["arguments"] |= {k: v for k, v in junk.items() if rng.random() < 0.5}
             if rng.random() < 0.2:
                 doc["arguments"]["all_namespaces"] = rng.choice([True, False, "yes", 1, None])
-            full = await server.decide(doc)
-            assert await server.decide(_projected(doc)) == full, doc
-            assert await embedded.decide(_projected(doc)) == full, doc
+            full = await server.evaluate(doc)
+            assert await server.evaluate(_projected(doc)) == full, doc
+            assert await embedded.evaluate(_projected(doc)) == full, doc
             outcomes.add(full.allow)
     finally:
         await embedded.close()
@@ -224,12 +224,12 @@ async def test_projected_arguments_decide_like_the_full_arguments_in_both_engine
 async def test_decision_cache_is_exact() -> None:
     engine = EmbeddedEngine(DEFAULT, cache_size=2)
     cases = [c for c in CORPUS if c["entrypoint"] == "decision" and "config" not in c][:3]
-    first = [await engine.decide(c["input"]) for c in cases]
+    first = [await engine.evaluate(c["input"]) for c in cases]
     assert engine.cache_hits == 0
-    again = await engine.decide(cases[2]["input"])
+    again = await engine.evaluate(cases[2]["input"])
     assert again == first[2]
     assert engine.cache_hits == 1
-    assert await engine.decide(cases[0]["input"]) == first[0]  # evicted (size 2), re-evaluated
+    assert await engine.evaluate(cases[0]["input"]) == first[0]  # evicted (size 2), re-evaluated
     assert engine.cache_hits == 1
     await engine.close()
 
@@ -255,8 +255,8 @@ async def test_opa_serving_our_bundle_decides_like_embedded(
         cases = [c for c in CORPUS if c.get("config") == "default"]
         assert cases
         for case in cases:
-            assert await server.decide(case["input"]) == await embedded.decide(case["input"])
-            assert (await server.decide(case["input"])).allow is case["expect"]["allow"]
+            assert await server.evaluate(case["input"]) == await embedded.evaluate(case["input"])
+            assert (await server.evaluate(case["input"])).allow is case["expect"]["allow"]
     finally:
         await server.close()
         await embedded.close()

@@ -32,12 +32,6 @@ async def service(keycloak: Any, policy_work: Path) -> AsyncIterator[RunningPoli
         yield running
 
 
-@pytest.fixture(scope="module")
-async def viewer_token(keycloak: Any) -> str:
-    token: str = await keycloak.auser_token("viewer", "viewer")
-    return token
-
-
 async def _request(
     method: str, url: str, *, json: Any = None, **headers: str
 ) -> tuple[int, dict[str, Any]]:

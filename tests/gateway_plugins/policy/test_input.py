@@ -7,6 +7,7 @@ import json
 import pytest
 
 from gateway_plugins.policy import input as pi
+from gateway_plugins.policy import request_body as rb
 
 
 def test_annotation_hints_parse_true_and_false_only() -> None:
@@ -43,34 +44,6 @@ def test_valid_server_names(name: str) -> None:
 def test_invalid_server_names_are_refused(name: str) -> None:
     with pytest.raises(pi.InputError, match="x-mcp-servername"):
         pi.check_server_name(name)
-
-
-def test_arguments_from_tools_call_body() -> None:
-    arguments = {"namespace": "kube-system", "name": "p"}
-    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": "pods_exec", "arguments": arguments}}  # fmt: skip
-    assert pi.arguments_from_body(json.dumps(body).encode()) == {
-        "namespace": "kube-system",
-        "name": "p",
-    }
-    assert pi.arguments_from_body(b"") is None
-    no_args = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "pods_list"}}
-    assert pi.arguments_from_body(json.dumps(no_args).encode()) == {}
-
-
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        (b"{not json", "not valid JSON-RPC"),
-        (b"[1, 2]", "JSON-RPC request with params"),
-        (b'{"params": {"arguments": [1]}}', "must be a JSON object"),
-        (b'{"params": {"arguments": {"namespace": "Kube_System"}}}', "namespace"),
-        (b'{"params": {"arguments": {"namespace": 7}}}', "namespace"),
-    ],
-)
-def test_unreadable_bodies_are_refused_not_skipped(body: bytes, message: str) -> None:
-    with pytest.raises(pi.InputError, match=message):
-        pi.arguments_from_body(body)
 
 
 def test_call_input_keeps_only_policy_claims_and_a_safe_name() -> None:
@@ -123,80 +96,6 @@ def test_arguments_projection_keeps_only_what_the_policy_reads() -> None:
 
 def _body(doc: object) -> bytes:
     return json.dumps(doc).encode()
-
-
-def test_request_body_gives_method_tool_and_arguments() -> None:
-    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": "pods_exec", "arguments": {"namespace": "kube-system"}}}  # fmt: skip
-    body = pi.parse_request_body(_body(call))
-    assert body == pi.RequestBody(
-        "tools/call", "pods_exec", {"namespace": "kube-system"}, request_id=1
-    )
-    ping = pi.parse_request_body(_body({"jsonrpc": "2.0", "id": "p-2", "method": "ping"}))
-    assert ping == pi.RequestBody("ping", None, None, request_id="p-2")
-    response = pi.parse_request_body(_body({"jsonrpc": "2.0", "id": 3, "result": {}}))
-    assert response == pi.RequestBody(None, None, None, request_id=3)
-    # Only strings and integers are ids worth echoing in an error answer.
-    for odd in (None, True, 1.5, [1], {"a": 1}):
-        notice = pi.parse_request_body(_body({"jsonrpc": "2.0", "id": odd, "method": "ping"}))
-        assert notice.request_id is None, odd
-
-
-def test_request_body_gives_the_prompt_of_prompts_get() -> None:
-    get = {"jsonrpc": "2.0", "id": 9, "method": "prompts/get",
-           "params": {"name": "cluster-health-check", "arguments": {"namespace": "x"}}}  # fmt: skip
-    body = pi.parse_request_body(_body(get))
-    assert body == pi.RequestBody("prompts/get", None, None, prompt="cluster-health-check",
-                                  request_id=9)  # fmt: skip
-    assert pi.reconcile_prompt("", body) == "cluster-health-check"
-    assert pi.reconcile_prompt("cluster-health-check", body) == "cluster-health-check"
-    with pytest.raises(pi.HeaderMismatch, match="x-mcp-promptname says other but the body"):
-        pi.reconcile_prompt("other", body)
-    with pytest.raises(pi.InputError, match=r"params\.name of the prompts/get body"):
-        pi.parse_request_body(_body({**get, "params": {"name": "a b"}}))
-
-
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        (b"{not json", "not valid JSON-RPC"),
-        (b'[{"method": "tools/call"}]', "batches are not supported"),
-        (b'{"method": 5}', "method of the JSON-RPC body must be a string"),
-        (b'{"method": "tools/call"}', "JSON-RPC request with params"),
-        (b'{"method": "tools/call", "params": {"name": "a b"}}', "params.name"),
-        (b'{"method": "ping", "method": "tools/call", "params": {"name": "x"}}', "repeats the key"),
-        (b'{"method": "tools/call", "params": {"name": "pods_list", "name": "pods_exec"}}',
-         "repeats the key 'name'"),
-    ],
-)  # fmt: skip
-def test_unusable_request_bodies_are_refused(body: bytes, message: str) -> None:
-    with pytest.raises(pi.InputError, match=message):
-        pi.parse_request_body(body)
-
-
-def test_headers_must_describe_the_body() -> None:
-    delete = pi.RequestBody("tools/call", "resources_delete", {})
-    with pytest.raises(
-        pi.HeaderMismatch, match="x-mcp-method says ping but the body is a tools/call"
-    ):
-        pi.reconcile("ping", "", delete)
-    with pytest.raises(
-        pi.HeaderMismatch, match="x-mcp-toolname says pods_list but the body calls resources_delete"
-    ):
-        pi.reconcile("tools/call", "pods_list", delete)
-    with pytest.raises(pi.HeaderMismatch, match="body is a JSON-RPC message without a method"):
-        pi.reconcile("initialize", "", pi.RequestBody(None, None, None))
-    with pytest.raises(pi.HeaderMismatch, match=r"says \?\?evil but"):
-        pi.reconcile('"\x07evil', "", delete)  # quote and control character made safe
-    # Missing headers take the body's values; agreeing headers pass through.
-    assert pi.reconcile("", "", delete) == ("tools/call", "resources_delete")
-    assert pi.reconcile("tools/call", "resources_delete", delete) == (
-        "tools/call",
-        "resources_delete",
-    )
-    # The router's initialize on behalf of a call names the tool in the header only.
-    initialize = pi.RequestBody("initialize", None, None)
-    assert pi.reconcile("initialize", "pods_list", initialize) == ("initialize", "pods_list")
 
 
 def test_catalogue_normalizes_mcp_tools_and_drops_bad_names() -> None:
@@ -260,9 +159,9 @@ def test_namespace_lookalikes_are_refused(namespace: str) -> None:
     call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
             "params": {"name": "pods_exec", "arguments": {"namespace": namespace}}}  # fmt: skip
     with pytest.raises(pi.InputError, match="namespace"):
-        pi.arguments_from_body(_body(call))
+        rb.arguments_from_body(_body(call))
     with pytest.raises(pi.InputError, match="namespace"):
-        pi.parse_request_body(_body(call))
+        rb.parse_request_body(_body(call))
 
 
 @pytest.mark.parametrize("suffix", ["\n", "\r\n", "\n\n", " ", "\u2028"])
@@ -277,7 +176,7 @@ def test_tool_prompt_and_server_names_with_a_trailing_newline_are_refused(suffix
         body = {"jsonrpc": "2.0", "id": 1, "method": method,
                 "params": {"name": "pods_exec" + suffix}}  # fmt: skip
         with pytest.raises(pi.InputError, match=r"params\.name"):
-            pi.parse_request_body(_body(body))
+            rb.parse_request_body(_body(body))
     # A catalogue entry named so is dropped, not listed under a name the policy never grants.
     tools = [{"name": "pods_list" + suffix}, {"name": "pods_get"}]
     assert [t["name"] for t in pi.catalogue_from_tools(tools)] == ["pods_get"]

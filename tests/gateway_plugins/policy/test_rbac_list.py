@@ -53,18 +53,6 @@ async def view_only_namespace(
     return VIEW_NAMESPACE
 
 
-@pytest.fixture(scope="module")
-async def mcp_token(keycloak: kc.Keycloak) -> str:
-    token: str = await keycloak.auser_token("mcp", "mcp")
-    return token
-
-
-@pytest.fixture(scope="module")
-async def viewer_token(keycloak: kc.Keycloak) -> str:
-    token: str = await keycloak.auser_token("viewer", "viewer")
-    return token
-
-
 def _exchange(keycloak: kc.Keycloak, work: Path) -> RbacTokenExchange:
     """Keycloak's RFC 8693 exchange by the gateway's client, for the server's audience."""
     secret = work / "exchange.secret"

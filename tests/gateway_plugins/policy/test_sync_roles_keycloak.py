@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gateway_plugins.policy.sync_roles import MANAGED
+from gateway_plugins.policy.role_plan import MANAGED
 from tests.gateway_plugins.policy.running import READ_ONLY_TOOLS, running_backend
 from tests.testbed import keycloak as kc
 from tests.testbed.identity_plan import REALM_MCP
@@ -26,18 +26,8 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def _admin(keycloak: Any, method: str, path: str, body: Any = None) -> Any:
-    req = urllib.request.Request(  # noqa: S310 - testbed URL
-        f"{keycloak.url}/admin/realms/{REALM_MCP}/{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={
-            "Authorization": f"Bearer {keycloak.admin_token()}",
-            "Content-Type": "application/json",
-        },
-        method=method,
-    )
-    with urllib.request.urlopen(req, timeout=30, context=keycloak.ssl_context()) as resp:  # noqa: S310
-        raw = resp.read()
-        return json.loads(raw) if raw else None
+    """``method /admin/realms/mcp/<path>`` as the testbed's Keycloak admin."""
+    return keycloak.admin_request(method, f"realms/{REALM_MCP}/{path}", body)
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from typing import Any
 import aiohttp
 import yaml
 
-from gateway_plugins.token_exchange.config import CacheConfig, RedisCacheConfig, Settings
+from gateway_plugins.token_exchange.cache_config import CacheConfig, RedisCacheConfig
+from gateway_plugins.token_exchange.config import Settings
 from tests.testbed import envoy_proxy, paths, process
 from tests.testbed.ports import free_port
 from tests.testbed.redis_server import RedisServer

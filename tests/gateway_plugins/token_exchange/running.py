@@ -18,18 +18,17 @@ from aiohttp import web
 from gateway_plugins.common.caller_auth import CallerAuthConfig
 from gateway_plugins.common.jwt_validation import IssuerConfig
 from gateway_plugins.common.service import serve
-from gateway_plugins.token_exchange.app import RUNTIME, Runtime, create_app
+from gateway_plugins.token_exchange.app import create_app
 from gateway_plugins.token_exchange.config import (
     BreakerConfig,
     ExtAuthzConfig,
     FacadeClient,
     FacadeConfig,
     Settings,
-    StepConfig,
-    STSConfig,
-    TargetConfig,
     ValidationConfig,
 )
+from gateway_plugins.token_exchange.service import RUNTIME, Runtime
+from gateway_plugins.token_exchange.sts_config import StepConfig, STSConfig, TargetConfig
 from tests.testbed import keycloak as kc
 from tests.testbed.identity_plan import BACKEND_AUDIENCE, REALM_CLUSTER_B, REALM_MCP
 from tests.testbed.ports import free_port

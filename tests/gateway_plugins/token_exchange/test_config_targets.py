@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from gateway_plugins.token_exchange import cli
-from gateway_plugins.token_exchange.app import load_credentials
-from gateway_plugins.token_exchange.config import SERVICE, Grant, Settings
+from gateway_plugins.token_exchange.config import SERVICE, Settings
+from gateway_plugins.token_exchange.service import load_credentials
+from gateway_plugins.token_exchange.sts_config import Grant
 from gateway_plugins.token_exchange.targets import ScopeNotAllowed, TargetRegistry, UnknownTarget
 from kmg_common.settings import SettingsError, load_settings
 

@@ -17,16 +17,12 @@ from prometheus_client import CollectorRegistry
 from gateway_plugins.common.http_client import make_client_session
 from gateway_plugins.common.jwks import JWKSCache
 from gateway_plugins.common.jwt_validation import InvalidToken, IssuerConfig, JWTValidator
-from gateway_plugins.token_exchange.config import (
-    BreakerConfig,
-    CacheConfig,
-    StepConfig,
-    STSConfig,
-    TargetConfig,
-)
+from gateway_plugins.token_exchange.cache_config import CacheConfig
+from gateway_plugins.token_exchange.config import BreakerConfig
 from gateway_plugins.token_exchange.exchanger import Exchanger
 from gateway_plugins.token_exchange.metrics import ExchangeMetrics
 from gateway_plugins.token_exchange.sts_client import STSClient, STSUnavailable
+from gateway_plugins.token_exchange.sts_config import StepConfig, STSConfig, TargetConfig
 from gateway_plugins.token_exchange.targets import TargetRegistry, UnknownTarget
 from tests.gateway_plugins.common.issuer import LocalIssuer, new_rsa
 from tests.testbed.ports import free_port

@@ -22,11 +22,9 @@ from gateway_plugins.token_exchange.config import (
     FacadeClient,
     FacadeConfig,
     Settings,
-    StepConfig,
-    STSConfig,
-    TargetConfig,
     ValidationConfig,
 )
+from gateway_plugins.token_exchange.sts_config import StepConfig, STSConfig, TargetConfig
 from tests.gateway_plugins.common.issuer import LocalIssuer
 from tests.gateway_plugins.token_exchange.running import (
     CALLER_HEADER,

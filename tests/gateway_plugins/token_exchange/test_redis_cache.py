@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway_plugins.token_exchange.config import SERVICE, RedisCacheConfig, Settings
+from gateway_plugins.token_exchange.cache_config import RedisCacheConfig
+from gateway_plugins.token_exchange.config import SERVICE, Settings
 from gateway_plugins.token_exchange.exchanger import Exchanged
 from gateway_plugins.token_exchange.metrics import ExchangeMetrics
 from gateway_plugins.token_exchange.redis_cache import (

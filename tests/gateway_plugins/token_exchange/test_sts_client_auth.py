@@ -11,8 +11,8 @@ import jwt
 import pytest
 
 from gateway_plugins.common.http_client import make_client_session
-from gateway_plugins.token_exchange.config import ClientAuth, STSConfig
 from gateway_plugins.token_exchange.sts_client import CLIENT_ASSERTION_TYPE, STSClient
+from gateway_plugins.token_exchange.sts_config import ClientAuth, STSConfig
 from tests.gateway_plugins.common.issuer import new_rsa
 
 TOKEN_URL = "https://kc.example/realms/mcp/protocol/openid-connect/token"

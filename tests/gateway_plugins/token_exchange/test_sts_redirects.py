@@ -15,9 +15,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway_plugins.common.http_client import make_client_session
-from gateway_plugins.token_exchange.config import BreakerConfig, ClientAuth, STSConfig
+from gateway_plugins.token_exchange.config import BreakerConfig
 from gateway_plugins.token_exchange.metrics import ExchangeMetrics
 from gateway_plugins.token_exchange.sts_client import STSClient, STSUnavailable
+from gateway_plugins.token_exchange.sts_config import ClientAuth, STSConfig
 from tests.gateway_plugins.common.issuer import new_rsa
 from tests.testbed.redirecting_endpoint import RedirectingEndpoint, redirecting_endpoint
 

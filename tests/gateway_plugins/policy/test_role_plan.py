@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway_plugins.policy.sync_roles import (
+from gateway_plugins.policy.role_plan import (
     MANAGED,
     ExistingRole,
     SyncError,
