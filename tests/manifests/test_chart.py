@@ -23,8 +23,13 @@ from kmg_common.settings import load_settings as load_plugin_settings
 from mcp_backend import config as backend_config
 from tests.manifests import chart, chart_schema
 from tests.manifests.chart import HelmError, Obj
-from tests.manifests.kube_apply import ApplyError, KubeApplier
-from tests.manifests.test_manifests import NS_PREFIX, ensure_namespaces, remap_namespaces
+from tests.manifests.kube_apply import (
+    NS_PREFIX,
+    ApplyError,
+    KubeApplier,
+    ensure_namespaces,
+    remap_namespaces,
+)
 from tests.testbed import paths
 
 EXAMPLES = chart.examples()
