@@ -2,7 +2,7 @@
 path is our policy service's explicit ``allow == true``), only the exact metadata paths skip auth,
 a denial reaches MCP clients as a JSON-RPC error, Istio uses one combined ext_authz provider, and
 Authorino presents the policy's caller secret. MCPServerRegistration runs through the real
-controller in ``test_gateway_controller.py``.
+controller in ``gateway_controller/test_registration.py``.
 """
 
 from __future__ import annotations

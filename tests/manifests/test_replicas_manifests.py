@@ -5,7 +5,7 @@ broker/router's replicas and their gateway sessions in the same Redis; the polic
 ConfigMap the service watches. Every object also goes through the real API server's server-side
 dry-run in ``test_api_server_admission.py`` (every target of ``render.TARGETS``, ``redis``
 included) and ``test_kind_flow.py`` (the Kind flow's stages); the real MCP Gateway controller
-runs the broker part in ``test_gateway_controller.py``.
+runs the broker part in ``gateway_controller/test_session_store.py``.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from tests.testbed import paths
 from tests.testbed.identity_plan import BACKEND_AUDIENCE
 
 # The callers of a default install (the Kind Gateway; the MCP Gateway controller's broker
-# Deployment, checked against the real controller in test_gateway_controller.py).
+# Deployment, checked against the real controller in gateway_controller/).
 GATEWAY_PODS = ("gateway-system", {"gateway.networking.k8s.io/gateway-name": "mcp-gateway"})
 BROKER_PODS = ("mcp-system", {"app.kubernetes.io/name": "mcp-gateway"})
 AUTHORINO_NAMESPACE = "kuadrant-system"
