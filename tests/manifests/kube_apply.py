@@ -209,3 +209,18 @@ async def ensure_namespaces(api: KubeApplier, namespaces: Mapping[str, Obj | Non
         body = obj or {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
         await api.apply(body, dry_run=False)
         api.created_namespaces.add(name)
+
+
+async def dry_run_each(
+    api: KubeApplier, objs: list[Obj]
+) -> tuple[list[tuple[Obj, Obj]], list[str]]:
+    """Server-side dry-run of every object: (object, what the server would store) for each one
+    accepted, and the API server's refusals."""
+    accepted: list[tuple[Obj, Obj]] = []
+    refused: list[str] = []
+    for obj in objs:
+        try:
+            accepted.append((obj, await api.apply(obj, dry_run=True)))
+        except ApplyError as exc:
+            refused.append(str(exc))
+    return accepted, refused

@@ -12,7 +12,13 @@ import copy
 import pytest
 
 from tests.manifests import crds, render
-from tests.manifests.kube_apply import ApplyError, KubeApplier, ensure_namespaces, remap_namespaces
+from tests.manifests.kube_apply import (
+    ApplyError,
+    KubeApplier,
+    dry_run_each,
+    ensure_namespaces,
+    remap_namespaces,
+)
 from tests.manifests.rendered_objects import (
     SERVICES,
     Obj,
@@ -44,19 +50,12 @@ async def test_server_side_dry_run_accepts_everything(
 ) -> None:
     objs, namespaces = remap_namespaces(rendered[target])
     await ensure_namespaces(applier, namespaces)
-    checked = 0
-    errors: list[str] = []
-    for obj in objs:
-        try:
-            stored = await applier.apply(obj, dry_run=True)
-        except ApplyError as exc:
-            errors.append(str(exc))
-            continue
-        checked += 1
+    accepted, refused = await dry_run_each(applier, objs)
+    assert not refused, "the API server refused:\n" + "\n".join(refused)
+    for obj, stored in accepted:
         assert stored["metadata"]["name"] == obj["metadata"]["name"]
         assert stored["kind"] == obj["kind"]
-    assert not errors, "the API server refused:\n" + "\n".join(errors)
-    assert checked == len(objs)
+    assert len(accepted) == len(objs)
 
 
 def pod_from(deploy: Obj, namespace: str) -> Obj:
