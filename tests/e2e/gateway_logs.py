@@ -14,11 +14,12 @@ from tests.testbed.mcp_gateway.stack import LocalGateway
 
 
 class Decisions:
-    """The policy service's decision log from a point on (one JSON object a line)."""
+    """The policy service's decision log from a point on (one JSON object a line): from when this
+    object is made, or from the start of the log."""
 
-    def __init__(self, gateway: LocalGateway) -> None:
+    def __init__(self, gateway: LocalGateway, *, from_start: bool = False) -> None:
         self.path = gateway.gateway_dir / "policy-decisions.jsonl"
-        self.start = self.path.stat().st_size
+        self.start = 0 if from_start else self.path.stat().st_size
 
     def new(self) -> list[dict[str, Any]]:
         with self.path.open("rb") as f:
