@@ -44,6 +44,9 @@ the paired sequential figure is reported beside it); throughput >= 70 % of direc
 <= 150 MB; upstream connections <= pool size after >= 1000 calls. Everything shares the 2-core
 machine (API server, etcd, backend, load generator), so the load generator's own MCP client cost
 is inside the backend numbers.
+
+The stack (cluster, backends) is in ``bench.backend_stack``, the call functions in
+``bench.backend_calls``, the three phases in ``bench.backend_phases``.
 """
 
 from __future__ import annotations
@@ -52,232 +55,44 @@ import asyncio
 import contextlib
 import gc
 import os
-import statistics
-import sys
-import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx2
 import orjson
-import yaml
-from kubernetes_asyncio import client as k8s
-from mcp.client import Client
-from mcp.client.streamable_http import streamable_http_client
 
-from bench.load import cpu_seconds, paced_load, percentiles
+from bench.backend_calls import Call, check, closed_loop, jsonrpc_path, mcp_path
+from bench.backend_phases import (
+    PACED_SECONDS,
+    QUERIES,
+    SEQUENTIAL_CALLS,
+    closed_rounds,
+    paced_rounds,
+    paired_sequential,
+)
+from bench.backend_stack import (
+    CONCURRENCY,
+    NS,
+    PODS,
+    POOL_SIZE,
+    answered_by,
+    metric,
+    prepare_cluster,
+    rss_kib,
+    start_backend,
+)
+from bench.load import cpu_seconds
 from tests.testbed import paths, process
 from tests.testbed.cluster import Cluster
 from tests.testbed.control_plane.start import start_cluster
 from tests.testbed.pki import CertificateAuthority
-from tests.testbed.ports import free_port
 
-PODS = 200
-CONCURRENCY = 16
-POOL_SIZE = 16
 ROUNDS = 3
 CALLS_PER_ROUND = 600  # per path and round: >= 1000 backend calls in total
-SEQUENTIAL_CALLS = 300  # paired: each call to every path back to back
-PACED_SECONDS = 6  # per query and path and round
 # offered rate per query: this fraction of what one client achieves back to back on the slowest
 # path (so no path is near saturation and latency is not queueing)
 PACED_FRACTION = 0.5
-QUERIES = ("pods_list", "resources_get")
 SDK_CLIENT_SUFFIX = "_mcp_sdk_client"  # the backend path driven by the mcp package's client
-NS = "bench"
 TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
-
-Call = Callable[[int], Awaitable[None]]
-
-
-def _check(ok: bool, what: str, answer: Any) -> None:
-    if not ok:
-        raise RuntimeError(f"{what} gave a wrong answer: {str(answer)[:300]}")
-
-
-async def _closed_loop(
-    call: Call, total: int, concurrency: int = CONCURRENCY
-) -> tuple[list[float], list[int], float]:
-    """Run ``total`` calls with ``concurrency`` workers; per-call latency, kind, wall time."""
-    latencies: list[float] = []
-    kinds: list[int] = []
-    counter = iter(range(total))
-
-    async def worker() -> None:
-        for i in counter:
-            started = time.perf_counter()
-            await call(i)
-            latencies.append(time.perf_counter() - started)
-            kinds.append(i % 2)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, kinds, time.perf_counter() - started
-
-
-async def _prepare_cluster(cluster: Cluster) -> str:
-    """Namespace with a 200-replica Deployment (pods stay Pending: no nodes), and a view token."""
-    async with cluster.admin_client() as api:
-        core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
-        await core.create_namespace({"metadata": {"name": NS}})  # type: ignore[arg-type]
-        await apps.create_namespaced_deployment(
-            NS,
-            {  # type: ignore[arg-type]
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": "web", "labels": {"app": "web"}},
-                "spec": {
-                    "replicas": PODS,
-                    "selector": {"matchLabels": {"app": "web"}},
-                    "template": {
-                        "metadata": {"labels": {"app": "web"}},
-                        "spec": {"containers": [{"name": "main", "image": "pause:3.10"}]},
-                    },
-                },
-            },
-        )
-        deadline = time.monotonic() + 180
-        while True:
-            pods = await core.list_namespaced_pod(NS, label_selector="app=web")
-            if len(pods.items) >= PODS:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(pods.items)} of {PODS} pods created in 180 s")
-            await asyncio.sleep(0.5)
-    return await cluster.service_account_token(
-        name="bench-viewer", cluster_role="view", cluster_wide=True
-    )
-
-
-def _start_backend(
-    cluster: Cluster, run_dir: Path, name: str, **extra: Any
-) -> tuple[process.ManagedProcess, str]:
-    port = free_port()
-    config = run_dir / f"{name}.yaml"
-    settings = {
-        "host": "127.0.0.1",
-        "port": port,
-        "pool_size": POOL_SIZE,
-        # One token drives all CONCURRENCY clients: let them all run (the per-user limit is
-        # measured by scenario_exhaustion).
-        "max_concurrent_calls_per_user": CONCURRENCY,
-        "log_level": "WARNING",
-        "clusters": [
-            {
-                "name": cluster.name,
-                "server": cluster.server,
-                "ca_file": str(cluster.ca_file),
-                "default": True,
-            }
-        ],
-        **extra,
-    }
-    config.write_text(yaml.safe_dump(settings))
-    proc = process.ManagedProcess(
-        name,
-        [sys.executable, "-m", "mcp_backend", "serve", "--config", str(config)],
-        run_dir / f"{name}.log",
-        cwd=paths.REPO_ROOT,
-    )
-    proc.start()
-    base = f"http://127.0.0.1:{port}"
-    proc.wait_until(lambda: process.http_ok(f"{base}/readyz"), timeout=30, what="ready")
-    return proc, base
-
-
-def _rss_kib(pid: int) -> dict[str, int]:
-    fields = dict(
-        line.split(":", 1)
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-        if ":" in line
-    )
-    return {"rss_kib": int(fields["VmRSS"].split()[0]), "peak_kib": int(fields["VmHWM"].split()[0])}
-
-
-async def _metric(base: str, name: str) -> float:
-    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as resp:
-        text = await resp.text()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and not line.startswith("#")
-    )
-
-
-async def _answered_by(base: str) -> dict[str, int]:
-    """POSTs to /mcp per answering path (``kmg_backend_mcp_requests_total{path}``)."""
-    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as resp:
-        text = await resp.text()
-    prefix = 'kmg_backend_mcp_requests_total{path="'
-    return {
-        line[len(prefix) :].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))
-        for line in text.splitlines()
-        if line.startswith(prefix)
-    }
-
-
-GET_ARGS = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "namespace": NS}
-RPC_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-
-
-async def _jsonrpc_path(
-    stack: contextlib.AsyncExitStack, base: str, headers: dict[str, str]
-) -> Call:
-    """A call function posting MCP ``tools/call`` requests to the backend at ``base`` over one
-    pooled aiohttp session, parsing the JSON-RPC answers with orjson: the same client machinery
-    as the direct path, as a gateway in front of the backend sends them (stateless mode)."""
-    http = await stack.enter_async_context(
-        aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=CONCURRENCY), headers={**headers, **RPC_HEADERS}
-        )
-    )
-    url = f"{base}/mcp"
-
-    async def via_backend(i: int) -> None:
-        tool, args = ("pods_list", {}) if i % 2 == 0 else ("resources_get", GET_ARGS)
-        request = {"jsonrpc": "2.0", "id": i, "method": "tools/call"}
-        request["params"] = {"name": tool, "arguments": args}
-        async with http.post(url, data=orjson.dumps(request)) as resp:
-            raw = await resp.read()
-        answer = orjson.loads(raw)
-        result = answer.get("result") or {}
-        ok = resp.status == 200 and not result.get("isError") and bool(result.get("content"))
-        if i % 2 == 0:
-            ok = ok and (result.get("structuredContent") or {}).get("count", 0) >= PODS
-        _check(ok, tool, answer)
-
-    return via_backend
-
-
-async def _mcp_path(stack: contextlib.AsyncExitStack, base: str, headers: dict[str, str]) -> Call:
-    """A call function driving CONCURRENCY real MCP clients of the backend at ``base``."""
-    clients: list[Client] = []
-    for _ in range(CONCURRENCY):
-        http = await stack.enter_async_context(httpx2.AsyncClient(headers=headers, timeout=60))
-        client = await stack.enter_async_context(
-            Client(
-                streamable_http_client(f"{base}/mcp", http_client=http), mode="legacy", cache=None
-            )
-        )
-        clients.append(client)
-    next_client = iter(range(10**9))
-
-    async def via_backend(i: int) -> None:
-        client = clients[next(next_client) % CONCURRENCY]
-        if i % 2 == 0:
-            result = await client.call_tool("pods_list", {})
-            _check(
-                not result.is_error and result.structured_content["count"] >= PODS,
-                "pods_list",
-                result,
-            )
-        else:
-            result = await client.call_tool("resources_get", GET_ARGS)
-            _check(not result.is_error, "resources_get", result)
-
-    return via_backend
 
 
 async def _measure(
@@ -309,23 +124,23 @@ async def _measure(
             raw = await resp.read()
         body = orjson.loads(raw)
         ok = len(body["rows"]) >= PODS if i % 2 == 0 else body["metadata"]["name"] == "web"
-        _check(resp.status == 200 and ok, "direct call", body)
+        check(resp.status == 200 and ok, "direct call", body)
 
     stack = contextlib.AsyncExitStack()
     try:
         paths_: dict[str, Call] = {"direct": direct}
         for name, base in bases.items():
-            make_path = _mcp_path if name.endswith(SDK_CLIENT_SUFFIX) else _jsonrpc_path
+            make_path = mcp_path if name.endswith(SDK_CLIENT_SUFFIX) else jsonrpc_path
             paths_[name] = await make_path(stack, base, headers)
         # Warm-up: connections, discovery, first-call costs; not measured.
         for call in paths_.values():
-            await _closed_loop(call, 64)
+            await closed_loop(call, 64)
         # This process holds the clients of every path; without this, the garbage collector
         # would rescan all of them whenever a big answer is parsed, and charge it to that path.
         gc.collect()
         gc.freeze()
         out: dict[str, Any] = {p: {} for p in paths_}
-        for path, per_query in (await _paired_sequential(paths_, pids)).items():
+        for path, per_query in (await paired_sequential(paths_, pids)).items():
             out[path]["sequential"] = per_query
         rates = {
             q: max(
@@ -334,8 +149,8 @@ async def _measure(
             )
             for q in QUERIES
         }
-        closed = await _closed_rounds(paths_, rounds, per_round)
-        paced = await _paced_rounds(paths_, rounds, rates)
+        closed = await closed_rounds(paths_, rounds, per_round)
+        paced = await paced_rounds(paths_, rounds, rates)
         for path in paths_:
             out[path]["closed_loop"] = closed[path]
             out[path]["paced"] = paced[path]
@@ -349,92 +164,6 @@ async def _measure(
         p: closed[p]["calls"] + 64 + SEQUENTIAL_CALLS + paced_calls for p in paths_
     }
     return out
-
-
-async def _paired_sequential(
-    paths_: dict[str, Call], pids: dict[str, int]
-) -> dict[str, dict[str, Any]]:
-    """Call i on every path back to back (rotating order); per path and query: latency
-    percentiles, for the non-direct paths the median of (path - direct) over the pairs, and the
-    CPU time per call of the client (this process) and of the backend serving the path."""
-    names = list(paths_)
-    times: dict[str, list[float]] = {p: [] for p in names}
-    client_cpu: dict[str, list[float]] = {p: [0.0, 0.0] for p in names}
-    server_cpu: dict[str, list[float]] = {p: [0.0, 0.0] for p in names}
-    for i in range(SEQUENTIAL_CALLS):
-        shift = i % len(names)
-        for path in names[shift:] + names[:shift]:
-            pid = pids.get(path)
-            server_before = cpu_seconds(pid) if pid else 0.0
-            cpu_before = time.process_time()
-            started = time.perf_counter()
-            await paths_[path](i)
-            times[path].append(time.perf_counter() - started)
-            client_cpu[path][i % 2] += time.process_time() - cpu_before
-            if pid:
-                server_cpu[path][i % 2] += cpu_seconds(pid) - server_before
-    per_query_calls = SEQUENTIAL_CALLS / len(QUERIES)
-    out: dict[str, dict[str, Any]] = {}
-    for path in names:
-        out[path] = {}
-        for q, query in enumerate(QUERIES):
-            own = times[path][q :: len(QUERIES)]
-            out[path][query] = percentiles(own)
-            out[path][query]["client_cpu_ms_per_call"] = round(
-                client_cpu[path][q] * 1000 / per_query_calls, 3
-            )
-            if path != "direct":
-                base = times["direct"][q :: len(QUERIES)]
-                diffs = [a - b for a, b in zip(own, base, strict=True)]
-                out[path][query]["added_p50_ms_paired"] = round(statistics.median(diffs) * 1000, 3)
-                out[path][query]["backend_cpu_ms_per_call"] = round(
-                    server_cpu[path][q] * 1000 / per_query_calls, 3
-                )
-    return out
-
-
-async def _closed_rounds(
-    paths_: dict[str, Call], rounds: int, per_round: int
-) -> dict[str, dict[str, Any]]:
-    samples: dict[str, dict[str, list[float]]] = {
-        p: {"all": [], **{q: [] for q in QUERIES}} for p in paths_
-    }
-    wall = dict.fromkeys(paths_, 0.0)
-    calls = dict.fromkeys(paths_, 0)
-    for _ in range(rounds):
-        for path, call in paths_.items():
-            lat, kinds, seconds = await _closed_loop(call, per_round)
-            wall[path] += seconds
-            calls[path] += len(lat)
-            samples[path]["all"] += lat
-            for value, kind in zip(lat, kinds, strict=True):
-                samples[path][QUERIES[kind]].append(value)
-    return {
-        path: {
-            **{q: percentiles(v) for q, v in samples[path].items()},
-            "throughput_per_s": round(calls[path] / wall[path], 1),
-            "calls": calls[path],
-        }
-        for path in paths_
-    }
-
-
-async def _paced_rounds(
-    paths_: dict[str, Call], rounds: int, rates: dict[str, int]
-) -> dict[str, dict[str, Any]]:
-    """Each query alone at its rate on every path, ``rounds`` times (alternating)."""
-    latencies: dict[str, dict[str, list[float]]] = {p: {q: [] for q in QUERIES} for p in paths_}
-    for _ in range(rounds):
-        for q, query in enumerate(QUERIES):
-            for path, call in paths_.items():
-
-                async def one(call: Call = call, q: int = q) -> bool:
-                    await call(q)
-                    return True
-
-                result = await paced_load(one, rates[query], PACED_SECONDS, samples=True)
-                latencies[path][query] += result["samples_s"]
-    return {p: {q: percentiles(v) for q, v in per.items()} for p, per in latencies.items()}
 
 
 def _compare(measured: dict[str, Any], path: str) -> dict[str, Any]:
@@ -479,14 +208,14 @@ async def run(soak: bool = False) -> dict[str, Any]:
     backends: dict[str, tuple[process.ManagedProcess, str]] = {}
     try:
         cluster = await asyncio.to_thread(start_cluster, "bench-a", ca, run_dir, [])
-        token = await _prepare_cluster(cluster)
+        token = await prepare_cluster(cluster)
         # two identical backends (default settings: stateless, JSON responses), one per client
-        backends["backend"] = _start_backend(cluster, run_dir, "backend")
-        backends[f"backend{SDK_CLIENT_SUFFIX}"] = _start_backend(
+        backends["backend"] = start_backend(cluster, run_dir, "backend")
+        backends[f"backend{SDK_CLIENT_SUFFIX}"] = start_backend(
             cluster, run_dir, "backend-sdk-client"
         )
         # the goal path's backend with single_exchange off: the SDK's transport for every call
-        backends["backend_sdk_transport"] = _start_backend(
+        backends["backend_sdk_transport"] = start_backend(
             cluster, run_dir, "backend-sdk-transport", single_exchange=False
         )
         rounds = ROUNDS * (10 if soak else 1)
@@ -511,15 +240,15 @@ async def run(soak: bool = False) -> dict[str, Any]:
         }
         for name, (proc, base) in backends.items():
             assert proc.proc is not None
-            memory = _rss_kib(proc.proc.pid)
-            connections = await _metric(base, "kmg_backend_upstream_connections_opened_total")
+            memory = rss_kib(proc.proc.pid)
+            connections = await metric(base, "kmg_backend_upstream_connections_opened_total")
             summary = _compare(measured, name)
             summary["backend_memory_kib"] = memory
             summary["backend_cpu_ms_per_call"] = round(
                 cpu_used[name] * 1000 / measured["calls_including_warmup"][name], 3
             )
             summary["upstream_connections_opened"] = int(connections)
-            summary["mcp_posts_answered_by"] = await _answered_by(base)
+            summary["mcp_posts_answered_by"] = await answered_by(base)
             summary["goals"] = {
                 "added_p50_le_2ms": all(
                     v <= 2.0 for v in summary["added_latency_p50_ms_paced_16_clients"].values()

@@ -36,17 +36,9 @@ import aiohttp
 import orjson
 import yaml
 
+from bench.backend_calls import GET_ARGS, RPC_HEADERS, Call, check, closed_loop
+from bench.backend_stack import CONCURRENCY, prepare_cluster, start_backend
 from bench.load import cpu_seconds
-from bench.scenario_backend import (
-    CONCURRENCY,
-    GET_ARGS,
-    RPC_HEADERS,
-    Call,
-    _check,
-    _closed_loop,
-    _prepare_cluster,
-    _start_backend,
-)
 from tests.gateway_plugins.policy.running import CALLER_HEADERS, SERVER, policy_settings
 from tests.gateway_plugins.token_exchange import running as te_running
 from tests.testbed import keycloak as kc
@@ -89,7 +81,7 @@ async def _path(stack: contextlib.AsyncExitStack, base: str, token: str, query: 
         async with http.post(url, data=orjson.dumps(request)) as resp:
             answer = orjson.loads(await resp.read())
         result = answer.get("result") or {}
-        _check(resp.status == 200 and not result.get("isError"), tool, answer)
+        check(resp.status == 200 and not result.get("isError"), tool, answer)
 
     return call
 
@@ -109,7 +101,7 @@ def _policy_path(http: aiohttp.ClientSession, base: str, token: str) -> Call:
     async def call(i: int) -> None:
         async with http.post(f"{base}/check/mcp", headers=headers, data=body) as resp:
             answer = await resp.read()
-        _check(resp.status == 200, "policy check", answer)
+        check(resp.status == 200, "policy check", answer)
 
     return call
 
@@ -149,7 +141,7 @@ def _exchange_path(http: aiohttp.ClientSession, base: str, token: str) -> Call:
     async def call(i: int) -> None:
         async with http.post(f"{base}/check/mcp", headers=headers) as resp:
             answer = await resp.read()
-        _check(resp.status == 200 and "authorization" in resp.headers, "exchange check", answer)
+        check(resp.status == 200 and "authorization" in resp.headers, "exchange check", answer)
 
     return call
 
@@ -221,13 +213,13 @@ async def _rounds(paths_: dict[str, Call], pids: dict[str, int]) -> dict[str, di
     cpu: dict[str, float] = dict.fromkeys(paths_, 0.0)
     calls = dict.fromkeys(paths_, 0)
     for call in paths_.values():  # warm-up: connections, discovery, first spans
-        await _closed_loop(call, 200)
+        await closed_loop(call, 200)
     names = list(paths_)
     for round_ in range(ROUNDS):
         order = names[round_ % len(names) :] + names[: round_ % len(names)]
         for name in order:
             before = cpu_seconds(pids[name])
-            _, _, wall = await _closed_loop(paths_[name], CALLS_PER_ROUND)
+            _, _, wall = await closed_loop(paths_[name], CALLS_PER_ROUND)
             cpu[name] += cpu_seconds(pids[name]) - before
             calls[name] += CALLS_PER_ROUND
             throughput[name].append(CALLS_PER_ROUND / wall)
@@ -255,11 +247,11 @@ async def run(soak: bool = False) -> dict[str, Any]:
     try:
         jaeger.start()
         cluster = await asyncio.to_thread(start_cluster, "bench-tracing", ca, run_dir, [])
-        token = await _prepare_cluster(cluster)
+        token = await prepare_cluster(cluster)
         for name, ratio in RATIOS.items():
             tracing = _tracing(jaeger, f"bench-{name}", ratio)
             extra: dict[str, Any] = {"tracing": tracing} if tracing is not None else {}
-            backends[name] = _start_backend(cluster, run_dir, f"backend-{name}", **extra)
+            backends[name] = start_backend(cluster, run_dir, f"backend-{name}", **extra)
         pids = {n: p.proc.pid for n, (p, _) in backends.items() if p.proc is not None}
         bases = {n: b for n, (_, b) in backends.items()}
         measured: dict[str, dict[str, Any]] = {}

@@ -16,7 +16,7 @@ import base64
 import json
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes_asyncio.client.exceptions import ApiException
 from mcp.shared.exceptions import MCPError
 
+from tests.e2e.gateway_logs import Decisions
 from tests.e2e.mcp_http import (
     UserTokens,
     assert_filtered_per_user,
@@ -89,14 +90,6 @@ def exchanges_for(gateway: AuthorinoGateway, target: str) -> float:
         if line.startswith("token_exchange_requests_total{") and f'target="{target}"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-def decisions(gateway: AuthorinoGateway) -> Iterator[dict[str, Any]]:
-    """The policy service's decision log (one JSON object a line)."""
-    path = gateway.gateway.gateway_dir / "policy-decisions.jsonl"
-    for line in path.read_text().splitlines():
-        if line.strip():
-            yield json.loads(line)
 
 
 # -- (a) allowed tools/call -----------------------------------------------------------------------
@@ -224,7 +217,7 @@ async def test_viewer_gets_the_policys_reason_for_a_tool_not_granted(
     # It was the policy service's answer (via /v1/decide) that denied, naming user and tool.
     denial = [
         d
-        for d in decisions(authorino_gateway)
+        for d in Decisions(authorino_gateway.gateway, from_start=True).new()
         if d.get("endpoint") == "decide" and d.get("tool") == "pods_delete"
     ]
     assert denial, "the policy service was not asked"

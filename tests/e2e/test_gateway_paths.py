@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.e2e.mcp_http import UserTokens
 from tests.testbed.identity_plan import REALM_MCP
 from tests.testbed.mcp_gateway.envoy_config import METADATA_PATHS
 from tests.testbed.mcp_gateway.stack import LocalGateway
@@ -84,11 +83,6 @@ def _unchunk(data: bytes) -> bytes:
         out += rest[:size]
         data = rest[size + 2 :]
     return out
-
-
-@pytest.fixture(scope="module")
-async def tokens(local_gateway: LocalGateway) -> UserTokens:
-    return UserTokens({"viewer": local_gateway.user_token("viewer")})
 
 
 @pytest.mark.parametrize("path", TRAVERSALS)

@@ -36,11 +36,6 @@ EVIL = "evil.example"
 INSPECTOR = "http://localhost:6274"  # the MCP Inspector's origin: a local browser client
 
 
-@pytest.fixture(scope="module")
-async def tokens(local_gateway: LocalGateway) -> UserTokens:
-    return UserTokens({"mcp": local_gateway.user_token("mcp")})
-
-
 def _servers(gateway: LocalGateway) -> list[tuple[GatewayServer, str, str]]:
     """(server, its backend's base URL, the cluster it serves) for both servers."""
     return [

@@ -18,18 +18,12 @@ import asyncio
 from typing import Any
 
 import httpx2
-import pytest
 
-from tests.e2e.mcp_http import UserTokens, call, metric_total, open_session, post, rpc
+from tests.e2e.mcp_http import call, metric_total, open_session, post, rpc
 from tests.testbed import keycloak as kc
 from tests.testbed.mcp_gateway.stack import CLUSTER_B_TARGET, DEMO_NAMESPACE, LocalGateway
 
 TOOL = "pods_list_in_namespace"
-
-
-@pytest.fixture(scope="module")
-async def tokens(local_gateway: LocalGateway) -> UserTokens:
-    return UserTokens({user: local_gateway.user_token(user) for user in ("mcp", "viewer")})
 
 
 async def _exchanged_for_server_a(gateway: LocalGateway, user_token: str) -> str:

@@ -1,4 +1,5 @@
-"""Fixtures shared by the manifest and chart tests: the real CRDs on cluster A's API server."""
+"""Fixtures shared by the manifest and chart tests: every kustomization rendered, and the real
+CRDs on cluster A's API server."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ from typing import Any
 
 import pytest
 
-from tests.manifests import crds
+from tests.manifests import crds, render
 from tests.manifests.kube_apply import KubeApplier
+from tests.manifests.rendered_objects import Obj
 from tests.testbed.cluster import Cluster
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[Obj]]:
+    """Every kustomization a user can build (``render.TARGETS``), by target."""
+    return {target: render.render(target) for target in render.TARGETS}
 
 
 @pytest.fixture(scope="session")

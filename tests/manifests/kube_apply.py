@@ -9,6 +9,7 @@ server's discovery documents, refreshed when a kind is missing (e.g. right after
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import ssl
 import time
@@ -17,10 +18,14 @@ from typing import Any
 
 import aiohttp
 
+from tests.manifests.rendered_objects import Obj
 from tests.testbed.cluster import Cluster
 
 FIELD_MANAGER = "kmg-manifest-tests"
 CRD_ESTABLISHED_TIMEOUT = 60.0
+# Namespaces the dry-run tests create get this prefix, so they never touch namespaces (and their
+# Pod Security labels) that other tests of the session may use on the shared cluster.
+NS_PREFIX = "kmgt-"
 
 
 class ApplyError(RuntimeError):
@@ -179,3 +184,43 @@ class KubeApplier:
         status, answer = await self._request("DELETE", f"/api/v1/namespaces/{name}")
         if status not in (200, 202, 404):
             raise ApplyError(f"v1 Namespace {name}", status, str(answer.get("message", answer)))
+
+
+def remap_namespaces(objs: list[Obj]) -> tuple[list[Obj], dict[str, Obj | None]]:
+    """Copies of ``objs`` in ``NS_PREFIX``-ed namespaces; the namespaces to create (with the
+    rendered Namespace object when there is one, so its Pod Security labels apply)."""
+    out: list[Obj] = []
+    namespaces: dict[str, Obj | None] = {}
+    for obj in objs:
+        obj = copy.deepcopy(obj)
+        meta = obj["metadata"]
+        if obj["kind"] == "Namespace" and obj["apiVersion"] == "v1":
+            meta["name"] = NS_PREFIX + meta["name"]
+            namespaces[meta["name"]] = obj
+        elif meta.get("namespace"):
+            meta["namespace"] = NS_PREFIX + meta["namespace"]
+            namespaces.setdefault(meta["namespace"], None)
+        out.append(obj)
+    return out, namespaces
+
+
+async def ensure_namespaces(api: KubeApplier, namespaces: Mapping[str, Obj | None]) -> None:
+    for name, obj in namespaces.items():
+        body = obj or {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        await api.apply(body, dry_run=False)
+        api.created_namespaces.add(name)
+
+
+async def dry_run_each(
+    api: KubeApplier, objs: list[Obj]
+) -> tuple[list[tuple[Obj, Obj]], list[str]]:
+    """Server-side dry-run of every object: (object, what the server would store) for each one
+    accepted, and the API server's refusals."""
+    accepted: list[tuple[Obj, Obj]] = []
+    refused: list[str] = []
+    for obj in objs:
+        try:
+            accepted.append((obj, await api.apply(obj, dry_run=True)))
+        except ApplyError as exc:
+            refused.append(str(exc))
+    return accepted, refused

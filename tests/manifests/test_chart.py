@@ -23,8 +23,13 @@ from kmg_common.settings import load_settings as load_plugin_settings
 from mcp_backend import config as backend_config
 from tests.manifests import chart, chart_schema
 from tests.manifests.chart import HelmError, Obj
-from tests.manifests.kube_apply import ApplyError, KubeApplier
-from tests.manifests.test_manifests import NS_PREFIX, ensure_namespaces, remap_namespaces
+from tests.manifests.kube_apply import (
+    NS_PREFIX,
+    KubeApplier,
+    dry_run_each,
+    ensure_namespaces,
+    remap_namespaces,
+)
 from tests.testbed import paths
 
 EXAMPLES = chart.examples()
@@ -338,16 +343,8 @@ async def test_server_side_dry_run_accepts_every_rendered_object(
         "metadata": {"name": release, "labels": RESTRICTED},
     }
     await ensure_namespaces(applier, namespaces)
-    errors: list[str] = []
-    checked = 0
-    for obj in objs:
-        try:
-            stored = await applier.apply(obj, dry_run=True)
-        except ApplyError as exc:
-            errors.append(str(exc))
-            continue
-        assert stored["kind"] == obj["kind"]
-        checked += 1
-    assert not errors, "the API server refused:\n" + "\n".join(errors)
-    assert checked == len(objs)
+    accepted, refused = await dry_run_each(applier, objs)
+    assert not refused, "the API server refused:\n" + "\n".join(refused)
+    assert all(stored["kind"] == obj["kind"] for obj, stored in accepted)
+    assert len(accepted) == len(objs)
     assert {"Deployment", "Service", "ConfigMap", "ServiceAccount"} <= {o["kind"] for o in objs}

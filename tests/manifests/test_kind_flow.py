@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.manifests import crds, kind_flow, mcp_gateway_install
-from tests.manifests.kube_apply import ApplyError, KubeApplier
+from tests.manifests.kube_apply import KubeApplier, dry_run_each
 from tests.testbed import paths, versions
 from tests.testbed.cluster import Cluster
 from tests.testbed.pki import CertificateAuthority
@@ -239,15 +239,9 @@ async def test_the_api_server_accepts_every_object_of_the_stage(
     objs = stages[stage]
     for ns in [o for o in objs if o["kind"] == "Namespace"]:
         await kind_api.apply(ns, dry_run=False)  # namespaced dry-runs need them to exist
-    errors = []
-    for obj in objs:
-        try:
-            stored = await kind_api.apply(obj, dry_run=True)
-        except ApplyError as exc:
-            errors.append(str(exc))
-            continue
-        assert stored["kind"] == obj["kind"]
-    assert not errors, "the API server refused:\n" + "\n".join(errors)
+    accepted, refused = await dry_run_each(kind_api, objs)
+    assert not refused, "the API server refused:\n" + "\n".join(refused)
+    assert all(stored["kind"] == obj["kind"] for obj, stored in accepted)
 
 
 async def test_crd_stages_serve_every_kind_the_flow_uses(

@@ -3,9 +3,9 @@ for voluntary disruptions, spread over nodes and zones, graceful stops; the toke
 replicas' shared Redis cache (connection and encryption key from Secrets); the MCP Gateway
 broker/router's replicas and their gateway sessions in the same Redis; the policy data as a
 ConfigMap the service watches. Every object also goes through the real API server's server-side
-dry-run in ``test_manifests.py`` (every target of ``render.TARGETS``, ``redis`` included) and
-``test_kind_flow.py`` (the Kind flow's stages); the real MCP Gateway controller runs the broker
-part in ``test_gateway_controller.py``.
+dry-run in ``test_api_server_admission.py`` (every target of ``render.TARGETS``, ``redis``
+included) and ``test_kind_flow.py`` (the Kind flow's stages); the real MCP Gateway controller
+runs the broker part in ``gateway_controller/test_session_store.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from gateway_plugins.token_exchange.config import Settings as TokenExchangeSetti
 from gateway_plugins.token_exchange.redis_cache import load_material
 from kmg_common.settings import load_settings
 from tests.manifests import kind_flow, mcp_gateway_install, render
-from tests.manifests.test_manifests import (
+from tests.manifests.rendered_objects import (
     SERVICE_NAMESPACE,
     SERVICES,
     Obj,

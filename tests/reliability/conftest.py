@@ -1,6 +1,7 @@
 """Fixtures of the reliability suite: the real token exchange and policy services (in-process,
 free ports) trusting Keycloak realm ``mcp`` *and* a local real issuer whose keys the tests hold,
-plus an untrusted issuer, an HTTP session and the real MCP backend."""
+plus an untrusted issuer, an HTTP session and the real MCP backend; ``sa_tokens``: a cluster-wide
+"view" ServiceAccount token on each cluster."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from tests.gateway_plugins.token_exchange.running import (
 )
 from tests.reliability.hostile import LOCAL_AUDIENCE
 from tests.testbed import keycloak as kc
+from tests.testbed.cluster import Cluster
 from tests.testbed.identity_plan import BACKEND_AUDIENCE, REALM_MCP
 
 
@@ -116,3 +118,18 @@ async def metrics_text(http: aiohttp.ClientSession, base_url: str) -> str:
 
 def work_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     return tmp_path_factory.mktemp(name)
+
+
+@pytest.fixture(scope="module")
+async def sa_tokens(
+    cluster_a: Cluster, cluster_b: Cluster, service_account_token: Any
+) -> dict[str, str]:
+    """A cluster-wide "view" ServiceAccount token on each cluster, by context name."""
+    return {
+        "cluster-a": await service_account_token(
+            cluster_a, name="rel-fault-view", cluster_role="view", cluster_wide=True
+        ),
+        "cluster-b": await service_account_token(
+            cluster_b, name="rel-fault-view", cluster_role="view", cluster_wide=True
+        ),
+    }
