@@ -11,13 +11,13 @@ from typing import Any
 
 import yaml
 
-from mcp_backend.access import plural
-from mcp_backend.chart_contents import chart_crd_files, manifest_kinds, manifest_objects
-from mcp_backend.clusters import Api
+from mcp_backend.access.policy import plural
 from mcp_backend.errors import AccessDenied, ClusterError, InvalidArguments, ToolFailure
-from mcp_backend.helm import ChartSource, chart_source
-from mcp_backend.helm_post_render import REFUSAL_FILE, launcher
-from mcp_backend.output import ToolOutput, align
+from mcp_backend.helm.chart_contents import chart_crd_files, manifest_kinds, manifest_objects
+from mcp_backend.helm.post_render import REFUSAL_FILE, launcher
+from mcp_backend.helm.runner import ChartSource, chart_source
+from mcp_backend.kube.clusters import Api
+from mcp_backend.rendering.output import ToolOutput, align
 from mcp_backend.tools.base import LIST_PROPS, Annotations, R, ToolContext, ToolSpec, prop
 from mcp_backend.tools.pods import DEFAULT_NAMESPACE
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mcp_backend.objects import (
+from mcp_backend.operations.objects import (
     apply_all,
     delete_object,
     get_object,
@@ -11,7 +11,7 @@ from mcp_backend.objects import (
     plan_apply,
     scale_object,
 )
-from mcp_backend.output import ToolOutput, to_yaml, truncate
+from mcp_backend.rendering.output import ToolOutput, to_yaml, truncate
 from mcp_backend.tools.base import (
     LIST_PROPS,
     Annotations,

@@ -53,7 +53,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.rest import ApiException
 
 from mcp_backend import config as backend_config
-from mcp_backend.host_origin_guard import host_origin_rule
+from mcp_backend.transport.host_origin_guard import host_origin_rule
 from tests.e2e.mcp_http import session
 from tests.manifests import mcp_gateway_install, render
 from tests.manifests.kube_apply import KubeApplier

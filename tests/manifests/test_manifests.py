@@ -23,7 +23,7 @@ from gateway_plugins.token_exchange.config import Settings as TokenExchangeSetti
 from kmg_common.host_origin import HostOriginRule, service_rule
 from kmg_common.settings import load_settings as load_plugin_settings
 from mcp_backend import config as backend_config
-from mcp_backend.host_origin_guard import host_origin_rule
+from mcp_backend.transport.host_origin_guard import host_origin_rule
 from tests.manifests import crds, render
 from tests.manifests.kube_apply import ApplyError, KubeApplier
 from tests.testbed import keycloak, paths
