@@ -1,8 +1,9 @@
-"""The one access-control layer every API server call passes through.
+"""The access policy: which requests to API servers are refused, and what answers redact.
 
 :class:`AccessPolicy` decides from the request path alone (``/api/v1/namespaces/x/secrets``), so
 a denied kind is denied whichever tool asked, generic ones included, and redaction applies to
-every response. Pure: no I/O.
+every response. Pure: no I/O. It is enforced on every request as it is sent, by the middleware of
+each cluster's client session (:mod:`mcp_backend.access.client_middleware`).
 """
 
 from __future__ import annotations
@@ -128,9 +129,10 @@ class AccessPolicy:
         body: bytes | None = None,
         content_type: str = "application/json",
     ) -> ApiPath | None:
-        """The check every API call passes before it is sent, whichever transport sends it (the
-        backend's client, the helm guard): the request, then its body when it has one. Returns
-        the parsed path; raises :class:`AccessDenied`."""
+        """The check every API call passes as it is sent (by the access-control middleware of
+        the cluster's client session, whoever sends it: the backend's client, the helm guard):
+        the request, then its body when it has one. Returns the parsed path; raises
+        :class:`AccessDenied`."""
         parsed = self.check_request(method, path)
         if body is not None:
             self.check_body(method, parsed, body, content_type)

@@ -5,11 +5,11 @@ The helm tools check what a chart creates before helm runs (``chart_contents``, 
 hooks to a post-renderer: a hook built with ``rand``/``now`` could still create a denied kind.
 So every helm command talks to the cluster through an :class:`ApiGuard` started for that command
 alone: an HTTP server on 127.0.0.1 that forwards each request (the caller's own token included,
-unchanged) to the cluster over the backend's pooled connections, after the same
-:meth:`AccessPolicy.admit` (request, then body) every other tool's calls pass. A request on a
-denied kind, or one creating a service-account-token Secret while ServiceAccount is denied,
-gets the API server's kind of 403 ``Status`` and never leaves the backend, whichever part of
-helm sent it (templates, hooks, ``crds/``, lookups, ``--wait``).
+unchanged) to the cluster through the cluster's own client session, whose access-control
+middleware (:mod:`mcp_backend.access.client_middleware`) admits it as it admits every other
+tool's calls. A request on a denied kind, or one creating a service-account-token Secret while
+ServiceAccount is denied, gets the API server's kind of 403 ``Status`` and never leaves the
+backend, whichever part of helm sent it (templates, hooks, ``crds/``, lookups, ``--wait``).
 
 The guard speaks TLS (client-go sends no bearer token over plain HTTP) with a self-signed
 certificate for 127.0.0.1 made once per process (:func:`loopback_certificate`); helm gets it as
@@ -41,7 +41,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from kmg_common.logging import request_id_var
-from mcp_backend.access.policy import AccessPolicy
 from mcp_backend.audit import AUDIT_ID_HEADER, audit_id
 from mcp_backend.errors import AccessDenied
 
@@ -94,11 +93,14 @@ def loopback_certificate() -> tuple[Path, ssl.SSLContext]:
 
 
 class ApiGuard:
-    """``async with ApiGuard(session, access) as url``: ``url`` serves the cluster's API."""
+    """``async with ApiGuard(session) as guard``: ``guard.url`` serves the cluster's API.
 
-    def __init__(self, session: aiohttp.ClientSession, access: AccessPolicy) -> None:
+    ``session`` is the cluster's client session (:meth:`KubeClient.session
+    <mcp_backend.kube.client.KubeClient.session>`), whose middleware enforces the access policy
+    on every request forwarded through it."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
-        self.access = access
         self.refused: list[str] = []
         self._request_id = request_id_var.get()  # helm's requests are made for this tool call
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -128,15 +130,13 @@ class ApiGuard:
         if "%" in path or any(part in (".", "..") for part in path.split("/")):
             return self._refuse(400, "BadRequest", f"path {path!r} is not a plain API path")
         body = await request.read() if request.can_read_body else None
-        try:
-            self.access.admit(request.method, path, body or None, request.content_type)
-        except AccessDenied as exc:
-            self.refused.append(exc.message)
-            return self._refuse(403, "Forbidden", exc.message)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIP_REQUEST}
         headers[AUDIT_ID_HEADER] = audit_id(self._request_id)
         try:
             return await self._relay(request, headers, body)
+        except AccessDenied as exc:  # refused by the session's access control, nothing sent
+            self.refused.append(exc.message)
+            return self._refuse(403, "Forbidden", exc.message)
         except (aiohttp.ClientError, TimeoutError) as exc:
             return self._refuse(502, "ServiceUnavailable", f"the cluster did not answer: {exc}")
 

@@ -1,8 +1,9 @@
 """The only module that talks to API servers: one pooled aiohttp session per cluster.
 
 Every call carries the caller's token as a header on a shared connection pool (no client and no
-TLS handshake per call), passes the :class:`~mcp_backend.access.policy.AccessPolicy` first, and maps
-upstream failures to :mod:`mcp_backend.errors` with messages naming the cluster.
+TLS handshake per call), is admitted by the session's access-control middleware
+(:mod:`mcp_backend.access.client_middleware`) as it is sent, and maps upstream failures to
+:mod:`mcp_backend.errors` with messages naming the cluster.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import aiohttp
 import orjson
 
 from kmg_common.tracing import Tracing
-from mcp_backend.access.policy import AccessPolicy, ApiPath
+from mcp_backend.access.client_middleware import AccessControlMiddleware
+from mcp_backend.access.policy import AccessPolicy, ApiPath, parse_path
 from mcp_backend.audit import USER_AGENT, caller_headers
 from mcp_backend.config import ClusterConfig, Settings
 from mcp_backend.errors import (
@@ -77,6 +79,7 @@ class KubeClient:
         self.access = access
         self.metrics = metrics
         self.connections_opened = 0
+        self._access_control = AccessControlMiddleware(access, cluster.server)
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -111,6 +114,7 @@ class KubeClient:
                 base_url=self.cluster.server + "/",
                 connector=connector,
                 trace_configs=[trace],
+                middlewares=(self._access_control,),  # every request admitted as it is sent
                 timeout=aiohttp.ClientTimeout(
                     total=self.settings.request_timeout_s,
                     sock_connect=self.settings.connect_timeout_s,
@@ -132,19 +136,13 @@ class KubeClient:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def _admit(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        content_type: str = "application/json",
-    ) -> ApiPath | None:
-        """The access check every call of this client passes before it is sent (the path's
-        shape, the :class:`AccessPolicy` on the request and on its body): the parsed path, or
-        a raised refusal. The one place :meth:`request`, :meth:`stream_list`,
-        :meth:`stream_text` and :meth:`exec` enforce the policy."""
+    @staticmethod
+    def _about(path: str) -> ApiPath | None:
+        """What a call on ``path`` is about, for its messages and the redaction of its answer
+        (the path's shape checked first). The access policy is enforced on the request as it is
+        sent, by the session's :class:`AccessControlMiddleware`."""
         _check_path(path)
-        return self.access.admit(method, path, body, content_type)
+        return parse_path(path)
 
     async def request(
         self,
@@ -165,7 +163,7 @@ class KubeClient:
         data: bytes | None = None
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        parsed = self._admit(method, path, data, content_type)
+        parsed = self._about(path)
         headers = caller_headers(token, Accept=accept)
         if data is not None:
             headers["Content-Type"] = content_type
@@ -249,7 +247,7 @@ class KubeClient:
         whose :meth:`~ListStream.read` hands out the decoded, redacted elements of the array
         member named in ``array_keys`` (``items``, ``rows``) as they arrive. Leaving the block
         drops the rest of the body unread (the connection is closed, not reused)."""
-        parsed = self._admit("GET", path)
+        parsed = self._about(path)
         headers = caller_headers(token, Accept=accept)
         try:
             async with self.session().get(path.lstrip("/"), params=params, headers=headers) as resp:
@@ -350,7 +348,7 @@ class KubeClient:
         """A GET whose text body is read piece by piece: ``async with`` gives the body's stream
         (after the access check and the status: a refusal raises as :meth:`request` does).
         Leaving the block drops the rest unread; the connection is closed, not reused."""
-        parsed = self._admit("GET", path)
+        parsed = self._about(path)
         headers = caller_headers(token, Accept="text/plain,application/json")
         try:
             async with self.session().get(path.lstrip("/"), params=params, headers=headers) as resp:
@@ -377,7 +375,7 @@ class KubeClient:
         path = (
             f"/api/v1/namespaces/{segment(namespace, 'namespace')}/pods/{segment(pod, 'name')}/exec"
         )
-        parsed = self._admit("POST", path)
+        parsed = self._about(path)
         params: list[tuple[str, str]] = [("command", c) for c in command]
         params += [("stdout", "true"), ("stderr", "true")]
         if container:

@@ -95,9 +95,9 @@ class Api:
         )
 
     def helm_guard(self) -> ApiGuard:
-        """The local API proxy the helm CLI talks through (this cluster's pool and policy)."""
-        client = self.cluster.client
-        return ApiGuard(client.session(), client.access)
+        """The local API proxy the helm CLI talks through (this cluster's session: its pool,
+        and its access control)."""
+        return ApiGuard(self.cluster.client.session())
 
     def check_object(self, group: str, resource: str, obj: Mapping[str, Any], what: str) -> None:
         """Refuse an object the access policy forbids even though its kind is allowed."""

@@ -498,7 +498,7 @@ async def test_api_guard_forwards_allowed_calls_and_refuses_the_rest(
     are refused."""
     api = await backend.backend.clusters.bind(None, tokens.admin)
     client = api.cluster.client
-    async with ApiGuard(client.session(), client.access) as guard:
+    async with ApiGuard(client.session()) as guard:
         tls = ssl.create_default_context(cafile=str(guard.ca_file))
         auth = {"Authorization": f"Bearer {tokens.admin}"}
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as http:
@@ -612,7 +612,7 @@ async def test_api_guard_refuses_a_service_account_token_secret_and_forwards_oth
     }
     opaque = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "guard-opaque"}}
     try:
-        async with ApiGuard(client.session(), client.access) as guard:
+        async with ApiGuard(client.session()) as guard:
             tls = ssl.create_default_context(cafile=str(guard.ca_file))
             auth = {"Authorization": f"Bearer {tokens.admin}"}
             url = f"{guard.url}/api/v1/namespaces/{NS}/secrets"
