@@ -13,11 +13,14 @@ import aiohttp
 
 from kmg_common.tracing import Tracing
 from mcp_backend.access.policy import AccessPolicy
-from mcp_backend.config import ClusterConfig, Settings
+from mcp_backend.cluster_config import ClusterConfig
+from mcp_backend.config import Settings
 from mcp_backend.errors import InvalidArguments
 from mcp_backend.helm.api_guard import ApiGuard
-from mcp_backend.kube.client import ExecResult, KubeClient, ListStream
+from mcp_backend.kube.client import KubeClient
 from mcp_backend.kube.discovery import Discovery, DiscoveryCache, ResourceInfo
+from mcp_backend.kube.pod_exec import ExecResult, exec_in_pod
+from mcp_backend.kube.streams import ListStream
 from mcp_backend.kube.token_exchange import TokenExchanger
 from mcp_backend.metrics import Metrics
 
@@ -89,9 +92,9 @@ class Api:
         container: str | None,
         timeout_s: float,
     ) -> ExecResult:
-        """Run ``command`` in a pod's container (:meth:`KubeClient.exec`)."""
-        return await self.cluster.client.exec(
-            self.token, namespace, pod, command, container, timeout_s
+        """Run ``command`` in a pod's container (:func:`~mcp_backend.kube.pod_exec.exec_in_pod`)."""
+        return await exec_in_pod(
+            self.cluster.client, self.token, namespace, pod, command, container, timeout_s
         )
 
     def helm_guard(self) -> ApiGuard:
@@ -100,7 +103,9 @@ class Api:
         return ApiGuard(self.cluster.client.session())
 
     def check_object(self, group: str, resource: str, obj: Mapping[str, Any], what: str) -> None:
-        """Refuse an object the access policy forbids even though its kind is allowed."""
+        """Refuse an object the access policy forbids even though its kind is allowed: an early
+        refusal with the tool's words, before any call (the session's access control enforces
+        the same rule on the request itself)."""
         self.cluster.client.access.check_object(group, resource, obj, what)
 
     def forget_discovery(self) -> None:
@@ -114,7 +119,9 @@ class Api:
         return await self.cluster.discovery.get(fetch)
 
     async def resolve(self, api_version: str, kind: str) -> ResourceInfo:
-        """Resolve a kind, checked against the access policy before any call on it."""
+        """Resolve a kind, checked against the access policy before any call on it (an early
+        refusal naming the kind; every request on it is admitted by the session's access
+        control all the same)."""
         disc = await self.discovery()
         info = disc.resolve(api_version, kind, self.name)
         self.cluster.client.access.check_kind(info.group, info.kind, info.resource)

@@ -13,7 +13,7 @@ import ssl
 import aiohttp
 
 from kmg_common.tracing import Tracing
-from mcp_backend.config import TokenExchangeConfig
+from mcp_backend.cluster_config import TokenExchangeConfig
 from mcp_backend.errors import Unauthorized, Unreachable
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"

@@ -17,7 +17,7 @@ import yaml
 from mcp_backend.errors import NotFound, ToolFailure
 from mcp_backend.kube.clusters import Api
 from mcp_backend.kube.discovery import ResourceInfo
-from mcp_backend.operations.objects import FIELD_MANAGER
+from mcp_backend.operations.apply import FIELD_MANAGER
 from mcp_backend.rendering.output import to_yaml
 
 # Fields every write changes: left out of the comparison so the diff shows what matters.

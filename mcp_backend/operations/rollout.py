@@ -17,7 +17,7 @@ from mcp_backend.errors import InvalidArguments, ToolFailure
 from mcp_backend.kube.clusters import Api
 from mcp_backend.kube.discovery import ResourceInfo
 from mcp_backend.kube.label_selector import selector_query
-from mcp_backend.operations.objects import FIELD_MANAGER
+from mcp_backend.operations.apply import FIELD_MANAGER
 
 APPS = "apps/v1"
 KINDS = {

@@ -161,6 +161,7 @@ def _ssar(verb: str, target: Target, namespace: str | None, name: str | None) ->
 
 
 def _backend_denial(access: AccessPolicy, target: Target) -> str | None:
+    # Reporting only: the refusal itself happens in the cluster session's access control.
     if target.path or target.resource == "*":
         return None
     return access.denial(target.group, target.resource)

@@ -16,7 +16,7 @@ from mcp_backend.errors import InvalidArguments
 from mcp_backend.helm.runner import HelmRunner
 from mcp_backend.kube.clusters import Api, ClusterRegistry
 from mcp_backend.kube.discovery import ResourceInfo
-from mcp_backend.operations.objects import ListBounds, ListQuery, list_objects
+from mcp_backend.operations.listing import ListBounds, ListQuery, list_objects
 from mcp_backend.rendering.output import ToolOutput
 
 

@@ -3,8 +3,8 @@ its diff against the live objects (:mod:`mcp_backend.operations.dry_run`); nothi
 
 from __future__ import annotations
 
+from mcp_backend.operations.apply import parse_manifests
 from mcp_backend.operations.dry_run import dry_run_all
-from mcp_backend.operations.objects import parse_manifests
 from mcp_backend.rendering.output import ToolOutput, to_yaml, truncate
 from mcp_backend.tools.base import ToolContext, prop
 from mcp_backend.tools.pods import DEFAULT_NAMESPACE

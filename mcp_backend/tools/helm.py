@@ -161,7 +161,8 @@ def rendered_kinds(release: Any) -> set[tuple[str, str]]:
 
 
 def refuse_denied_kinds(ctx: ToolContext, kinds: set[tuple[str, str]], what: str) -> None:
-    """Raise :class:`AccessDenied` naming every denied kind among ``kinds``."""
+    """Raise :class:`AccessDenied` naming every denied kind among ``kinds``: an early refusal,
+    before helm runs (helm's requests pass the cluster session's access control all the same)."""
     reasons = []
     for group, kind in sorted(kinds):
         reason = ctx.clusters.access.denial(group, plural(kind), kind)

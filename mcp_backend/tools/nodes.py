@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 from mcp_backend.errors import ClusterError, InvalidArguments, ToolFailure, Unreachable
-from mcp_backend.kube.client import TextTail
 from mcp_backend.kube.clusters import Api
 from mcp_backend.kube.discovery import NODE, segment
+from mcp_backend.kube.streams import TextTail
 from mcp_backend.rendering.output import ToolOutput, align, truncate
 from mcp_backend.rendering.quantities import cpu_text, memory_text
 from mcp_backend.tools.base import R_IDEMPOTENT, R, ToolContext, ToolSpec, prop

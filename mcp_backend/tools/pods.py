@@ -6,9 +6,9 @@ import secrets
 from typing import Any
 
 from mcp_backend.errors import NotFound, ToolFailure
-from mcp_backend.kube.client import ExecResult
 from mcp_backend.kube.clusters import Api
 from mcp_backend.kube.discovery import POD, SERVICE, segment
+from mcp_backend.kube.pod_exec import ExecResult
 from mcp_backend.operations.objects import get_object, object_yaml, read_log
 from mcp_backend.rendering.output import ToolOutput, align, to_yaml
 from mcp_backend.rendering.quantities import cpu_text, memory_text

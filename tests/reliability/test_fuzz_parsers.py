@@ -30,7 +30,7 @@ from gateway_plugins.policy.input import (
 )
 from kmg_common.bearer import bearer_token
 from mcp_backend.errors import ToolFailure
-from mcp_backend.operations.objects import parse_manifests
+from mcp_backend.operations.apply import parse_manifests
 from mcp_backend.transport.auth import extract_token
 from tests.gateway_plugins.common.issuer import LocalIssuer
 from tests.gateway_plugins.policy.running import SERVER, RunningPolicy

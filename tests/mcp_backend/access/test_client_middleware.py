@@ -17,6 +17,7 @@ from mcp_backend.access.policy import AccessPolicy
 from mcp_backend.config import DEFAULT_DENIED, DeniedKind, Settings
 from mcp_backend.errors import AccessDenied
 from mcp_backend.kube.client import KubeClient
+from mcp_backend.kube.pod_exec import exec_in_pod
 from mcp_backend.metrics import Metrics
 from tests.mcp_backend.conftest import NS, Tokens, cluster_entry
 from tests.testbed.cluster import Cluster
@@ -61,7 +62,7 @@ async def test_every_request_of_the_cluster_session_is_admitted_whoever_sends_it
     with pytest.raises(AccessDenied) as on_the_wire:
         await session.ws_connect(exec_path, params={"command": "ls"}, headers=auth)
     with pytest.raises(AccessDenied) as through_the_client:
-        await client.exec(tokens.admin, NS, "web-0", ["ls"], None, 10)
+        await exec_in_pod(client, tokens.admin, NS, "web-0", ["ls"], None, 10)
     expected = "create pods/exec 'web-0': kind Pod is denied by this server's policy"
     assert on_the_wire.value.message.startswith(expected)
     assert through_the_client.value.message == on_the_wire.value.message

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from mcp_backend.config import TokenExchangeConfig
+from mcp_backend.cluster_config import TokenExchangeConfig
 from mcp_backend.errors import Unreachable
 from mcp_backend.kube.token_exchange import TokenExchanger
 from tests.testbed.redirecting_endpoint import RedirectingEndpoint, redirecting_endpoint

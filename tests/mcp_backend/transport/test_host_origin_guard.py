@@ -317,3 +317,37 @@ def test_the_transport_gets_the_backends_rule() -> None:
         *(f"http://{n}{p}" for n in ("localhost", "127.0.0.1", "[::1]") for p in ("", ":*")),
         "https://mcp.example.com",
     ]
+
+
+async def test_host_and_origin_checks_are_configurable(
+    backend_factory: Any, tokens: Tokens
+) -> None:
+    """Behind a gateway the Host is the route's: the configured hosts get through, besides the
+    loopback names (the tests above have the whole rule)."""
+    running = await backend_factory(
+        allowed_hosts=["mcp.example.com"], allowed_origins=["https://app.example.com"]
+    )
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "Authorization": f"Bearer {tokens.nobody}",
+        "MCP-Protocol-Version": "2025-11-25",
+        "Host": "mcp.example.com",
+    }
+    async with httpx2.AsyncClient() as http:
+        wrong_host = await http.post(
+            running.url, json=body, headers={**headers, "Host": "other.example.com"}
+        )
+        right_host = await http.post(running.url, json=body, headers=headers)
+        good_origin = await http.post(
+            running.url, json=body, headers={**headers, "Origin": "https://app.example.com"}
+        )
+        bad_origin = await http.post(
+            running.url, json=body, headers={**headers, "Origin": "https://evil.example"}
+        )
+    assert wrong_host.status_code == 421, wrong_host.text[:300]
+    assert wrong_host.json()["error"] == "host_not_allowed"
+    assert right_host.status_code == 200, right_host.text[:300]
+    assert good_origin.status_code == 200, good_origin.text[:300]
+    assert bad_origin.status_code == 403, bad_origin.text[:300]
+    assert bad_origin.json()["error"] == "origin_not_allowed"
