@@ -1,7 +1,7 @@
 """The API server as helm sees it: a loopback proxy that refuses denied kinds on the wire.
 
 The helm tools check what a chart creates before helm runs (``chart_contents``, the dry run,
-``helm_post_render``), but helm renders the chart again for the install and helm 3 does not pass
+``post_render``), but helm renders the chart again for the install and helm 3 does not pass
 hooks to a post-renderer: a hook built with ``rand``/``now`` could still create a denied kind.
 So every helm command talks to the cluster through an :class:`ApiGuard` started for that command
 alone: an HTTP server on 127.0.0.1 that forwards each request (the caller's own token included,

@@ -2,7 +2,7 @@
 manifest, the items of ``List`` documents included) and :func:`chart_crd_files` (the ``crds/``
 files of a chart archive and of its subcharts, which helm creates as they are, unrendered).
 
-Light on imports on purpose: ``helm_post_render`` runs it in a fresh interpreter per install.
+Light on imports on purpose: ``post_render`` runs it in a fresh interpreter per install.
 """
 
 from __future__ import annotations

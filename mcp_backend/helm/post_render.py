@@ -7,7 +7,7 @@ it reads the manifests helm is about to create on stdin and refuses, with exit s
 (group, kind) the dry run did not approve; otherwise it writes stdin back unchanged. helm then
 creates nothing of the release. Hooks are not covered here: helm 3 does not pass them to a
 post-renderer (``renderResources`` in helm v3.22.0 post-renders the manifests only); a hook of a
-denied kind is stopped on the wire by ``helm_api_guard``.
+denied kind is stopped on the wire by ``api_guard``.
 
 Run by helm as ``python -I <helm-home>/post-render.py APPROVED.json``, where the script only puts
 this package on ``sys.path`` and calls :func:`main`. The refusal is also written to

@@ -7,7 +7,7 @@ cluster only through an :class:`ApiGuard` of its own (``HELM_KUBEAPISERVER`` and
 ``HELM_KUBECAFILE`` name it), which refuses every request on a denied kind.
 
 Also where a chart may come from (:func:`chart_source`); what it creates is read by
-``chart_contents``, and checked again while helm installs by ``helm_post_render``.
+``chart_contents``, and checked again while helm installs by ``post_render``.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ async def install_checked(
     home: Path,
     tool: str = "helm_install",
 ) -> dict[str, Any]:
-    """``helm <args>`` with ``helm_post_render`` as post-renderer: helm renders the chart again
+    """``helm <args>`` with ``post_render`` as post-renderer: helm renders the chart again
     for the install (or upgrade), and anything but the ``approved`` kinds stops it before it
     changes a thing."""
     files = {

@@ -35,7 +35,7 @@ async def test_the_installs_own_render_is_checked_before_helm_creates_anything(
     cluster_a: Cluster,
     workloads: Any,
 ) -> None:
-    """helm renders the chart again for the install; ``helm_post_render`` (helm's
+    """helm renders the chart again for the install; ``post_render`` (helm's
     post-renderer) refuses any kind the dry run did not approve. Played deterministically: only
     ConfigMap counts as approved here, as if the dry run had rendered the chart without the
     Secret (a ``rand``/``now`` template)."""
