@@ -50,9 +50,7 @@ async def exec_in_pod(
     if container:
         params.append(("container", container))
     limit = client.settings.exec_output_max_bytes()
-    out, err, status_raw = bytearray(), bytearray(), b""
-    truncated = False
-    read = 0
+    output = _ExecOutput(limit)
     try:
         async with asyncio.timeout(timeout_s):
             async with client.session().ws_connect(
@@ -66,23 +64,8 @@ async def exec_in_pod(
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=0),
             ) as ws:
                 async for msg in ws:
-                    if msg.type == aiohttp.WSMsgType.ERROR:
-                        if _frame_too_big(msg.data):
-                            truncated = True
-                            break
-                        raise aiohttp.ClientError(str(msg.data))
-                    if msg.type != aiohttp.WSMsgType.BINARY or not msg.data:
-                        continue
-                    channel, payload = msg.data[0], msg.data[1:]
-                    read += len(payload)
-                    if channel in (1, 2):
-                        room = limit - len(out) - len(err)
-                        (out if channel == 1 else err).extend(payload[:room])
-                        if len(payload) > room:
-                            truncated = True
-                            break
-                    elif channel == 3:
-                        status_raw += payload[:ERROR_BODY_MAX]
+                    if not output.take(msg):
+                        break
     except TimeoutError:
         raise Unreachable(
             f"cluster {client.name!r}: exec in pod {namespace}/{pod} did not finish within "
@@ -98,14 +81,47 @@ async def exec_in_pod(
             f"{client_error_text(exc)}"
         ) from None
     finally:
-        client.metrics.upstream_bytes.labels(client.name).inc(read)
-    if truncated:
-        return ExecResult(
-            out.decode(errors="replace"), err.decode(errors="replace"), None, None, True, read
-        )
-    exit_code, error = _exec_status(status_raw)
-    stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
-    return ExecResult(stdout, stderr, exit_code, error, False, read)
+        client.metrics.upstream_bytes.labels(client.name).inc(output.read)
+    return output.result()
+
+
+class _ExecOutput:
+    """What one exec's messages carried: stdout and stderr up to ``limit`` bytes together, and
+    the status channel."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.out, self.err, self.status = bytearray(), bytearray(), b""
+        self.truncated = False
+        self.read = 0
+
+    def take(self, msg: aiohttp.WSMessage) -> bool:
+        """Keep one message's payload; False once the bound is reached (stop reading)."""
+        if msg.type == aiohttp.WSMsgType.ERROR:
+            if _frame_too_big(msg.data):
+                self.truncated = True
+                return False
+            raise aiohttp.ClientError(str(msg.data))
+        if msg.type != aiohttp.WSMsgType.BINARY or not msg.data:
+            return True
+        channel, payload = msg.data[0], msg.data[1:]
+        self.read += len(payload)
+        if channel in (1, 2):
+            room = self.limit - len(self.out) - len(self.err)
+            (self.out if channel == 1 else self.err).extend(payload[:room])
+            if len(payload) > room:
+                self.truncated = True
+                return False
+        elif channel == 3:
+            self.status += payload[:ERROR_BODY_MAX]
+        return True
+
+    def result(self) -> ExecResult:
+        stdout, stderr = self.out.decode(errors="replace"), self.err.decode(errors="replace")
+        if self.truncated:
+            return ExecResult(stdout, stderr, None, None, True, self.read)
+        exit_code, error = _exec_status(self.status)
+        return ExecResult(stdout, stderr, exit_code, error, False, self.read)
 
 
 def _frame_too_big(error: Any) -> bool:
