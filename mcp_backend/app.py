@@ -17,16 +17,20 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from kmg_common.tracing import start_tracing
-from mcp_backend.access import AccessPolicy
-from mcp_backend.auth import METADATA_PATH, RequireBearer, request_resource_url
-from mcp_backend.clusters import ClusterRegistry
+from mcp_backend.access.policy import AccessPolicy
 from mcp_backend.config import Settings, effective_clusters
-from mcp_backend.host_origin_guard import HostOriginGuard, host_origin_rule, transport_security
+from mcp_backend.kube.clusters import ClusterRegistry
 from mcp_backend.metrics import Metrics
-from mcp_backend.protocol_eras import HandshakeOnly
 from mcp_backend.server import Handlers, build_server
-from mcp_backend.single_exchange import SingleExchange
 from mcp_backend.tools import all_tools
+from mcp_backend.transport.auth import METADATA_PATH, RequireBearer, request_resource_url
+from mcp_backend.transport.direct_json_response import DirectJsonResponder
+from mcp_backend.transport.host_origin_guard import (
+    HostOriginGuard,
+    host_origin_rule,
+    transport_security,
+)
+from mcp_backend.transport.protocol_eras import HandshakeOnly
 
 TRACING_NAME = "mcp-backend"  # service.name of its spans unless tracing.service_name
 
@@ -62,7 +66,7 @@ def create_backend(settings: Settings) -> Backend:
     )
     sdk_app: ASGIApp = StreamableHTTPASGIApp(manager)
     if settings.single_exchange and settings.stateless and settings.json_response:
-        sdk_app = SingleExchange(
+        sdk_app = DirectJsonResponder(
             sdk_app, server, security, metrics, max_body_size=DEFAULT_MAX_REQUEST_BODY_SIZE
         )
     if not settings.modern_protocol:

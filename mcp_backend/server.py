@@ -22,15 +22,15 @@ from kmg_common import tracing as kt
 from kmg_common.logging import request_id_var
 from mcp_backend import __version__
 from mcp_backend.audit import audited_arguments, caller_of, trace_id
-from mcp_backend.auth import TokenBinding, scope_token
-from mcp_backend.caller_limits import CallLimiter
-from mcp_backend.clusters import ClusterRegistry
 from mcp_backend.config import Settings
 from mcp_backend.errors import AccessDenied, Busy, ToolFailure
-from mcp_backend.helm import HelmRunner
+from mcp_backend.helm.runner import HelmRunner
+from mcp_backend.kube.clusters import ClusterRegistry
 from mcp_backend.metrics import Metrics
 from mcp_backend.prompts import CLUSTER_HEALTH_CHECK, cluster_health_check
 from mcp_backend.tools.base import ToolContext, ToolRegistry, ToolSpec
+from mcp_backend.transport.auth import TokenBinding, scope_token
+from mcp_backend.transport.caller_limits import CallLimiter
 
 log = logging.getLogger("mcp_backend.calls")
 TOKEN_ARGUMENT = "access_token"  # noqa: S105 - an argument name, not a secret

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mcp_backend.access import AccessPolicy
-from mcp_backend.clusters import Api
-from mcp_backend.discovery import ResourceInfo
+from mcp_backend.access.policy import AccessPolicy
 from mcp_backend.errors import InvalidArguments
-from mcp_backend.output import ToolOutput, align, truncate
+from mcp_backend.kube.clusters import Api
+from mcp_backend.kube.discovery import ResourceInfo
+from mcp_backend.rendering.output import ToolOutput, align, truncate
 from mcp_backend.tools.base import R_IDEMPOTENT, ToolContext, ToolSpec, prop
 from mcp_backend.tools.pods import DEFAULT_NAMESPACE
 
@@ -161,6 +161,7 @@ def _ssar(verb: str, target: Target, namespace: str | None, name: str | None) ->
 
 
 def _backend_denial(access: AccessPolicy, target: Target) -> str | None:
+    # Reporting only: the refusal itself happens in the cluster session's access control.
     if target.path or target.resource == "*":
         return None
     return access.denial(target.group, target.resource)

@@ -11,13 +11,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mcp_backend.clusters import Api, ClusterRegistry
 from mcp_backend.config import Settings
-from mcp_backend.discovery import ResourceInfo
 from mcp_backend.errors import InvalidArguments
-from mcp_backend.helm import HelmRunner
-from mcp_backend.objects import ListBounds, ListQuery, list_objects
-from mcp_backend.output import ToolOutput
+from mcp_backend.helm.runner import HelmRunner
+from mcp_backend.kube.clusters import Api, ClusterRegistry
+from mcp_backend.kube.discovery import ResourceInfo
+from mcp_backend.operations.listing import ListBounds, ListQuery, list_objects
+from mcp_backend.rendering.output import ToolOutput
 
 
 @dataclass(frozen=True)

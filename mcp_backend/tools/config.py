@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mcp_backend.output import ToolOutput, align, to_yaml
+from mcp_backend.rendering.output import ToolOutput, align, to_yaml
 from mcp_backend.tools.base import Annotations, ToolContext, ToolSpec, prop
 
 

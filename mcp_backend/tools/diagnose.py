@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mcp_backend.diagnose import ENTRY_KINDS, diagnose
-from mcp_backend.output import ToolOutput, truncate
+from mcp_backend.operations.diagnose import ENTRY_KINDS, diagnose
+from mcp_backend.rendering.output import ToolOutput, truncate
 from mcp_backend.tools.base import R, ToolContext, ToolSpec, prop
 from mcp_backend.tools.pods import DEFAULT_NAMESPACE
 

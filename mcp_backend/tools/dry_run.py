@@ -1,11 +1,11 @@
 """``resources_create_or_update`` with ``dryRun: true``: the server-side dry run's result and
-its diff against the live objects (:mod:`mcp_backend.dry_run`); nothing is changed."""
+its diff against the live objects (:mod:`mcp_backend.operations.dry_run`); nothing is changed."""
 
 from __future__ import annotations
 
-from mcp_backend.dry_run import dry_run_all
-from mcp_backend.objects import parse_manifests
-from mcp_backend.output import ToolOutput, to_yaml, truncate
+from mcp_backend.operations.apply import parse_manifests
+from mcp_backend.operations.dry_run import dry_run_all
+from mcp_backend.rendering.output import ToolOutput, to_yaml, truncate
 from mcp_backend.tools.base import ToolContext, prop
 from mcp_backend.tools.pods import DEFAULT_NAMESPACE
 

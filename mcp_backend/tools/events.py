@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mcp_backend.discovery import EVENT
-from mcp_backend.output import ToolOutput
+from mcp_backend.kube.discovery import EVENT
+from mcp_backend.rendering.output import ToolOutput
 from mcp_backend.tools.base import LIST_PROPS, R, ToolContext, ToolSpec, list_tool, prop
 
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import yaml
 
-from mcp_backend.access import plural
-from mcp_backend.chart_contents import chart_crd_files, manifest_kinds, manifest_objects
-from mcp_backend.clusters import Api
+from mcp_backend.access.policy import plural
 from mcp_backend.errors import AccessDenied, ClusterError, InvalidArguments, ToolFailure
-from mcp_backend.helm import ChartSource, chart_source
-from mcp_backend.helm_post_render import REFUSAL_FILE, launcher
-from mcp_backend.output import ToolOutput, align
+from mcp_backend.helm.chart_contents import chart_crd_files, manifest_kinds, manifest_objects
+from mcp_backend.helm.post_render import REFUSAL_FILE, launcher
+from mcp_backend.helm.runner import ChartSource, chart_source
+from mcp_backend.kube.clusters import Api
+from mcp_backend.rendering.output import ToolOutput, align
 from mcp_backend.tools.base import LIST_PROPS, Annotations, R, ToolContext, ToolSpec, prop
 from mcp_backend.tools.pods import DEFAULT_NAMESPACE
 
@@ -93,7 +93,7 @@ async def install_checked(
     home: Path,
     tool: str = "helm_install",
 ) -> dict[str, Any]:
-    """``helm <args>`` with ``helm_post_render`` as post-renderer: helm renders the chart again
+    """``helm <args>`` with ``post_render`` as post-renderer: helm renders the chart again
     for the install (or upgrade), and anything but the ``approved`` kinds stops it before it
     changes a thing."""
     files = {
@@ -161,7 +161,8 @@ def rendered_kinds(release: Any) -> set[tuple[str, str]]:
 
 
 def refuse_denied_kinds(ctx: ToolContext, kinds: set[tuple[str, str]], what: str) -> None:
-    """Raise :class:`AccessDenied` naming every denied kind among ``kinds``."""
+    """Raise :class:`AccessDenied` naming every denied kind among ``kinds``: an early refusal,
+    before helm runs (helm's requests pass the cluster session's access control all the same)."""
     reasons = []
     for group, kind in sorted(kinds):
         reason = ctx.clusters.access.denial(group, plural(kind), kind)

@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
-from mcp_backend.clusters import Api
 from mcp_backend.errors import ClusterError, InvalidArguments, ToolFailure
-from mcp_backend.helm import chart_source
-from mcp_backend.output import ToolOutput, align, truncate
+from mcp_backend.helm.runner import chart_source
+from mcp_backend.kube.clusters import Api
+from mcp_backend.rendering.output import ToolOutput, align, truncate
 from mcp_backend.tools.base import Annotations, R, ToolContext, ToolSpec, prop
 from mcp_backend.tools.helm import (
     checked,

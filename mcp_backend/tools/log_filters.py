@@ -1,13 +1,20 @@
-"""``pods_log``'s filters: ``since``, ``sinceTime`` and ``grep`` (:mod:`mcp_backend.pod_logs`)."""
+"""``pods_log``'s filters: ``since``, ``sinceTime`` and ``grep``
+(:mod:`mcp_backend.operations.pod_logs`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from mcp_backend.clusters import Api
 from mcp_backend.errors import InvalidArguments
-from mcp_backend.output import ToolOutput
-from mcp_backend.pod_logs import LineFilter, LogQuery, grep_log, since_seconds, since_time
+from mcp_backend.kube.clusters import Api
+from mcp_backend.operations.pod_logs import (
+    LineFilter,
+    LogQuery,
+    grep_log,
+    since_seconds,
+    since_time,
+)
+from mcp_backend.rendering.output import ToolOutput
 from mcp_backend.tools.base import ToolContext, prop
 
 NOTES_ROOM = 2_000  # characters of the answer kept for the summary after the lines

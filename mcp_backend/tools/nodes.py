@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mcp_backend.clusters import Api
-from mcp_backend.discovery import NODE, segment
 from mcp_backend.errors import ClusterError, InvalidArguments, ToolFailure, Unreachable
-from mcp_backend.kube import TextTail
-from mcp_backend.output import ToolOutput, align, truncate
-from mcp_backend.quantities import cpu_text, memory_text
+from mcp_backend.kube.clusters import Api
+from mcp_backend.kube.discovery import NODE, segment
+from mcp_backend.kube.streams import TextTail
+from mcp_backend.rendering.output import ToolOutput, align, truncate
+from mcp_backend.rendering.quantities import cpu_text, memory_text
 from mcp_backend.tools.base import R_IDEMPOTENT, R, ToolContext, ToolSpec, prop
 from mcp_backend.tools.pods import METRICS_GROUP, metrics_available, metrics_missing, tail_cap
 

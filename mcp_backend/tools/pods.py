@@ -5,13 +5,13 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from mcp_backend.clusters import Api
-from mcp_backend.discovery import POD, SERVICE, segment
 from mcp_backend.errors import NotFound, ToolFailure
-from mcp_backend.kube import ExecResult
-from mcp_backend.objects import get_object, object_yaml, read_log
-from mcp_backend.output import ToolOutput, align, to_yaml
-from mcp_backend.quantities import cpu_text, memory_text
+from mcp_backend.kube.clusters import Api
+from mcp_backend.kube.discovery import POD, SERVICE, segment
+from mcp_backend.kube.pod_exec import ExecResult
+from mcp_backend.operations.objects import get_object, object_yaml, read_log
+from mcp_backend.rendering.output import ToolOutput, align, to_yaml
+from mcp_backend.rendering.quantities import cpu_text, memory_text
 from mcp_backend.tools.base import (
     LIST_PROPS,
     R_IDEMPOTENT,

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from mcp_backend.objects import (
-    apply_all,
-    delete_object,
-    get_object,
-    object_yaml,
-    parse_manifests,
-    plan_apply,
-    scale_object,
-)
-from mcp_backend.output import ToolOutput, to_yaml, truncate
+from mcp_backend.operations.apply import apply_all, parse_manifests, plan_apply
+from mcp_backend.operations.objects import delete_object, get_object, object_yaml, scale_object
+from mcp_backend.rendering.output import ToolOutput, to_yaml, truncate
 from mcp_backend.tools.base import (
     LIST_PROPS,
     Annotations,

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mcp_backend import rollout
-from mcp_backend.output import ToolOutput, align, truncate
+from mcp_backend.operations import rollout
+from mcp_backend.rendering.output import ToolOutput, align, truncate
 from mcp_backend.tools.base import Annotations, R, ToolContext, ToolSpec, prop
 from mcp_backend.tools.pods import DEFAULT_NAMESPACE
 

@@ -9,7 +9,7 @@ from gateway_plugins.policy import pipeline as policy_pipeline
 from gateway_plugins.policy import service as policy_service
 from gateway_plugins.token_exchange import pipeline as exchange_pipeline
 from kmg_common.bearer import bearer_token
-from mcp_backend.auth import extract_token
+from mcp_backend.transport.auth import extract_token
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from kmg_common.host_origin import HostOriginRule, service_rule
-from mcp_backend.host_origin_guard import host_origin_rule
+from mcp_backend.transport.host_origin_guard import host_origin_rule
 from tests.manifests.rendered_objects import (
     Obj,
     load_backend,

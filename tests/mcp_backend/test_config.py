@@ -9,13 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mcp_backend.config import (
-    Settings,
-    SettingsError,
-    clusters_from_kubeconfig,
-    effective_clusters,
-    load_settings,
-)
+from mcp_backend.cluster_config import clusters_from_kubeconfig
+from mcp_backend.config import Settings, SettingsError, effective_clusters, load_settings
 from mcp_backend.tools import all_tools
 from mcp_backend.tools.base import DuplicateTool, ToolRegistry
 
@@ -145,7 +140,7 @@ def test_bad_ca_data_is_a_clear_error() -> None:
 
 
 def test_in_cluster_mode_uses_the_service_env_and_mounted_ca() -> None:
-    from mcp_backend.config import in_cluster_config
+    from mcp_backend.cluster_config import in_cluster_config
 
     cfg = in_cluster_config(
         {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}

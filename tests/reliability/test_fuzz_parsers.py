@@ -23,9 +23,9 @@ from gateway_plugins.policy.input import (
 )
 from gateway_plugins.policy.request_body import arguments_from_body
 from kmg_common.bearer import bearer_token
-from mcp_backend.auth import extract_token
 from mcp_backend.errors import ToolFailure
-from mcp_backend.objects import parse_manifests
+from mcp_backend.operations.apply import parse_manifests
+from mcp_backend.transport.auth import extract_token
 from tests.reliability.fuzzing import (
     DEEP_JSON,
     DEEP_YAML,

@@ -149,7 +149,7 @@ async def data_users(cluster_a: Cluster, service_account_token: Any) -> dict[str
 @pytest.fixture(scope="module")
 async def iso_backend(cluster_a: Cluster) -> AsyncIterator[RunningBackend]:
     # Every call of a user in flight together is the point here: no per-user call limit (the
-    # limit itself is tested in tests/mcp_backend/test_caller_limits.py).
+    # limit itself is tested in tests/mcp_backend/transport/test_caller_limits.py).
     settings = {"clusters": [cluster_entry(cluster_a, default=True)]}
     running = await start_backend(
         Settings.model_validate({**settings, "max_concurrent_calls_per_user": 0})

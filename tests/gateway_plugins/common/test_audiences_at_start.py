@@ -6,7 +6,7 @@ Before the fix the audience lists of manifests/base and the testbed were empty a
 said so. Here each service runs as deployed: its console script, a YAML config, env overrides.
 The backend verifies no token itself (the API server does): its binding to the gateway's tokens
 (``accepted_audiences`` / ``authorized_parties``) is set by the manifests and tested in
-``tests/mcp_backend/test_token_binding.py``.
+``tests/mcp_backend/transport/test_token_binding.py``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.rest import ApiException
 
-from mcp_backend.host_origin_guard import host_origin_rule
+from mcp_backend.transport.host_origin_guard import host_origin_rule
 from tests.manifests import render
 from tests.manifests.gateway_controller.controller_state import (
     GATEWAY,

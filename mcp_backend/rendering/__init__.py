@@ -1,0 +1,1 @@
+"""Tool output: compact tables, YAML, quantities and the size cap. Pure."""
