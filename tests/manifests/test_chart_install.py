@@ -335,9 +335,12 @@ async def test_upgrade_from_the_previous_values(
     assert [(h["revision"], h["status"]) for h in history] == [(1, "superseded"), (2, "deployed")]
 
 
-async def test_istio_notes_print_the_overlays_mesh_config(cluster_a: Cluster) -> None:
+async def test_istio_notes_print_the_overlays_mesh_config(
+    cluster_a: Cluster, applier: KubeApplier
+) -> None:
     """The provider the install notes print for istio-ext-authz is the overlay's mesh-config.yaml
-    (``helm install --dry-run=server``: the notes of a real install, nothing applied)."""
+    (``helm install --dry-run=server``: the notes of a real install, nothing applied; ``applier``
+    installs the real CRDs the dry run needs)."""
     out = await helm(
         cluster_a,
         "install",
