@@ -40,6 +40,7 @@ from gateway_plugins.policy.opa_engine import OpaOptions, OpaServerEngine
 from gateway_plugins.policy.policy_source import PolicySource, load_policy_source
 from gateway_plugins.policy.wristband import WristbandSigner, generate_signing_key
 from tests.gateway_plugins.policy.running import (
+    CALLER_HEADERS,
     CHANGING_TOOLS,
     POLICIES,
     READ_ONLY_TOOLS,
@@ -230,12 +231,17 @@ def _start_service(keycloak: kc.Keycloak, run_dir: Path) -> tuple[process.Manage
 
 async def _service(keycloak: kc.Keycloak, url: str) -> dict[str, Any]:
     token = await asyncio.to_thread(keycloak.user_token, "mcp", "mcp")
-    headers = {"authorization": f"Bearer {token}", "x-mcp-method": "tools/call",
-               "x-mcp-servername": SERVER, "x-mcp-toolname": "pods_list"}  # fmt: skip
+    headers = {
+        "authorization": f"Bearer {token}",
+        "x-mcp-method": "tools/call",
+        "x-mcp-servername": SERVER,
+        "x-mcp-toolname": "pods_list",
+        **CALLER_HEADERS,  # the service answers only the gateway (caller_auth)
+    }
     params = {"name": "pods_list", "arguments": {"namespace": "default"}}
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
     list_headers = {"authorization": f"Bearer {token}", "x-mcp-method": "tools/list",
-                    "x-mcp-servername": "mcpBroker"}  # fmt: skip
+                    "x-mcp-servername": "mcpBroker", **CALLER_HEADERS}  # fmt: skip
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
 
         async def check() -> bool:

@@ -34,10 +34,11 @@ import aiohttp
 from bench.load import cpu_seconds, paced_load
 from bench.scenario_token_exchange import KeepAliveClient
 from tests.gateway_plugins.policy.replicas import start_policy_replicas, stop_policy_replicas
-from tests.gateway_plugins.policy.running import POLICIES, SERVER, policy_settings
+from tests.gateway_plugins.policy.running import CALLER_HEADERS as POLICY_CALLER_HEADERS
+from tests.gateway_plugins.policy.running import POLICIES, SERVER, policy_settings, verified_by_opa
 from tests.gateway_plugins.token_exchange import replicas as rp
 from tests.gateway_plugins.token_exchange.keycloak_events import enable_exchange_events
-from tests.gateway_plugins.token_exchange.running import service_settings
+from tests.gateway_plugins.token_exchange.running import CALLER_HEADERS, service_settings
 from tests.testbed import envoy_proxy, paths
 from tests.testbed import keycloak as kc
 from tests.testbed.configmap_volume import ConfigMapVolume, policy_files
@@ -84,6 +85,7 @@ def _check_headers(token: str, audience: str = BACKEND_AUDIENCE) -> dict[str, st
         "authorization": f"Bearer {token}",
         "x-mcp-servername": audience,
         "x-mcp-method": "tools/call",
+        **CALLER_HEADERS,  # the service answers only the gateway (caller_auth)
     }
 
 
@@ -249,7 +251,14 @@ async def _policy_change(keycloak: kc.Keycloak, run_dir: Path) -> dict[str, Any]
     files = policy_files(POLICIES)
     volume.write(files)
     settings = policy_settings(keycloak, run_dir / "policy-work").model_copy(
-        update={"policies_dir": volume.root, "data_dirs": None, "decision_log": None}
+        update={
+            "policies_dir": volume.root,
+            "data_dirs": None,
+            "decision_log": None,
+            # the watched volume carries no verification record: the engine guard checks each
+            # loaded policy against the real OPA instead (as tests/.../test_replicas.py does)
+            "embedded_verify": verified_by_opa(),
+        }
     )
     deny = json.loads(files["data/deny_list.json"])
     revoked = json.dumps(
@@ -272,7 +281,9 @@ async def _policy_change(keycloak: kc.Keycloak, run_dir: Path) -> dict[str, Any]
 
             async def decide(url: str) -> bool | None:
                 body = {"server": SERVER, "tool": "pods_list", "token": token}
-                async with http.post(f"{url}/v1/decide", json=body) as resp:
+                async with http.post(
+                    f"{url}/v1/decide", json=body, headers=POLICY_CALLER_HEADERS
+                ) as resp:
                     statuses.append(resp.status)
                     return (await resp.json()).get("allow")
 

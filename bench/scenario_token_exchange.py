@@ -31,7 +31,7 @@ import aiohttp
 import yaml
 
 from bench.load import cpu_seconds, paced_load, percentiles
-from tests.gateway_plugins.token_exchange.running import service_settings
+from tests.gateway_plugins.token_exchange.running import CALLER_HEADERS, service_settings
 from tests.testbed import keycloak as kc
 from tests.testbed import paths, process
 from tests.testbed.identity_plan import BACKEND_AUDIENCE, REALM_MCP, new_plan
@@ -176,6 +176,7 @@ async def _measure(keycloak: kc.Keycloak, url: str, port: int, pid: int) -> dict
         "authorization": f"Bearer {user_token}",
         "x-mcp-servername": BACKEND_AUDIENCE,
         "x-mcp-method": "tools/call",
+        **CALLER_HEADERS,  # the service answers only the gateway (caller_auth)
     }
     connector = aiohttp.TCPConnector(limit=64, ssl=keycloak.ssl_context())
     via_service = KeepAliveClient("127.0.0.1", port, "/check/mcp", check_headers, CONCURRENCY)
