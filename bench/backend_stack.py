@@ -63,15 +63,28 @@ async def prepare_cluster(cluster: Cluster) -> str:
 def start_backend(
     cluster: Cluster, run_dir: Path, name: str, **extra: Any
 ) -> tuple[process.ManagedProcess, str]:
+    """A backend tuned for the throughput phases: the connection pool sized, and one token may
+    drive all CONCURRENCY clients (the per-user limit is measured by scenario_exhaustion)."""
+    return serve_backend(
+        cluster,
+        run_dir,
+        name,
+        pool_size=POOL_SIZE,
+        max_concurrent_calls_per_user=CONCURRENCY,
+        **extra,
+    )
+
+
+def serve_backend(
+    cluster: Cluster, run_dir: Path, name: str, **settings: Any
+) -> tuple[process.ManagedProcess, str]:
+    """``mcp-backend serve`` on a free loopback port for ``cluster`` (its default), with
+    ``settings`` over the defaults; (process, base URL) once it is ready."""
     port = free_port()
     config = run_dir / f"{name}.yaml"
-    settings = {
+    data = {
         "host": "127.0.0.1",
         "port": port,
-        "pool_size": POOL_SIZE,
-        # One token drives all CONCURRENCY clients: let them all run (the per-user limit is
-        # measured by scenario_exhaustion).
-        "max_concurrent_calls_per_user": CONCURRENCY,
         "log_level": "WARNING",
         "clusters": [
             {
@@ -81,9 +94,9 @@ def start_backend(
                 "default": True,
             }
         ],
-        **extra,
+        **settings,
     }
-    config.write_text(yaml.safe_dump(settings))
+    config.write_text(yaml.safe_dump(data))
     proc = process.ManagedProcess(
         name,
         [sys.executable, "-m", "mcp_backend", "serve", "--config", str(config)],

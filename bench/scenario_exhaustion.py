@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -40,15 +39,14 @@ from typing import Any
 
 import aiohttp
 import orjson
-import yaml
 from kubernetes_asyncio import client as k8s
 
+from bench.backend_stack import serve_backend
 from bench.load import cpu_seconds, paced_load, percentiles
 from tests.testbed import paths, process
 from tests.testbed.cluster import Cluster
 from tests.testbed.control_plane.start import start_cluster
 from tests.testbed.pki import CertificateAuthority
-from tests.testbed.ports import free_port
 
 NS = "exhaust"
 CONFIGMAPS = 300
@@ -107,35 +105,6 @@ async def _prepare(cluster: Cluster) -> tuple[str, str, str]:
     )
     other = await cluster.service_account_token(name="bystander", namespace=NS)
     return attacker, other, "shell"
-
-
-def _start_backend(cluster: Cluster, run_dir: Path) -> tuple[process.ManagedProcess, str]:
-    port = free_port()
-    config = run_dir / "backend.yaml"
-    settings = {
-        "host": "127.0.0.1",
-        "port": port,
-        "log_level": "WARNING",
-        "clusters": [
-            {
-                "name": cluster.name,
-                "server": cluster.server,
-                "ca_file": str(cluster.ca_file),
-                "default": True,
-            }
-        ],
-    }
-    config.write_text(yaml.safe_dump(settings))
-    proc = process.ManagedProcess(
-        "backend",
-        [sys.executable, "-m", "mcp_backend", "serve", "--config", str(config)],
-        run_dir / "backend.log",
-        cwd=paths.REPO_ROOT,
-    )
-    proc.start()
-    base = f"http://127.0.0.1:{port}"
-    proc.wait_until(lambda: process.http_ok(f"{base}/readyz"), timeout=30, what="ready")
-    return proc, base
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -318,7 +287,7 @@ async def run(soak: bool = False) -> dict[str, Any]:
     try:
         cluster = await asyncio.to_thread(start_cluster, "bench-x", ca, run_dir, [])
         attacker, other, pod = await _prepare(cluster)
-        backend, base = _start_backend(cluster, run_dir)
+        backend, base = serve_backend(cluster, run_dir, "backend")  # default limits
         assert backend.proc is not None
         phases = await _measure(base, backend.proc.pid, attacker, other, pod)
         return {
